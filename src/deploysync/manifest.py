@@ -1,0 +1,208 @@
+"""Value objects of a deployment: its assets, its manifest and its id.
+
+A deployment is immutable. Its id is derived from its manifest (the same input gives the
+same id, any byte change gives another), unless the user supplies one (a git SHA, say).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MANIFEST_VERSION = 1
+DEFAULT_STATIC_URL = "/static/"
+
+
+class DeploySyncError(Exception):
+    """Base class of the errors deploysync raises on bad input or configuration."""
+
+
+class InvalidId(DeploySyncError, ValueError):
+    """A deployment id that does not match ``[A-Za-z0-9_-]{1,64}``."""
+
+
+class ManifestError(DeploySyncError, ValueError):
+    """A manifest that cannot be read."""
+
+
+def is_valid_id(value: object) -> bool:
+    """True when *value* is a syntactically valid deployment id."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def validate_id(value: str) -> str:
+    """Return *value* when it is a valid deployment id; raise :class:`InvalidId` otherwise."""
+    if not is_valid_id(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidId(f"Invalid deployment id {shown!r}: ids match [A-Za-z0-9_-]{{1,64}}")
+    return value
+
+
+def normalize_static_url(static_url: str) -> str:
+    """``"static"`` -> ``"/static/"``; an absolute URL (a CDN) keeps its scheme and host."""
+    if not static_url:
+        raise DeploySyncError("The static URL prefix must not be empty")
+    if "://" not in static_url and not static_url.startswith("/"):
+        static_url = "/" + static_url
+    if not static_url.endswith("/"):
+        static_url += "/"
+    return static_url
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    """One file of a deployment.
+
+    ``name`` is the hashed path below the static prefix (``css/app.3f9a2c1b7d4e.css``);
+    ``digest`` is the sha256 (hex) of the stored bytes, the key of the blob in the store.
+    ``encodings`` lists the precompressed variants kept, with their sizes.
+    """
+
+    path: str
+    name: str
+    digest: str
+    size: int
+    content_type: str
+    integrity: str
+    encodings: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "digest": self.digest,
+            "size": self.size,
+            "content_type": self.content_type,
+            "integrity": self.integrity,
+            "encodings": dict(self.encodings),
+        }
+
+    @classmethod
+    def from_json(cls, path: str, data: Mapping[str, Any]) -> Asset:
+        try:
+            return cls(
+                path=path,
+                name=str(data["name"]),
+                digest=str(data["digest"]),
+                size=int(data["size"]),
+                content_type=str(data["content_type"]),
+                integrity=str(data["integrity"]),
+                encodings=MappingProxyType(
+                    {str(k): int(v) for k, v in dict(data.get("encodings", {})).items()}
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"Malformed manifest entry for {path!r}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """An immutable, complete set of assets and its manifest.
+
+    ``assets`` maps logical paths (``css/app.css``) to :class:`Asset`. ``extra`` carries
+    data an integration records with the deployment (Vite's manifest, for one); it is
+    part of the id.
+    """
+
+    id: str
+    static_url: str
+    assets: Mapping[str, Asset]
+    created: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def url(self, path: str) -> str:
+        """The hashed URL of the logical *path*; ``KeyError`` when it is not in the deployment."""
+        return self.static_url + self.assets[path.lstrip("/")].name
+
+    @property
+    def total_size(self) -> int:
+        return sum(asset.size for asset in self.assets.values())
+
+    def digests(self) -> set[str]:
+        """The blobs this deployment uses."""
+        return {asset.digest for asset in self.assets.values()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "id": self.id,
+            "static_url": self.static_url,
+            "created": self.created,
+            "assets": {path: self.assets[path].to_json() for path in sorted(self.assets)},
+            "extra": dict(self.extra),
+        }
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.to_json(), indent=1, sort_keys=True, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Deployment:
+        if not isinstance(data, Mapping) or data.get("version") != MANIFEST_VERSION:
+            raise ManifestError("Not a deploysync manifest (missing or unknown 'version')")
+        try:
+            ident = validate_id(str(data["id"]))
+            assets_json = data["assets"]
+            if not isinstance(assets_json, Mapping):
+                raise TypeError("'assets' is not an object")
+            assets = {str(p): Asset.from_json(str(p), a) for p, a in assets_json.items()}
+            return cls(
+                id=ident,
+                static_url=str(data["static_url"]),
+                assets=MappingProxyType(assets),
+                created=float(data.get("created", 0.0)),
+                extra=MappingProxyType(dict(data.get("extra") or {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
+            raise ManifestError(f"Malformed manifest: {exc}") from None
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> Deployment:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ManifestError(f"Manifest is not valid JSON: {exc}") from None
+        return cls.from_json(data)
+
+
+def derive_id(static_url: str, assets: Iterable[Asset], extra: Mapping[str, Any] | None = None) -> str:
+    """The content-derived id of a deployment: 16 hex digits of a sha256 over its manifest.
+
+    The creation time is left out, so building the same input twice (in any store) gives
+    the same id.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"deploysync/{MANIFEST_VERSION}\n{static_url}\n".encode())
+    for asset in sorted(assets, key=lambda a: a.path):
+        digest.update(f"{asset.path}\0{asset.name}\0{asset.digest}\0{asset.content_type}\n".encode())
+    if extra:
+        digest.update(json.dumps(extra, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    """What ``deploysync list`` shows of a deployment."""
+
+    id: str
+    created: float
+    activated: float | None
+    files: int
+    bytes: int
+    current: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "activated": self.activated,
+            "files": self.files,
+            "bytes": self.bytes,
+            "current": self.current,
+        }

@@ -1,0 +1,227 @@
+"""The store interface: where deployments live and which one is current.
+
+A backend provides a handful of primitives (blobs, manifests, the activation record, a
+lock, a cheap change probe); listing and pruning are written once here on top of them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from ..manifest import Deployment, DeploymentInfo, DeploySyncError, validate_id
+
+DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
+ENCODINGS = ("br", "gzip")
+# How many activations the record keeps; older ones only matter for ordering, and an id
+# absent from the record counts as older than every id in it.
+HISTORY_LIMIT = 1000
+
+
+class StoreError(DeploySyncError):
+    """The store is missing, unwritable, unreachable or inconsistent."""
+
+
+class DeploymentNotFound(StoreError, KeyError):
+    """No deployment with that id in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "Deployment not found"
+
+
+def check_digest(digest: str) -> str:
+    """Blob keys are sha256 hex digests; anything else never reaches a path or a key."""
+    if not DIGEST_PATTERN.fullmatch(digest):
+        raise StoreError(f"Invalid blob digest {digest[:80]!r}")
+    return digest
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """One activation: *id* became current at time *at*, as the *seq*-th activation."""
+
+    id: str
+    seq: int
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "seq": self.seq, "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Activation:
+        return cls(id=validate_id(str(data["id"])), seq=int(data["seq"]), at=float(data["at"]))
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    deployments: tuple[str, ...]
+    blobs: int
+    bytes: int
+
+
+class Store(ABC):
+    """Where deployments live. Implementations must make :meth:`publish` and
+    :meth:`activate` atomic: a reader sees the old state or the complete new one."""
+
+    #: A human-readable location, for messages.
+    location: str = ""
+
+    # -- blobs: content-addressed, written once, never modified ---------------------------
+    @abstractmethod
+    def blob_variants(self, digest: str) -> Mapping[str, int] | None:
+        """``None`` when the blob is absent; else its stored encodings and their sizes
+        (``{"gzip": 812}``)."""
+
+    @abstractmethod
+    def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
+        """Store *data* under *digest* with its precompressed *variants*. Idempotent."""
+
+    @abstractmethod
+    def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
+        """The stored bytes (or a precompressed variant); ``StoreError`` when absent."""
+
+    @abstractmethod
+    def blob_path(self, digest: str, encoding: str | None = None) -> str:
+        """A local file holding the blob, for zero-copy serving; ``StoreError`` when absent.
+
+        A remote backend materialises the blob into a local cache first."""
+
+    @abstractmethod
+    def all_blobs(self) -> Iterator[str]:
+        """Every stored digest (used by prune)."""
+
+    @abstractmethod
+    def delete_blob(self, digest: str) -> int:
+        """Delete a blob and its variants; return the bytes freed."""
+
+    # -- manifests -------------------------------------------------------------------------
+    @abstractmethod
+    def publish(self, deployment: Deployment) -> bool:
+        """Make *deployment* visible, atomically; its blobs must be stored already.
+
+        Returns ``False`` when a deployment with that id already exists (it is kept as is).
+        """
+
+    @abstractmethod
+    def load(self, deployment_id: str) -> Deployment:
+        """The deployment; ``DeploymentNotFound`` when absent."""
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Every published deployment id, in no particular order."""
+
+    @abstractmethod
+    def delete_deployment(self, deployment_id: str) -> None:
+        """Unpublish a deployment (its blobs stay until pruned)."""
+
+    # -- activation ------------------------------------------------------------------------
+    @abstractmethod
+    def activations(self) -> list[Activation]:
+        """The activation record, oldest first; the last one is current."""
+
+    @abstractmethod
+    def _record_activation(self, activation: Activation) -> None:
+        """Append *activation* to the record, atomically (the lock is held)."""
+
+    @abstractmethod
+    def probe(self) -> Hashable:
+        """A cheap token that changes whenever the current deployment may have changed."""
+
+    @abstractmethod
+    def lock(self) -> AbstractContextManager[None]:
+        """An exclusive lock for writers (builds, activations, prunes) of this store."""
+
+    def ensure_writable(self) -> None:
+        """Raise ``StoreError`` with a one-line reason when the store cannot be written."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+    # -- written once, on the primitives ---------------------------------------------------
+    def current(self) -> str | None:
+        """The id of the current deployment, or ``None`` before the first activation."""
+        record = self.activations()
+        return record[-1].id if record else None
+
+    def exists(self, deployment_id: str) -> bool:
+        return deployment_id in self.ids()
+
+    def activate(self, deployment_id: str) -> Activation:
+        """Make *deployment_id* current (newer or older: a rollback is the same move)."""
+        validate_id(deployment_id)
+        with self.lock():
+            self.load(deployment_id)  # raises DeploymentNotFound
+            record = self.activations()
+            seq = record[-1].seq + 1 if record else 1
+            activation = Activation(id=deployment_id, seq=seq, at=time.time())
+            self._record_activation(activation)
+            return activation
+
+    def order(self) -> dict[str, int]:
+        """Each activated id -> the seq of its latest activation (higher is newer)."""
+        return {a.id: a.seq for a in self.activations()}
+
+    def deployments(self) -> list[Deployment]:
+        """Every readable deployment, newest first (by creation time, then id)."""
+        found = []
+        for ident in self.ids():
+            try:
+                found.append(self.load(ident))
+            except (DeploymentNotFound, StoreError, ValueError):
+                continue
+        found.sort(key=lambda d: (d.created, d.id), reverse=True)
+        return found
+
+    def list(self) -> list[DeploymentInfo]:
+        """What ``deploysync list`` shows, newest first."""
+        record = self.activations()
+        current = record[-1].id if record else None
+        activated = {a.id: a.at for a in record}
+        return [
+            DeploymentInfo(
+                id=d.id,
+                created=d.created,
+                activated=activated.get(d.id),
+                files=len(d.assets),
+                bytes=d.total_size,
+                current=d.id == current,
+            )
+            for d in self.deployments()
+        ]
+
+    def prune(self, keep: int, older_than: float | None = None) -> PruneResult:
+        """Delete what only deployments outside the newest *keep* use.
+
+        The current deployment is always kept. With *older_than* (seconds), a deployment
+        is removed only when it was also created more than that long ago. Blobs that no
+        remaining deployment uses (including leftovers of an interrupted build) go too.
+        """
+        if keep < 1:
+            raise StoreError("--keep must be at least 1")
+        with self.lock():
+            current = self.current()
+            deployments = self.deployments()
+            now = time.time()
+            doomed = [
+                d
+                for d in deployments[keep:]
+                if d.id != current and (older_than is None or now - d.created > older_than)
+            ]
+            kept = [d for d in deployments if d not in doomed]
+            used: set[str] = set()
+            for deployment in kept:
+                used |= deployment.digests()
+            # Unpublish first: a server never sees a manifest whose blobs are gone.
+            for deployment in doomed:
+                self.delete_deployment(deployment.id)
+            freed = blobs = 0
+            for digest in list(self.all_blobs()):
+                if digest not in used:
+                    freed += self.delete_blob(digest)
+                    blobs += 1
+            return PruneResult(tuple(d.id for d in doomed), blobs, freed)

@@ -1,0 +1,265 @@
+"""The embedded store: a directory on disk.
+
+Layout::
+
+    STORE/objects/ab/abcdef...        a blob, named by the sha256 of its bytes
+    STORE/objects/ab/abcdef....gz     its precompressed variants (.br, .gz)
+    STORE/deployments/<id>.json       a published manifest
+    STORE/current.json                the activation record; its last entry is current
+    STORE/tmp/                        files being written
+    STORE/.lock                       the writers' lock
+
+Every file is written under ``tmp/`` and moved into place with ``os.replace``, which is
+atomic on POSIX and Windows: a reader, or a build killed at any moment, sees the old file
+or the new one, never a part. Blobs are published before the manifest that names them,
+and the activation record is replaced last, so ``current`` always names a complete
+deployment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+from ..manifest import Deployment, ManifestError, is_valid_id
+from .base import (
+    ENCODINGS,
+    HISTORY_LIMIT,
+    Activation,
+    DeploymentNotFound,
+    Store,
+    StoreError,
+    check_digest,
+)
+
+SUFFIXES = {"br": ".br", "gzip": ".gz"}
+RECORD = "current.json"
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+class FileStore(Store):
+    """A store in a local directory, created on first write."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.location = str(self.root)
+        self._objects = self.root / "objects"
+        self._manifests = self.root / "deployments"
+        self._tmp = self.root / "tmp"
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_file: int | None = None
+
+    def __repr__(self) -> str:
+        return f"FileStore({self.location!r})"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _require(self) -> None:
+        if not self.root.is_dir():
+            raise StoreError(f"Store directory '{self.root}' does not exist")
+
+    def _blob(self, digest: str, encoding: str | None = None) -> Path:
+        check_digest(digest)
+        suffix = SUFFIXES[encoding] if encoding else ""
+        return self._objects / digest[:2] / (digest + suffix)
+
+    def _write_atomic(self, target: Path, data: bytes, *, durable: bool = False) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=target.name[:40] + ".")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    # -- writers' setup --------------------------------------------------------------------
+    def ensure_writable(self) -> None:
+        try:
+            for folder in (self.root, self._objects, self._manifests, self._tmp):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"Cannot create store directory '{self.root}': {exc.strerror}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK) or not os.access(self._tmp, os.W_OK):
+            raise StoreError(f"Store directory '{self.root}' is not writable")
+        try:
+            probe = tempfile.NamedTemporaryFile(dir=self._tmp, delete=True)  # noqa: SIM115
+            probe.close()
+        except OSError as exc:
+            raise StoreError(f"Store directory '{self.root}' is not writable: {exc.strerror}") from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                self.ensure_writable()
+                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                if fcntl is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                self._lock_file = fd
+                self._clean_tmp()
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0 and self._lock_file is not None:
+                    os.close(self._lock_file)  # closing releases the flock
+                    self._lock_file = None
+
+    def lock(self) -> AbstractContextManager[None]:
+        return self._locked()
+
+    def _clean_tmp(self) -> None:
+        # Under the exclusive lock no other writer is running: anything in tmp/ was left
+        # by a writer that died.
+        for leftover in self._tmp.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+    # -- blobs -----------------------------------------------------------------------------
+    def blob_variants(self, digest: str) -> Mapping[str, int] | None:
+        if not self._blob(digest).is_file():
+            return None
+        found = {}
+        for encoding in ENCODINGS:
+            try:
+                found[encoding] = self._blob(digest, encoding).stat().st_size
+            except OSError:
+                continue
+        return found
+
+    def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
+        # Variants first: a blob whose plain file exists is complete.
+        for encoding, payload in variants.items():
+            if encoding not in SUFFIXES:
+                raise StoreError(f"Unknown encoding {encoding!r}")
+            self._write_atomic(self._blob(digest, encoding), payload)
+        if not self._blob(digest).is_file():
+            self._write_atomic(self._blob(digest), data)
+
+    def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
+        try:
+            return self._blob(digest, encoding).read_bytes()
+        except OSError:
+            raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing") from None
+
+    def blob_path(self, digest: str, encoding: str | None = None) -> str:
+        path = self._blob(digest, encoding)
+        if not path.is_file():
+            raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing")
+        return str(path)
+
+    def all_blobs(self) -> Iterator[str]:
+        if not self._objects.is_dir():
+            return
+        for folder in sorted(self._objects.iterdir()):
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if "." not in entry.name and len(entry.name) == 64:
+                    yield entry.name
+
+    def delete_blob(self, digest: str) -> int:
+        freed = 0
+        # The plain file last: while it exists the blob counts as complete.
+        for encoding in (*ENCODINGS, None):
+            path = self._blob(digest, encoding)
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except OSError:
+                continue
+        return freed
+
+    # -- manifests -------------------------------------------------------------------------
+    def _manifest(self, deployment_id: str) -> Path:
+        if not is_valid_id(deployment_id):
+            raise DeploymentNotFound(f"Unknown deployment {deployment_id[:80]!r}")
+        return self._manifests / f"{deployment_id}.json"
+
+    def publish(self, deployment: Deployment) -> bool:
+        with self.lock():
+            target = self._manifest(deployment.id)
+            if target.exists():
+                return False
+            for digest in deployment.digests():
+                if self.blob_variants(digest) is None:
+                    raise StoreError(f"Cannot publish {deployment.id}: blob {digest} is missing")
+            self._write_atomic(target, deployment.dumps(), durable=True)
+            return True
+
+    def load(self, deployment_id: str) -> Deployment:
+        path = self._manifest(deployment_id)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self._require()
+            raise DeploymentNotFound(f"Unknown deployment {deployment_id!r} in {self.location}") from None
+        except OSError as exc:
+            raise StoreError(f"Cannot read {path}: {exc.strerror}") from None
+        deployment = Deployment.loads(raw)
+        if deployment.id != deployment_id:
+            raise ManifestError(f"Manifest {path} names deployment {deployment.id!r}")
+        return deployment
+
+    def ids(self) -> list[str]:
+        self._require()
+        if not self._manifests.is_dir():
+            return []
+        return [
+            p.name[: -len(".json")]
+            for p in self._manifests.iterdir()
+            if p.name.endswith(".json") and is_valid_id(p.name[: -len(".json")])
+        ]
+
+    def exists(self, deployment_id: str) -> bool:
+        return is_valid_id(deployment_id) and self._manifest(deployment_id).is_file()
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._manifest(deployment_id).unlink()
+
+    # -- activation ------------------------------------------------------------------------
+    def activations(self) -> list[Activation]:
+        try:
+            raw = (self.root / RECORD).read_bytes()
+        except FileNotFoundError:
+            self._require()
+            return []
+        except OSError as exc:
+            raise StoreError(f"Cannot read {self.root / RECORD}: {exc.strerror}") from None
+        try:
+            data = json.loads(raw)
+            return [Activation.from_json(item) for item in data["history"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"Corrupt activation record {self.root / RECORD}: {exc}") from None
+
+    def _record_activation(self, activation: Activation) -> None:
+        history = [*self.activations(), activation][-HISTORY_LIMIT:]
+        data = {"current": activation.id, "history": [a.to_json() for a in history]}
+        self._write_atomic(self.root / RECORD, json.dumps(data, indent=1).encode(), durable=True)
+
+    def probe(self) -> Hashable:
+        # One stat: os.replace gives the record a new inode on every activation.
+        try:
+            st = os.stat(self.root / RECORD)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)

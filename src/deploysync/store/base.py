@@ -136,6 +136,11 @@ class Store(ABC):
     def lock(self) -> AbstractContextManager[None]:
         """An exclusive lock for writers (builds, activations, prunes) of this store."""
 
+    def wait_for_change(self, timeout: float) -> None:
+        """Block up to *timeout* seconds, returning early when the store learns of an
+        activation (a push backend wakes at once; polling backends just sleep)."""
+        time.sleep(timeout)
+
     def ensure_writable(self) -> None:
         """Raise ``StoreError`` with a one-line reason when the store cannot be written."""
 

@@ -171,7 +171,9 @@ class Deployment:
         return cls.from_json(data)
 
 
-def derive_id(static_url: str, assets: Iterable[Asset], extra: Mapping[str, Any] | None = None) -> str:
+def derive_id(
+    static_url: str, assets: Iterable[Asset], extra: Mapping[str, Any] | None = None
+) -> str:
     """The content-derived id of a deployment: 16 hex digits of a sha256 over its manifest.
 
     The creation time is left out, so building the same input twice (in any store) gives

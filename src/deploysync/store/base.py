@@ -143,9 +143,11 @@ class Store(ABC):
 
     def ensure_writable(self) -> None:
         """Raise ``StoreError`` with a one-line reason when the store cannot be written."""
+        return None
 
     def close(self) -> None:
         """Release connections and files."""
+        return None
 
     # -- written once, on the primitives ---------------------------------------------------
     def current(self) -> str | None:

@@ -95,14 +95,20 @@ class FileStore(Store):
             for folder in (self.root, self._objects, self._manifests, self._tmp):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"Cannot create store directory '{self.root}': {exc.strerror}") from None
+            reason = exc.strerror
+            raise StoreError(f"Cannot create store directory '{self.root}': {reason}") from None
         if not os.access(self.root, os.W_OK | os.X_OK) or not os.access(self._tmp, os.W_OK):
             raise StoreError(f"Store directory '{self.root}' is not writable")
         try:
-            probe = tempfile.NamedTemporaryFile(dir=self._tmp, delete=True)  # noqa: SIM115
-            probe.close()
+            fd, probe = tempfile.mkstemp(dir=self._tmp, prefix=".probe.")
+            os.close(fd)
         except OSError as exc:
-            raise StoreError(f"Store directory '{self.root}' is not writable: {exc.strerror}") from None
+            reason = exc.strerror
+            raise StoreError(f"Store directory '{self.root}' is not writable: {reason}") from None
+        # Creating it proved the point. Another writer that just took the lock may have
+        # emptied tmp/ already (_clean_tmp), so the file may be gone.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -211,7 +217,8 @@ class FileStore(Store):
             raw = path.read_bytes()
         except FileNotFoundError:
             self._require()
-            raise DeploymentNotFound(f"Unknown deployment {deployment_id!r} in {self.location}") from None
+            message = f"Unknown deployment {deployment_id!r} in {self.location}"
+            raise DeploymentNotFound(message) from None
         except OSError as exc:
             raise StoreError(f"Cannot read {path}: {exc.strerror}") from None
         deployment = Deployment.loads(raw)

@@ -1,0 +1,585 @@
+"""The shared store: Redis, for several server processes and machines.
+
+Keys, all below the namespace prefix (``deploysync:`` by default)::
+
+    blob:<digest>             the bytes of a blob, named by their sha256
+    blob:<digest>:gzip        its precompressed variants (also ``:br``)
+    blobs                     hash: digest -> JSON sizes of its variants; a blob is
+                              complete (and listed) once its field exists
+    deployment:<id>           a published manifest (JSON)
+    deployments               set of published ids
+    history                   list of activations (JSON), oldest first
+    seq                       the seq of the latest activation (the change probe)
+    current                   JSON of the latest activation
+    lock                      the writers' lock (a random token, with a TTL)
+
+A reader sees the old state or the complete new one: a blob's bytes are written in the
+same MULTI/EXEC as its ``blobs`` field, a manifest and its set entry together, after its
+blobs; an activation appends the history, sets ``seq`` and ``current`` and publishes on
+``<namespace>:activations`` in one Lua script (scripts run atomically).
+
+Servers never serve from Redis: :meth:`RedisStore.blob_path` materialises a blob into a
+local content-addressed cache once, after checking its sha256, and returns the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+from ..manifest import Deployment, ManifestError, is_valid_id
+from .base import (
+    ENCODINGS,
+    HISTORY_LIMIT,
+    Activation,
+    DeploymentNotFound,
+    Store,
+    StoreError,
+    check_digest,
+)
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "the redis store needs `pip install deploysync[redis]`"
+SUFFIXES = {"br": ".br", "gzip": ".gz"}
+#: The writers' lock expires this long after its holder stops renewing it (a crash).
+LOCK_TTL_MS = 30_000
+LOCK_RENEW_EVERY = LOCK_TTL_MS / 3000
+LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the lock
+#: Connecting must fail fast: a CLI command reports an outage in a second or two.
+CONNECT_TIMEOUT = 2.0
+SOCKET_TIMEOUT = 10.0
+
+# Delete the lock only if it still holds our token (another writer may own it after
+# our TTL ran out).
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: seq, history, current, deployment:<id>; ARGV: seq, activation JSON, history
+# limit, channel, message. Refuses when the deployment is gone or the seq is not newer
+# than the last one (a writer whose lock expired), so the record never goes backwards.
+ACTIVATE_SCRIPT = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  return redis.error_reply('missing deployment')
+end
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) <= last then
+  return redis.error_reply('stale seq ' .. last)
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise StoreError(f"Cannot open a Redis store: {INSTALL_HINT}") from None
+    return redis
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _writable(path: str) -> bool:
+    """Whether *path* can be created or written: its nearest existing ancestor is writable."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK)
+
+
+def default_cache_dir(url: str, namespace: str) -> Path:
+    """A per-user cache folder, one per store: ``~/.cache/deploysync/<hash of url>``.
+
+    Falls back to the temporary folder when the home folder is not writable (a service
+    account); :meth:`RedisStore.blob_path` then checks that the folder is ours.
+    """
+    key = hashlib.sha256(f"{url}\0{namespace}".encode()).hexdigest()[:16]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base) or not _writable(base):
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        base = os.path.join(tempfile.gettempdir(), f"deploysync-{user}")
+    return Path(base) / "deploysync" / key
+
+
+class RedisStore(Store):
+    """A store in Redis, shared by every server of a deployment."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        namespace: str = "deploysync",
+    ) -> None:
+        redis = _import_redis()
+        if not namespace or any(c.isspace() for c in namespace):
+            raise StoreError(f"Invalid Redis namespace {namespace!r}")
+        self.url = url
+        self.location = redact(url)
+        self.namespace = namespace
+        self.channel = f"{namespace}:activations"
+        self._default_cache = cache_dir is None
+        self.cache_dir = (
+            Path(cache_dir).expanduser().absolute()
+            if cache_dir is not None
+            else default_cache_dir(url, namespace)
+        )
+        self._cache_ready = False
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._response_error: type[BaseException] = redis.ResponseError
+        try:
+            self._redis = redis.Redis.from_url(
+                url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
+            )
+        except ValueError as exc:
+            raise StoreError(f"Invalid Redis URL {self.location!r}: {exc}") from None
+        self._release = self._redis.register_script(RELEASE_SCRIPT)
+        self._renew = self._redis.register_script(RENEW_SCRIPT)
+        self._activate = self._redis.register_script(ACTIVATE_SCRIPT)
+        self._thread_lock = threading.RLock()
+        self._lock_depth = 0
+        self._lock_token: str | None = None
+        self._renewer: threading.Thread | None = None
+        self._renewer_stop = threading.Event()
+        self._watch_lock = threading.Lock()
+        self._pubsub: Any = None
+        self._pubsub_pid = 0
+        self._seen: object = None
+        self._outage_logged = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.location!r}, namespace={self.namespace!r})"
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.namespace, *parts))
+
+    def _blob_key(self, digest: str, encoding: str | None = None) -> str:
+        check_digest(digest)
+        if encoding is None:
+            return self._key("blob", digest)
+        if encoding not in SUFFIXES:
+            raise StoreError(f"Unknown encoding {encoding!r}")
+        return self._key("blob", digest, encoding)
+
+    def _manifest_key(self, deployment_id: str) -> str:
+        if not is_valid_id(deployment_id):
+            raise DeploymentNotFound(f"Unknown deployment {deployment_id[:80]!r}")
+        return self._key("deployment", deployment_id)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        """Turn a redis-py or socket error into a one-line :class:`StoreError`."""
+        if isinstance(exc, self._response_error):
+            raise StoreError(f"Redis at {self.location} refused a command: {exc}") from None
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.strerror:
+            reason = cause.strerror
+        elif isinstance(exc, OSError) and exc.strerror:
+            reason = exc.strerror
+        else:
+            reason = str(exc).strip().rstrip(".") or type(exc).__name__
+        reason = " ".join(reason.split())
+        raise StoreError(f"Cannot reach Redis at {self.location}: {reason}") from None
+
+    @contextlib.contextmanager
+    def _io(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            self._fail(exc)
+
+    # -- writers' setup --------------------------------------------------------------------
+    def ensure_writable(self) -> None:
+        with self._io():
+            self._redis.ping()
+            try:
+                # A replica answers PING but refuses writes.
+                role = self._redis.info("replication").get("role")
+            except self._response_error:
+                role = None  # INFO disabled by the provider: writes will tell
+        if role not in (None, "master"):
+            raise StoreError(f"Redis at {self.location} is a read-only replica")
+
+    def lock(self) -> AbstractContextManager[None]:
+        return self._locked()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            if self._lock_depth == 0:
+                self._acquire()
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    self._release_lock()
+
+    def _acquire(self) -> None:
+        token = secrets.token_hex(16)
+        key = self._key("lock")
+        wait = LOCK_POLL[0]
+        while True:
+            with self._io():
+                if self._redis.set(key, token, nx=True, px=LOCK_TTL_MS):
+                    break
+            # Held by another writer: it finishes, or its TTL frees a crashed holder.
+            time.sleep(wait)
+            wait = min(wait * 2, LOCK_POLL[1])
+        self._lock_token = token
+        self._renewer_stop.clear()
+        self._renewer = threading.Thread(
+            target=self._keep_lock, args=(token,), name="deploysync-redis-lock", daemon=True
+        )
+        self._renewer.start()
+
+    def _keep_lock(self, token: str) -> None:
+        key = self._key("lock")
+        while not self._renewer_stop.wait(LOCK_RENEW_EVERY):
+            try:
+                if not self._renew(keys=[key], args=[token, LOCK_TTL_MS]):
+                    log.warning("Lost the deploysync lock on %s (it expired)", self.location)
+                    return
+            except Exception as exc:  # the renewer must never die noisily
+                log.warning("Cannot renew the deploysync lock on %s: %s", self.location, exc)
+
+    def _release_lock(self) -> None:
+        token, self._lock_token = self._lock_token, None
+        self._renewer_stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        if token is None:
+            return
+        try:
+            self._release(keys=[self._key("lock")], args=[token])
+        except self._errors as exc:
+            # The TTL frees it; a release error must not hide the body's own outcome.
+            log.warning("Cannot release the deploysync lock on %s: %s", self.location, exc)
+
+    # -- blobs -----------------------------------------------------------------------------
+    def _parse_variants(self, raw: bytes | None) -> dict[str, int] | None:
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return {str(k): int(v) for k, v in data.items() if k in SUFFIXES}
+        except (ValueError, TypeError, AttributeError):
+            return {}
+
+    def blob_variants(self, digest: str) -> Mapping[str, int] | None:
+        check_digest(digest)
+        with self._io():
+            raw = self._redis.hget(self._key("blobs"), digest)
+        return self._parse_variants(raw)
+
+    def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
+        check_digest(digest)
+        keys = {encoding: self._blob_key(digest, encoding) for encoding in variants}
+        with self._io():
+            known = self._parse_variants(self._redis.hget(self._key("blobs"), digest))
+            sizes = dict(known or {})
+            sizes.update({encoding: len(payload) for encoding, payload in variants.items()})
+            pipe = self._redis.pipeline(transaction=True)
+            for encoding, payload in variants.items():
+                pipe.set(keys[encoding], payload)
+            if known is None:
+                pipe.set(self._blob_key(digest), data)
+            pipe.hset(self._key("blobs"), digest, json.dumps(sizes, sort_keys=True))
+            pipe.execute()
+
+    def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
+        key = self._blob_key(digest, encoding)
+        with self._io():
+            data: bytes | None = self._redis.get(key)
+        if data is None:
+            raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing")
+        return data
+
+    def _cached(self, digest: str, encoding: str | None) -> Path:
+        return self.cache_dir / digest[:2] / (digest + (SUFFIXES[encoding] if encoding else ""))
+
+    def _prepare_cache(self) -> None:
+        """Create the cache folder; refuse a default one that another user could write
+        (a shared temporary folder), since its files are served without a second check."""
+        try:
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._default_cache and hasattr(os, "getuid"):
+                for folder in (self.cache_dir, self.cache_dir.parent, self.cache_dir.parent.parent):
+                    st = folder.stat()
+                    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+                        raise StoreError(
+                            f"Blob cache folder '{folder}' is not private to this user;"
+                            " pass cache_dir= to choose another"
+                        )
+        except OSError as exc:
+            raise StoreError(f"Cannot create the blob cache '{self.cache_dir}': {exc}") from None
+        self._cache_ready = True
+
+    def blob_path(self, digest: str, encoding: str | None = None) -> str:
+        key = self._blob_key(digest, encoding)
+        if not self._cache_ready:
+            self._prepare_cache()
+        target = self._cached(digest, encoding)
+        if target.is_file():
+            return str(target)
+        with self._io():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.get(key)
+            pipe.hget(self._key("blobs"), digest)
+            data, meta = pipe.execute()
+        sizes = self._parse_variants(meta)
+        if data is None or sizes is None:
+            raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing")
+        # Never trust bytes from the network blindly: the name is their sha256; a
+        # variant has no hash of its own, so check at least its recorded size.
+        if encoding is None:
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise StoreError(f"Blob {digest} in {self.location} is corrupt (sha256 mismatch)")
+        elif sizes.get(encoding) != len(data):
+            raise StoreError(f"Blob {digest} ({encoding}) in {self.location} is corrupt")
+        self._write_cache(target, data)
+        return str(target)
+
+    def _write_cache(self, target: Path, data: bytes) -> None:
+        try:
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name[:16] + ".")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)  # atomic: readers see no file or the whole one
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StoreError(f"Cannot write the blob cache '{self.cache_dir}': {exc}") from None
+
+    def all_blobs(self) -> Iterator[str]:
+        with self._io():
+            found = [
+                d.decode() if isinstance(d, bytes) else str(d)
+                for d in self._redis.hkeys(self._key("blobs"))
+            ]
+        return iter(sorted(found))
+
+    def delete_blob(self, digest: str) -> int:
+        keys = [self._blob_key(digest, encoding) for encoding in (*ENCODINGS, None)]
+        with self._io():
+            pipe = self._redis.pipeline(transaction=True)
+            for key in keys:
+                pipe.strlen(key)
+            # The field first (in the same transaction anyway): the blob stops existing
+            # for every reader at once.
+            pipe.hdel(self._key("blobs"), digest)
+            pipe.delete(*keys)
+            sizes = pipe.execute()[: len(keys)]
+        for encoding in (*ENCODINGS, None):
+            with contextlib.suppress(OSError):
+                self._cached(digest, encoding).unlink()
+        return sum(int(size) for size in sizes)
+
+    # -- manifests -------------------------------------------------------------------------
+    def publish(self, deployment: Deployment) -> bool:
+        key = self._manifest_key(deployment.id)
+        with self.lock(), self._io():
+            if self._redis.exists(key):
+                return False
+            digests = sorted(deployment.digests())
+            if digests:
+                found = self._redis.hmget(self._key("blobs"), digests)
+                for digest, meta in zip(digests, found, strict=True):
+                    if meta is None:
+                        raise StoreError(
+                            f"Cannot publish {deployment.id}: blob {digest} is missing"
+                        )
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.set(key, deployment.dumps())
+            pipe.sadd(self._key("deployments"), deployment.id)
+            pipe.execute()
+            return True
+
+    def load(self, deployment_id: str) -> Deployment:
+        key = self._manifest_key(deployment_id)
+        with self._io():
+            raw: bytes | None = self._redis.get(key)
+        if raw is None:
+            raise DeploymentNotFound(f"Unknown deployment {deployment_id!r} in {self.location}")
+        deployment = Deployment.loads(raw)
+        if deployment.id != deployment_id:
+            raise ManifestError(f"Manifest {key} names deployment {deployment.id!r}")
+        return deployment
+
+    def ids(self) -> list[str]:
+        with self._io():
+            members = self._redis.smembers(self._key("deployments"))
+        found = (m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        return [ident for ident in found if is_valid_id(ident)]
+
+    def exists(self, deployment_id: str) -> bool:
+        if not is_valid_id(deployment_id):
+            return False
+        with self._io():
+            return bool(self._redis.sismember(self._key("deployments"), deployment_id))
+
+    def delete_deployment(self, deployment_id: str) -> None:
+        key = self._manifest_key(deployment_id)
+        with self._io():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.srem(self._key("deployments"), deployment_id)
+            pipe.delete(key)
+            pipe.execute()
+
+    # -- activation ------------------------------------------------------------------------
+    def activations(self) -> list[Activation]:
+        with self._io():
+            raw = self._redis.lrange(self._key("history"), 0, -1)
+        try:
+            return [Activation.from_json(json.loads(item)) for item in raw]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"Corrupt activation record in {self.location}: {exc}") from None
+
+    def current(self) -> str | None:
+        with self._io():
+            raw = self._redis.get(self._key("current"))
+        if raw is None:
+            return None
+        try:
+            return Activation.from_json(json.loads(raw)).id
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"Corrupt activation record in {self.location}: {exc}") from None
+
+    def _record_activation(self, activation: Activation) -> None:
+        record = json.dumps(activation.to_json(), sort_keys=True)
+        message = json.dumps({"id": activation.id, "seq": activation.seq})
+        keys = [
+            self._key("seq"),
+            self._key("history"),
+            self._key("current"),
+            self._manifest_key(activation.id),
+        ]
+        try:
+            self._activate(
+                keys=keys,
+                args=[activation.seq, record, HISTORY_LIMIT, self.channel, message],
+            )
+        except self._response_error as exc:
+            raise StoreError(f"Cannot activate {activation.id} in {self.location}: {exc}") from None
+        except self._errors as exc:
+            self._fail(exc)
+
+    def probe(self) -> Hashable:
+        with self._io():
+            raw = self._redis.get(self._key("seq"))
+        value = int(raw) if raw is not None else None
+        self._seen = value
+        return value
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block on the activation channel up to *timeout* seconds.
+
+        Never raises: while Redis is unreachable it logs once and sleeps, and the next
+        call subscribes again. A message may wake it spuriously; callers re-probe.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._watch_lock:
+            if self._closed:
+                return
+            if self._pubsub_pid != os.getpid():
+                # A forked child (a pre-forking server) must not read its parent's
+                # subscription socket: forget it without closing it, and subscribe anew.
+                self._pubsub = None
+            try:
+                if self._pubsub is None:
+                    self._subscribe()
+                    if self._outage_logged:
+                        self._outage_logged = False
+                        log.warning("Redis at %s is reachable again", self.location)
+                    # An activation between the caller's probe and our subscription would
+                    # otherwise wait for the next one: compare with the last probe.
+                    raw = self._redis.get(self._key("seq"))
+                    if (int(raw) if raw is not None else None) != self._seen:
+                        return
+                while (left := deadline - time.monotonic()) > 0:
+                    if self._pubsub.get_message(timeout=left) is not None:
+                        return
+                return
+            except Exception as exc:  # includes a dead socket; never let the watcher die
+                self._drop_pubsub()
+                if self._closed:
+                    return
+                if not self._outage_logged:
+                    self._outage_logged = True
+                    log.warning("Redis at %s is unreachable: %s", self.location, exc)
+        left = deadline - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def _subscribe(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+        except BaseException:
+            pubsub.close()
+            raise
+        self._pubsub = pubsub
+        self._pubsub_pid = os.getpid()
+
+    def _drop_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def close(self) -> None:
+        # Not under the watcher's lock: closing the subscription's socket wakes a thread
+        # blocked in wait_for_change, which then returns at once.
+        self._closed = True
+        self._drop_pubsub()
+        with contextlib.suppress(Exception):
+            self._redis.close()

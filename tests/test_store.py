@@ -1,0 +1,682 @@
+"""One store test suite, run against every backend (``any_store``: filesystem and Redis)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib
+import importlib.util
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from deploysync.build import build
+from deploysync.manifest import Asset, Deployment, InvalidId, ManifestError
+from deploysync.store import DeploymentNotFound, FileStore, Store, StoreError, open_store
+
+SrcFactory = Callable[..., Path]
+
+
+# -- helpers --------------------------------------------------------------------------------
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def put(store: Store, data: bytes, **variants: bytes) -> str:
+    digest = digest_of(data)
+    store.put_blob(digest, data, variants)
+    return digest
+
+
+def deployment_of(ident: str, *blobs: bytes, created: float = 1.0) -> Deployment:
+    assets = {}
+    for index, data in enumerate(blobs):
+        digest = digest_of(data)
+        path = f"f{index}.txt"
+        name = f"f{index}.{digest[:12]}.txt"
+        assets[path] = Asset(path, name, digest, len(data), "text/plain", "")
+    return Deployment(ident, "/static/", MappingProxyType(assets), created=created)
+
+
+def snapshot(store: Store) -> Any:
+    """Everything the store holds, to assert that a refused command changed nothing."""
+    if isinstance(store, FileStore):
+        root = store.root
+        if not root.exists():
+            return None
+        return sorted(
+            (p.relative_to(root).as_posix(), p.read_bytes())
+            for p in root.rglob("*")
+            if p.is_file() and p.name != ".lock" and "tmp" not in p.relative_to(root).parts
+        )
+    client = store._redis  # type: ignore[attr-defined]
+    state = {}
+    for key in sorted(client.keys("*")):
+        kind = client.type(key)
+        if kind == b"string":
+            state[key] = client.get(key)
+        elif kind == b"hash":
+            state[key] = sorted(client.hgetall(key).items())
+        elif kind == b"set":
+            state[key] = sorted(client.smembers(key))
+        elif kind == b"list":
+            state[key] = client.lrange(key, 0, -1)
+        else:  # pragma: no cover - the store writes no other type
+            state[key] = kind
+    return state
+
+
+def corrupt_manifest(store: Store, ident: str, raw: bytes) -> None:
+    if isinstance(store, FileStore):
+        (store.root / "deployments" / f"{ident}.json").write_bytes(raw)
+    else:
+        store._redis.set(f"{store.namespace}:deployment:{ident}", raw)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def built(any_store: Store, site_src: SrcFactory) -> Callable[[str], Deployment]:
+    """``built("v2")``: build that version of the small site into the store (not activated)."""
+
+    def make(version: str) -> Deployment:
+        return build(site_src(version), any_store).deployment
+
+    return make
+
+
+# -- blobs ----------------------------------------------------------------------------------
+def test_blob_round_trip(any_store: Store) -> None:
+    any_store.ensure_writable()
+    data = b"body { color: red }\n" * 50
+    packed = gzip.compress(data)
+    digest = put(any_store, data, gzip=packed)
+
+    assert any_store.blob_variants(digest) == {"gzip": len(packed)}
+    assert any_store.read_blob(digest) == data
+    assert any_store.read_blob(digest, "gzip") == packed
+    assert Path(any_store.blob_path(digest)).read_bytes() == data
+    assert Path(any_store.blob_path(digest, "gzip")).read_bytes() == packed
+    assert digest in set(any_store.all_blobs())
+    with pytest.raises(StoreError, match="missing"):
+        any_store.read_blob(digest, "br")
+    with pytest.raises(StoreError, match="missing"):
+        any_store.blob_path(digest, "br")
+
+
+def test_put_blob_is_idempotent(any_store: Store) -> None:
+    any_store.ensure_writable()
+    data = b"export const x = 1;\n"
+    digest = put(any_store, data)
+    before = snapshot(any_store)
+    put(any_store, data)
+    assert snapshot(any_store) == before
+    assert list(any_store.all_blobs()) == [digest]
+    assert any_store.blob_variants(digest) == {}
+
+
+def test_absent_blob(any_store: Store) -> None:
+    any_store.ensure_writable()
+    digest = digest_of(b"never stored")
+    assert any_store.blob_variants(digest) is None
+    with pytest.raises(StoreError):
+        any_store.read_blob(digest)
+    with pytest.raises(StoreError):
+        any_store.blob_path(digest)
+
+
+# -- manifests ------------------------------------------------------------------------------
+def test_publish_load_ids_exists(any_store: Store) -> None:
+    any_store.ensure_writable()
+    put(any_store, b"one")
+    put(any_store, b"two")
+    deployment = deployment_of("dep-1", b"one", b"two")
+
+    assert not any_store.exists("dep-1")
+    assert any_store.publish(deployment) is True
+    assert any_store.exists("dep-1")
+    assert any_store.ids() == ["dep-1"]
+    assert any_store.load("dep-1") == deployment
+    # Publishing an existing id keeps the first one.
+    assert any_store.publish(deployment_of("dep-1", b"one")) is False
+    assert any_store.load("dep-1") == deployment
+    with pytest.raises(DeploymentNotFound):
+        any_store.load("dep-2")
+
+
+def test_publish_refuses_missing_blobs(any_store: Store) -> None:
+    any_store.ensure_writable()
+    put(any_store, b"present")
+    before = snapshot(any_store)
+    with pytest.raises(StoreError, match="missing"):
+        any_store.publish(deployment_of("dep-1", b"present", b"absent"))
+    assert snapshot(any_store) == before
+    assert not any_store.exists("dep-1")
+    assert any_store.ids() == []
+
+
+def test_corrupt_manifest_is_a_manifest_error(any_store: Store) -> None:
+    any_store.ensure_writable()
+    put(any_store, b"one")
+    any_store.publish(deployment_of("good", b"one", created=2.0))
+    any_store.publish(deployment_of("bad", b"one"))
+    corrupt_manifest(any_store, "bad", b"{not json")
+    with pytest.raises(ManifestError):
+        any_store.load("bad")
+    corrupt_manifest(any_store, "bad", b'{"version": 1, "id": "good"}')
+    with pytest.raises(ManifestError):
+        any_store.load("bad")
+    # One broken manifest does not break listing the others.
+    assert [info.id for info in any_store.list()] == ["good"]
+
+
+# -- activation -----------------------------------------------------------------------------
+def test_activate_and_rollback(any_store: Store, built: Callable[[str], Deployment]) -> None:
+    v1, v2 = built("v1"), built("v2")
+    assert v1.id != v2.id
+    assert any_store.current() is None
+    assert any_store.activate(v1.id).seq == 1
+    assert any_store.current() == v1.id
+    any_store.activate(v2.id)
+    assert any_store.current() == v2.id
+    rollback = any_store.activate(v1.id)  # a rollback is the same move
+    assert rollback.seq == 3
+    assert any_store.current() == v1.id
+    assert [(a.id, a.seq) for a in any_store.activations()] == [(v1.id, 1), (v2.id, 2), (v1.id, 3)]
+    assert any_store.order() == {v2.id: 2, v1.id: 3}
+
+
+def test_activate_refuses_unknown_and_invalid_ids(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    v1 = built("v1")
+    any_store.activate(v1.id)
+    before = snapshot(any_store)
+    with pytest.raises(DeploymentNotFound):
+        any_store.activate("0123456789abcdef")
+    with pytest.raises(InvalidId):
+        any_store.activate("../" + v1.id)
+    assert snapshot(any_store) == before
+    assert any_store.current() == v1.id
+
+
+def test_list_newest_first_with_current_marker(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    any_store.activate(v1.id)
+    infos = any_store.list()
+    assert [info.id for info in infos] == [v2.id, v1.id]
+    assert [info.current for info in infos] == [False, True]
+    assert infos[1].activated is not None and infos[0].activated is None
+    assert infos[1].files == len(v1.assets) == 7
+    assert infos[1].bytes == v1.total_size
+
+
+def test_probe_changes_on_every_activation(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    v1 = built("v1")
+    tokens = [any_store.probe()]
+    assert any_store.probe() == tokens[0]  # stable while nothing happens
+    for _ in range(3):
+        time.sleep(0.01)  # fs: a coarse mtime must not hide a change
+        any_store.activate(v1.id)  # the same id again still changes the token
+        tokens.append(any_store.probe())
+    assert len(set(tokens)) == 4
+
+
+def test_wait_for_change_without_change_returns_after_timeout(any_store: Store) -> None:
+    any_store.ensure_writable()
+    any_store.probe()
+    started = time.monotonic()
+    any_store.wait_for_change(0.2)
+    assert 0.15 <= time.monotonic() - started < 2.0
+
+
+# -- prune ----------------------------------------------------------------------------------
+def test_prune_keeps_newest_and_current(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    time.sleep(0.01)
+    v3 = built("v3")
+    orphan = put(any_store, b"left by an interrupted build")
+    any_store.activate(v1.id)  # an old one is current (a rollback)
+
+    result = any_store.prune(keep=1)
+
+    assert result.deployments == (v2.id,)
+    assert sorted(any_store.ids()) == sorted([v1.id, v3.id])
+    assert any_store.current() == v1.id
+    only_v2 = v2.digests() - v1.digests() - v3.digests()
+    assert only_v2, "the versions must differ"
+    remaining = set(any_store.all_blobs())
+    assert not only_v2 & remaining
+    assert orphan not in remaining
+    assert remaining == v1.digests() | v3.digests()
+    assert result.blobs == len(only_v2) + 1
+    # Every kept deployment is still whole, shared blobs included.
+    for deployment in (v1, v3):
+        for asset in deployment.assets.values():
+            assert any_store.read_blob(asset.digest) is not None
+            assert Path(any_store.blob_path(asset.digest)).stat().st_size == asset.size
+
+
+def test_prune_never_removes_current(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    any_store.activate(v1.id)
+    any_store.prune(keep=1)
+    assert sorted(any_store.ids()) == sorted([v1.id, v2.id])
+    any_store.activate(v2.id)
+    assert any_store.prune(keep=1).deployments == (v1.id,)
+    assert any_store.ids() == [v2.id]
+
+
+def test_prune_keep_zero_is_refused(any_store: Store, built: Callable[[str], Deployment]) -> None:
+    any_store.activate(built("v1").id)
+    built("v2")
+    before = snapshot(any_store)
+    with pytest.raises(StoreError, match="--keep"):
+        any_store.prune(keep=0)
+    assert snapshot(any_store) == before
+
+
+# -- lock -----------------------------------------------------------------------------------
+def second_store(store: Store, tmp_path: Path) -> Store:
+    """Another object on the same store, as another server or CLI would open it."""
+    if isinstance(store, FileStore):
+        return FileStore(store.root)
+    from deploysync.store.redis import RedisStore
+
+    return RedisStore(store.url, cache_dir=tmp_path / "cache2")  # type: ignore[attr-defined]
+
+
+def test_lock_is_exclusive_across_store_objects(any_store: Store, tmp_path: Path) -> None:
+    any_store.ensure_writable()
+    other = second_store(any_store, tmp_path)
+    inside: list[int] = []
+    overlaps: list[int] = []
+    errors: list[BaseException] = []
+
+    def hold(store: Store, name: int) -> None:
+        try:
+            for _ in range(3):
+                with store.lock(), store.lock():  # re-entrant within a process
+                    inside.append(name)
+                    if len(inside) > 1:
+                        overlaps.append(name)
+                    time.sleep(0.03)
+                    inside.remove(name)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hold, args=(s, n)) for n, s in enumerate([any_store, other])]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+    finally:
+        other.close()
+    assert not errors
+    assert not any(thread.is_alive() for thread in threads)
+    assert overlaps == []
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    from deploysync.store import open_store
+    store = open_store(sys.argv[1])
+    with store.lock():
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[2]))
+    store.close()
+    """
+)
+
+
+def test_lock_is_exclusive_across_processes(any_store: Store) -> None:
+    any_store.ensure_writable()
+    spec = str(any_store.root) if isinstance(any_store, FileStore) else any_store.url  # type: ignore[attr-defined]
+    with subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, spec, "0.6"], stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "locked"
+            started = time.monotonic()
+            with any_store.lock():
+                waited = time.monotonic() - started
+        finally:
+            holder.wait(timeout=20)
+    assert holder.returncode == 0
+    assert waited >= 0.3
+
+
+# -- bad input never reaches a path or a key ------------------------------------------------
+BAD_IDS = ["../evil", "a/b", "", "x" * 65, "..", "has space", "dep\n", "*"]
+BAD_DIGESTS = ["../../etc/passwd", "A" * 64, "g" * 64, "a" * 63, "a" * 65, "", "*", "a" * 63 + "/"]
+
+
+def test_invalid_ids_and_digests_are_rejected(any_store: Store, tmp_path: Path) -> None:
+    any_store.ensure_writable()
+    around = sorted(p.name for p in tmp_path.iterdir())
+    before = snapshot(any_store)
+    for bad in BAD_IDS:
+        assert not any_store.exists(bad)
+        with pytest.raises(DeploymentNotFound):
+            any_store.load(bad)
+        with pytest.raises(InvalidId):
+            any_store.activate(bad)
+        with pytest.raises(DeploymentNotFound):
+            any_store.delete_deployment(bad)
+    for bad in BAD_DIGESTS:
+        with pytest.raises(StoreError, match="Invalid blob digest"):
+            any_store.put_blob(bad, b"x", {})
+        for call in (
+            any_store.read_blob,
+            any_store.blob_path,
+            any_store.blob_variants,
+            any_store.delete_blob,
+        ):
+            with pytest.raises(StoreError, match="Invalid blob digest"):
+                call(bad)
+    assert snapshot(any_store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == around
+
+
+# -- build into either backend --------------------------------------------------------------
+def test_build_then_load(any_store: Store, site_src: SrcFactory) -> None:
+    first = build(site_src("v1"), any_store, activate=True)
+    assert first.created
+    assert any_store.current() == first.deployment.id
+    again = build(site_src("v1"), any_store)
+    assert not again.created
+    assert again.deployment.id == first.deployment.id
+    loaded = any_store.load(first.deployment.id)
+    assert loaded.assets == first.deployment.assets
+    for asset in loaded.assets.values():
+        assert digest_of(Path(any_store.blob_path(asset.digest)).read_bytes()) == asset.digest
+
+
+@pytest.mark.redis
+def test_same_source_gives_same_id_in_both_backends(
+    fs_store: FileStore, redis_url: str, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    src = site_src("v1")
+    store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    try:
+        in_redis = build(src, store).deployment
+    finally:
+        store.close()
+    in_fs = build(src, fs_store).deployment
+    assert in_fs.id == in_redis.id
+    assert in_fs.assets == in_redis.assets
+
+
+# -- Redis only -----------------------------------------------------------------------------
+@pytest.fixture
+def redis_store(redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    yield store
+    store.close()
+
+
+@pytest.mark.redis
+def test_open_store_routes_redis_urls(redis_url: str) -> None:
+    from deploysync.store.redis import RedisStore
+
+    store = open_store(redis_url)
+    try:
+        assert isinstance(store, RedisStore)
+        assert store.probe() is None
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_wait_for_change_wakes_on_activation(
+    redis_store: Any, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    ident = build(site_src("v1"), redis_store).deployment.id
+    activator = second_store(redis_store, tmp_path)
+    seen = redis_store.probe()
+    redis_store.wait_for_change(0.05)  # subscribed from now on
+    timer = threading.Timer(0.3, activator.activate, args=(ident,))
+    try:
+        started = time.monotonic()
+        timer.start()
+        redis_store.wait_for_change(10)
+        woke = time.monotonic() - started
+        timer.join()
+    finally:
+        timer.cancel()
+        activator.close()
+    assert 0.25 <= woke < 1.5
+    assert redis_store.probe() != seen
+
+
+@pytest.mark.redis
+def test_wait_for_change_sees_an_activation_before_it_subscribed(
+    redis_store: Any, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    ident = build(site_src("v1"), redis_store).deployment.id
+    redis_store.probe()
+    activator = second_store(redis_store, tmp_path)
+    try:
+        activator.activate(ident)  # lands between the probe and the first wait
+    finally:
+        activator.close()
+    started = time.monotonic()
+    redis_store.wait_for_change(10)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.redis
+def test_namespaces_are_independent(redis_url: str, site_src: SrcFactory, tmp_path: Path) -> None:
+    from deploysync.store.redis import RedisStore
+
+    one = RedisStore(redis_url, cache_dir=tmp_path / "c1", namespace="app-one")
+    two = RedisStore(redis_url, cache_dir=tmp_path / "c2", namespace="app-two")
+    try:
+        build(site_src("v1"), one, activate=True)
+        assert two.ids() == [] and two.current() is None and list(two.all_blobs()) == []
+        assert two.probe() is None
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.redis
+def test_blob_cache_checks_the_bytes(redis_store: Any) -> None:
+    data = b"console.log('hello')\n"
+    digest = put(redis_store, data)
+    redis_store._redis.set(f"deploysync:blob:{digest}", b"tampered")
+    with pytest.raises(StoreError, match="corrupt"):
+        redis_store.blob_path(digest)
+    assert not list(redis_store.cache_dir.rglob("*" + digest + "*"))
+    redis_store._redis.set(f"deploysync:blob:{digest}", data)
+    path = Path(redis_store.blob_path(digest))
+    assert path.read_bytes() == data
+    assert path.is_relative_to(redis_store.cache_dir)
+    # Pruned blobs leave this process's cache too.
+    redis_store.delete_blob(digest)
+    assert not path.exists()
+
+
+@pytest.mark.redis
+def test_stale_lock_of_a_crashed_writer_expires(redis_store: Any) -> None:
+    redis_store._redis.set("deploysync:lock", b"crashed-writer", px=300)
+    started = time.monotonic()
+    with redis_store.lock():
+        waited = time.monotonic() - started
+        assert redis_store._redis.get("deploysync:lock") != b"crashed-writer"
+    assert 0.2 <= waited < 5
+    assert redis_store._redis.get("deploysync:lock") is None  # released
+
+
+def cli_main() -> Callable[[list[str]], int] | None:
+    if importlib.util.find_spec("deploysync.cli") is None:
+        return None
+    cli = importlib.import_module("deploysync.cli")
+    main: Callable[[list[str]], int] = cli.main
+    return main
+
+
+@pytest.mark.redis
+def test_outage_fails_every_operation_with_one_line_then_recovers(
+    redis_server: Any,
+    redis_store: Any,
+    site_src: SrcFactory,
+) -> None:
+    src = site_src("v1")
+    ident = build(src, redis_store, activate=True).deployment.id
+    digest = next(iter(redis_store.load(ident).digests()))
+    cached = redis_store.blob_path(digest)
+    redis_store.wait_for_change(0.01)  # subscribed
+    url = redis_server.url
+    redis_server.stop()
+    try:
+        operations: list[Callable[[], object]] = [
+            redis_store.probe,
+            redis_store.ids,
+            redis_store.current,
+            redis_store.activations,
+            redis_store.ensure_writable,
+            redis_store.list,
+            lambda: redis_store.load(ident),
+            lambda: redis_store.exists(ident),
+            lambda: redis_store.activate(ident),
+            lambda: redis_store.prune(keep=1),
+            lambda: redis_store.blob_variants(digest),
+            lambda: redis_store.read_blob(digest),
+            lambda: redis_store.blob_path("0" * 64),
+            lambda: build(src, redis_store),
+        ]
+        for operation in operations:
+            with pytest.raises(StoreError) as caught:
+                operation()
+            message = str(caught.value)
+            assert "\n" not in message
+            assert message.startswith(f"Cannot reach Redis at {url}: "), message
+        # A blob already materialised keeps being served from the local cache.
+        assert redis_store.blob_path(digest) == cached
+        # The watcher never raises; it sleeps out its timeout.
+        for _ in range(2):
+            started = time.monotonic()
+            redis_store.wait_for_change(0.2)
+            assert 0.15 <= time.monotonic() - started < 2.0
+    finally:
+        redis_server.start()
+
+    # Back: the same objects work again without being reopened (the data is gone: the
+    # test server does not persist).
+    assert redis_store.probe() is None
+    ident = build(src, redis_store).deployment.id
+    redis_store.probe()
+    redis_store.wait_for_change(0.05)  # subscribes again
+    timer = threading.Timer(0.2, redis_store.activate, args=(ident,))
+    started = time.monotonic()
+    timer.start()
+    try:
+        redis_store.wait_for_change(10)
+    finally:
+        timer.join()
+    assert time.monotonic() - started < 1.5
+    assert redis_store.current() == ident
+
+
+@pytest.mark.redis
+def test_cli_fails_with_one_line_while_redis_is_down(
+    redis_server: Any,
+    redis_url: str,
+    site_src: SrcFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main = cli_main()
+    if main is None:
+        pytest.skip("deploysync.cli is not written yet")
+    src = str(site_src("v1"))
+    redis_server.stop()
+    try:
+        for argv in (
+            ["build", src, "--store", redis_url],
+            ["activate", "0123456789abcdef", "--store", redis_url],
+            ["list", "--store", redis_url],
+            ["prune", "--store", redis_url, "--keep", "1"],
+        ):
+            capsys.readouterr()
+            assert main(argv) != 0, argv
+            captured = capsys.readouterr()
+            err = captured.err.strip()
+            assert err and "\n" not in err, (argv, err)
+            assert f"Cannot reach Redis at {redis_url}" in err, (argv, err)
+    finally:
+        redis_server.start()
+
+
+@pytest.mark.redis
+def test_close_wakes_a_blocked_watcher(redis_url: str, tmp_path: Path) -> None:
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    store.probe()
+    store.wait_for_change(0.01)  # subscribed
+    watcher = threading.Thread(target=store.wait_for_change, args=(30,))
+    watcher.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    store.close()
+    watcher.join(timeout=5)
+    assert not watcher.is_alive()
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.redis
+def test_default_blob_cache_must_be_private(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    store = RedisStore(redis_url)
+    try:
+        assert store.cache_dir.is_relative_to(shared)
+        digest = put(store, b"x")
+        with pytest.raises(StoreError, match="not private"):
+            store.blob_path(digest)
+        shared.chmod(0o700)
+        assert Path(store.blob_path(digest)).read_bytes() == b"x"
+    finally:
+        store.close()
+
+
+def test_redis_store_without_redis_py_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` fail
+    with pytest.raises(StoreError, match=r"pip install deploysync\[redis\]"):
+        open_store("redis://127.0.0.1:1/0")

@@ -1,0 +1,283 @@
+"""ASGI middleware: serves deployments, announces the current one, injects the client.
+
+Pure ASGI 3 (no framework dependency)::
+
+    from deploysync.asgi import DeploySync
+    app = DeploySync(app, store="/srv/deploysync")
+
+Only moves bytes: every decision comes from :mod:`deploysync.core`. Scopes other than
+``http`` (``websocket``, ``lifespan``) pass through untouched.
+
+Options (the same in :mod:`deploysync.wsgi`):
+
+* ``store``: a directory path, a ``redis://`` URL or a :class:`~deploysync.store.Store`.
+* ``static_url``: the prefix assets are served under; it must be the one the current
+  deployment was built for (a different one raises at construction).
+* ``routing`` (``server``, ``client``, ``external``) and ``check_interval`` (seconds, 0:
+  off) are handed to the browser client through the injected tag.
+* ``deployment`` (or ``DEPLOYSYNC_DEPLOYMENT``): pin the id this server renders and
+  announces; assets of every retained deployment stay servable.
+* ``strict``: :meth:`DeploySync.url` raises on an unknown path instead of returning the
+  unhashed URL.
+* ``nonce``: a CSP nonce for the injected script: a ``callable(scope) -> str`` or a key
+  looked up in the scope, then in ``scope["state"]`` (``"csp_nonce"``).
+* ``poll_interval``: seconds between store change probes (a switch is seen within about
+  twice this).
+
+A response can opt out of everything the middleware does to it by carrying the header
+``X-Deploysync: off``; the header is removed before the response is sent. Before the
+first deployment exists, pages pass through without injection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from . import core
+from .inject import Injector, inject_whole
+from .manifest import DEFAULT_STATIC_URL
+from .serving import NonceOption, Runtime, resolve_nonce
+from .store import Store
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+READ_CHUNK = 256 * 1024
+PATHSEND = "http.response.pathsend"
+ZEROCOPYSEND = "http.response.zerocopysend"
+
+
+class DeploySync:
+    """Wrap an ASGI *app* with deployment serving and synchronization."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: Store | str | os.PathLike[str],
+        static_url: str = DEFAULT_STATIC_URL,
+        routing: str = "server",
+        check_interval: float = 0,
+        deployment: str | None = None,
+        strict: bool = False,
+        nonce: NonceOption = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.runtime = Runtime(
+            store,
+            static_url=static_url,
+            routing=routing,
+            check_interval=check_interval,
+            deployment=deployment,
+            strict=strict,
+            poll_interval=poll_interval,
+        )
+        self.nonce = nonce
+        self._static_path = self.runtime.static_path
+        self._request_snapshot = self.runtime.request_snapshot
+
+    def url(self, logical_path: str) -> str:
+        """The hashed URL of *logical_path* in the current deployment."""
+        return self.runtime.url(logical_path)
+
+    def head_tags(self, scope: Scope | None = None) -> str:
+        """The ``<head>`` tags for a template that places them itself."""
+        if scope is None:
+            return self.runtime.head_tags()
+        return self.runtime.head_tags(scope.get("root_path", ""), resolve_nonce(self.nonce, scope))
+
+    def close(self) -> None:
+        """Stop watching the store."""
+        self.runtime.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        runtime = self.runtime
+        snapshot = runtime.snapshot if runtime._watching else runtime.current()
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        # ASGI servers differ on whether "path" includes "root_path"; strip it when it does.
+        if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+            path = path[len(root) :] or "/"
+        raw = scope.get("raw_path")
+        request = core.make_request(scope["method"], path, scope["headers"], raw)
+        plan = core.decide(request, snapshot, self._static_path)
+        if plan is not None:
+            await send_plan(plan, scope, send)
+            return
+        responder = _Responder(self, scope, send, snapshot)
+        token = self._request_snapshot.set(snapshot)
+        try:
+            await self.app(scope, receive, responder.send)
+        finally:
+            self._request_snapshot.reset(token)
+        await responder.close()
+
+
+class _Responder:
+    """Per-request state: holds ``http.response.start`` until the body decides.
+
+    Written flat (few calls per response): it runs for every response of the app.
+    """
+
+    __slots__ = ("edit", "injector", "mw", "passthrough", "scope", "snapshot", "start", "upstream")
+
+    def __init__(self, mw: DeploySync, scope: Scope, send: Send, snapshot: core.Snapshot) -> None:
+        self.mw = mw
+        self.scope = scope
+        self.upstream = send
+        self.snapshot = snapshot
+        self.passthrough = False
+        self.edit: core.ResponseEdit | None = None
+        self.injector: Injector | None = None
+        self.start: Message | None = None
+
+    async def send(self, message: Message) -> None:
+        if self.passthrough:
+            await self.upstream(message)
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            snapshot = self.snapshot
+            edit = core.edit_response(
+                self.scope["method"],
+                message["status"],
+                message.get("headers") or (),
+                snapshot.current_id,
+                snapshot.id_header,
+            )
+            if edit is None:
+                self.passthrough = True
+                await self.upstream(message)
+            elif not edit.inject:
+                self.passthrough = True
+                await self.upstream({**message, "headers": edit.headers})
+            else:
+                self.edit = edit
+                self.start = message
+            return
+        start = self.start
+        if start is None:
+            # Released already (or a body with no start: not ours to fix).
+            await self.upstream(message)
+            return
+        injector = self.injector
+        if kind == "http.response.body":
+            more = message.get("more_body", False)
+            if injector is None:
+                snippet = self._snippet()
+                if not more:
+                    # The whole body in one message: decide in one go.
+                    out, injected = inject_whole(message.get("body", b""), snippet)
+                    await self._release(start, len(snippet) if injected else 0)
+                    await self.upstream({"type": "http.response.body", "body": out})
+                    return
+                injector = self.injector = Injector(snippet)
+            out = injector.feed(message.get("body", b""))
+            if not more:
+                out += injector.finish()
+            if injector.decided:
+                await self._release(start, injector.added)
+                await self.upstream({"type": "http.response.body", "body": out, "more_body": more})
+            return
+        # Anything else (pathsend, trailers, ...) while the start is held: stop
+        # injecting, send what is held unchanged and forward the message.
+        pending = injector.abandon() if injector is not None else b""
+        await self._release(start, 0)
+        if pending:
+            await self.upstream({"type": "http.response.body", "body": pending, "more_body": True})
+        self.passthrough = True
+        await self.upstream(message)
+
+    def _snippet(self) -> bytes:
+        mw = self.mw
+        scope = self.scope
+        nonce = resolve_nonce(mw.nonce, scope) if mw.nonce is not None else None
+        return mw.runtime.snippet(self.snapshot, scope.get("root_path", ""), nonce)
+
+    async def _release(self, start: Message, added: int) -> None:
+        """Send the held start with the final headers (Content-Length exact)."""
+        self.start = None
+        edit = self.edit
+        assert edit is not None  # set together with start
+        await self.upstream({**start, "headers": core.finish_headers(edit, added)})
+
+    async def close(self) -> None:
+        """The app returned: flush a start still held (an app that sent no final body)."""
+        start = self.start
+        if start is None:
+            return
+        if self.injector is None:
+            self.injector = Injector(self._snippet())
+        out = self.injector.finish()
+        await self._release(start, self.injector.added)
+        await self.upstream({"type": "http.response.body", "body": out, "more_body": False})
+
+
+async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
+    """Send a core plan, using the server's file extensions when it offers them."""
+    body = plan.body
+    if body and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body):
+        # A prune removed the blob after this snapshot was built: it is gone now.
+        plan = core.NOT_FOUND
+        body = plan.body
+    # A list, not the plan's tuple: middleware outside this one may edit it in place.
+    start = {"type": "http.response.start", "status": plan.status, "headers": list(plan.headers)}
+    await send(start)
+    if not body or scope["method"] == "HEAD":
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if len(body) == 1 and isinstance(body[0], bytes):
+        await send({"type": "http.response.body", "body": body[0]})
+        return
+    extensions = scope.get("extensions") or {}
+    last = len(body) - 1
+    for index, part in enumerate(body):
+        more = index < last
+        if isinstance(part, bytes):
+            await send({"type": "http.response.body", "body": part, "more_body": more})
+        elif part.whole and not more and index == 0 and PATHSEND in extensions:
+            # ASGI pathsend extension: the server sends the file itself (sendfile).
+            await send({"type": PATHSEND, "path": part.path})
+        elif ZEROCOPYSEND in extensions:
+            with open(part.path, "rb") as fh:
+                await send(
+                    {
+                        "type": ZEROCOPYSEND,
+                        "file": fh,
+                        "offset": part.offset,
+                        "count": part.length,
+                        "more_body": more,
+                    }
+                )
+        else:
+            await _send_chunks(part, more, send)
+
+
+async def _send_chunks(part: core.FileRange, more: bool, send: Send) -> None:
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): read inline, files are local
+        loop = None
+    with open(part.path, "rb") as fh:
+        fh.seek(part.offset)
+        left = part.length
+        while left > 0:
+            size = min(READ_CHUNK, left)
+            if loop is not None:
+                chunk = await loop.run_in_executor(None, fh.read, size)
+            else:
+                chunk = fh.read(size)
+            if not chunk:
+                raise OSError(f"{part.path} is shorter than expected")
+            left -= len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": more or left > 0})

@@ -1,0 +1,702 @@
+"""Serving decisions, without I/O.
+
+The adapters (``asgi.py``, ``wsgi.py``) turn a request into a :class:`Request` and call
+:func:`decide` with the current :class:`Snapshot`; the answer is a :class:`Plan` (status,
+headers, body made of bytes and file ranges) or ``None``, meaning "call the app". For the
+app's response, :func:`edit_response` says which headers to set and whether the HTML body
+goes through the injector. Nothing here reads a file, a clock or a socket.
+
+Headers are lists of ``(name, value)`` byte pairs with lower-case names, the ASGI shape;
+the WSGI adapter converts (latin-1, PEP 3333) at its edge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .manifest import Deployment, is_valid_id
+
+Header = tuple[bytes, bytes]
+Headers = Sequence[Header]
+
+STATIC_CACHE_CONTROL = b"public, max-age=31536000, immutable"
+NO_STORE = b"no-store"
+NO_CACHE = b"no-cache"
+ALLOW = b"GET, HEAD"
+CLIENT_PREFIX = "/_deploysync/"
+VERSION_PATH = "/_deploysync/version"
+
+# Limits on what a request header may carry before it is ignored (RFC 9110 §14.2 lets a
+# server ignore a Range it does not want to honour; the others are ignored as garbage).
+MAX_HEADER_VALUE = 8192
+MAX_RANGES = 16
+MAX_ACCEPT_ITEMS = 64
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+# -- value objects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """``length`` bytes of the file at ``path`` starting at ``offset``; ``whole`` when it
+    is the complete file (so ``pathsend``/``wsgi.file_wrapper`` can send it as is)."""
+
+    path: str
+    offset: int
+    length: int
+    whole: bool = False
+
+
+BodyPart = bytes | FileRange
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A complete answer: status, headers and a body of bytes and file ranges."""
+
+    status: int
+    headers: tuple[Header, ...]
+    body: tuple[BodyPart, ...] = ()
+
+    @property
+    def content_length(self) -> int:
+        return sum(len(p) if isinstance(p, bytes) else p.length for p in self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One stored representation of a file (identity, gzip or br), with its answers
+    precomputed: a request for it in the common case is a dict lookup and a return."""
+
+    encoding: str | None
+    size: int
+    etag: bytes
+    data: bytes | None
+    path: str | None
+    headers: tuple[Header, ...]
+    not_modified_headers: tuple[Header, ...]
+    get: Plan
+    head: Plan
+
+    def part(self, offset: int, length: int) -> BodyPart:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        assert self.path is not None  # a variant is in memory or on disk, never neither
+        return FileRange(self.path, offset, length, offset == 0 and length == self.size)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """A file servable under a URL, with its representations."""
+
+    content_type: bytes
+    identity: Variant
+    gzip: Variant | None = None
+    br: Variant | None = None
+    vary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a request needs, loaded once and swapped as a whole.
+
+    ``files`` maps names below the static prefix (``css/app.3f9a2c1b7d4e.css``) of every
+    retained deployment; ``routes`` maps app-relative paths of the runtime's own files
+    (the client script). ``urls`` maps the current deployment's logical paths to URLs.
+    """
+
+    current_id: str | None
+    seq: int | None
+    order: Mapping[str, int]
+    files: Mapping[str, StaticFile]
+    urls: Mapping[str, str]
+    routes: Mapping[str, StaticFile]
+    static_url: str
+    version: Plan
+    version_head: Plan
+    script_path: str = ""
+    id_header: tuple[Header, ...] = ()
+    deployment: Deployment | None = None
+    loaded: tuple[str, ...] = field(default=())
+
+
+# Not frozen: a request is built on every call, and a frozen dataclass's __init__ costs
+# several times more; nothing mutates it after make_request.
+@dataclass(slots=True)
+class Request:
+    """The parts of a request the decisions read.
+
+    ``path`` is the server-decoded path relative to the application root (``root_path``
+    / ``SCRIPT_NAME`` removed); ``raw_path`` is the still-encoded one when the server
+    provides it, used only to refuse encoded separators.
+    """
+
+    method: str
+    path: str
+    raw_path: bytes | None = None
+    accept_encoding: bytes | None = None
+    range: bytes | None = None
+    if_range: bytes | None = None
+    if_none_match: bytes | None = None
+    navigate: bool = False
+    page_id: str | None = None
+
+
+_WANTED = {
+    b"accept-encoding",
+    b"range",
+    b"if-range",
+    b"if-none-match",
+    b"x-deploysync",
+    b"x-deployment-id",
+}
+
+
+def make_request(
+    method: str,
+    path: str,
+    headers: Sequence[tuple[bytes, bytes]],
+    raw_path: bytes | None = None,
+) -> Request:
+    """Normalise a request from a lower-case ``(name, value)`` byte-pair list.
+
+    Repeated headers are combined with ``", "`` (RFC 9110 §5.3) except the deployment
+    id, which is single-valued: two of them count as none.
+    """
+    if not headers:
+        return Request(method, path, raw_path)
+    found: dict[bytes, bytes] | None = None
+    ids = 0
+    for name, value in headers:
+        if name in _WANTED:
+            if found is None:
+                found = {}
+            if name == b"x-deployment-id":
+                ids += 1
+            found[name] = found[name] + b", " + value if name in found else value
+    if found is None:
+        # The common case (no conditional, range, coding or navigation header).
+        return Request(method, path, raw_path)
+    navigate = found.get(b"x-deploysync", b"").strip().lower() == b"navigate"
+    page_id = None
+    if navigate and ids == 1:
+        try:
+            candidate = found[b"x-deployment-id"].strip().decode("ascii")
+        except UnicodeDecodeError:
+            candidate = ""
+        # An invalid id counts as absent and is never echoed (PROTOCOL.md).
+        page_id = candidate if is_valid_id(candidate) else None
+    get = found.get
+    return Request(
+        method,
+        path,
+        raw_path,
+        get(b"accept-encoding"),
+        get(b"range"),
+        get(b"if-range"),
+        get(b"if-none-match"),
+        navigate,
+        page_id,
+    )
+
+
+# -- ordering and stale navigation ----------------------------------------------------------
+
+
+def is_outdated(page_id: str, current_id: str, order: Mapping[str, int]) -> bool:
+    """Whether a page rendered against *page_id* must move to *current_id*.
+
+    *order* maps ids to the seq of their latest activation (``Store.order()``); higher is
+    newer, so a rollback (re-activating an older id) gives it the highest seq.
+    """
+    if page_id == current_id:
+        return False
+    page, cur = order.get(page_id), order.get(current_id)
+    if page is None:
+        return True  # never activated, pruned or unknown: move it to current
+    if cur is None:
+        return True  # this server is pinned to a not-yet-activated (newer) deployment
+    return page < cur  # a newer page never goes back to an older frontend
+
+
+def reload_plan(current_id: str) -> Plan:
+    """The contract's answer to a stale navigation: 409, empty, not stored anywhere."""
+    return Plan(
+        409,
+        (
+            (b"x-deploysync", b"reload"),
+            (b"x-deployment-id", current_id.encode()),
+            (b"cache-control", NO_STORE),
+            (b"content-length", b"0"),
+        ),
+    )
+
+
+# -- small fixed answers ----------------------------------------------------------------------
+
+NOT_FOUND = Plan(
+    404,
+    (
+        # A CDN must never keep a 404 that a rollout makes true later (PROTOCOL.md).
+        (b"cache-control", NO_STORE),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-length", b"9"),
+    ),
+    (b"Not Found",),
+)
+NOT_FOUND_HEAD = Plan(404, NOT_FOUND.headers)
+METHOD_NOT_ALLOWED = Plan(
+    405,
+    (
+        (b"allow", ALLOW),
+        (b"cache-control", NO_STORE),
+        (b"content-length", b"0"),
+    ),
+)
+
+
+def version_plans(current_id: str | None, static_url: str, seq: int | None) -> tuple[Plan, Plan]:
+    """The GET and HEAD answers of ``/_deploysync/version``."""
+    body = json.dumps({"id": current_id, "static_url": static_url, "seq": seq}).encode()
+    headers = (
+        (b"content-type", b"application/json"),
+        (b"cache-control", NO_STORE),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-length", str(len(body)).encode()),
+    )
+    return Plan(200, headers, (body,)), Plan(200, headers)
+
+
+def make_variant(
+    encoding: str | None,
+    *,
+    etag: bytes,
+    content_type: bytes,
+    size: int,
+    data: bytes | None,
+    path: str | None,
+    vary: bool,
+    cache_control: bytes = STATIC_CACHE_CONTROL,
+) -> Variant:
+    """A representation with its 200, HEAD and 304 answers precomputed."""
+    common: list[Header] = [
+        (b"cache-control", cache_control),
+        (b"etag", etag),
+    ]
+    if vary:
+        common.append((b"vary", b"Accept-Encoding"))
+    # RFC 9110 §15.4.5: a 304 carries the validators and caching headers a 200 would.
+    not_modified = tuple(common)
+    headers = [
+        *common,
+        (b"content-type", content_type),
+        (b"accept-ranges", b"bytes"),
+        (b"x-content-type-options", b"nosniff"),
+    ]
+    if encoding:
+        headers.append((b"content-encoding", encoding.encode()))
+    headers.append((b"content-length", str(size).encode()))
+    full = tuple(headers)
+    if data is not None:
+        body: tuple[BodyPart, ...] = (data,)
+    else:
+        assert path is not None
+        body = (FileRange(path, 0, size, True),)
+    return Variant(
+        encoding=encoding,
+        size=size,
+        etag=etag,
+        data=data,
+        path=path,
+        headers=full,
+        not_modified_headers=not_modified,
+        get=Plan(200, full, body),
+        head=Plan(200, full),
+    )
+
+
+# -- header parsing (RFC 9110) ------------------------------------------------------------------
+
+_ETAG_RE = re.compile(rb'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
+
+
+def _opaque(etag: bytes) -> bytes:
+    return etag[2:] if etag.startswith(b"W/") else etag
+
+
+def if_none_match_hits(value: bytes, etag: bytes) -> bool:
+    """RFC 9110 §13.1.2: ``*`` or a list of entity tags, compared weakly.
+
+    A malformed list is read as far as it parses; what follows is ignored, so garbage
+    never matches anything (and the full response is sent).
+    """
+    if len(value) > MAX_HEADER_VALUE:
+        return False
+    if value.strip() == b"*":
+        return True
+    target = _opaque(etag)
+    pos, end = 0, len(value)
+    while pos < end:
+        match = _ETAG_RE.match(value, pos)
+        if match is None:
+            return False
+        if b'"' + match.group(2) + b'"' == target:
+            return True
+        pos = match.end()
+    return False
+
+
+def if_range_allows(value: bytes, etag: bytes) -> bool:
+    """RFC 9110 §13.1.5: a Range is honoured only if the validator matches *strongly*.
+
+    A date never matches, since no ``Last-Modified`` is sent; a weak tag never matches.
+    """
+    return value.strip() == etag and not etag.startswith(b"W/")
+
+
+_RANGE_SPEC_RE = re.compile(rb"\s*(\d{0,19})\s*-\s*(\d{0,19})\s*")
+
+
+def parse_range(value: bytes, size: int) -> list[tuple[int, int]] | None:
+    """RFC 9110 §14.1.2: the satisfiable ``(start, end_inclusive)`` ranges of *value*.
+
+    ``None``: the header is malformed, oversized or in another unit, and is ignored
+    (§14.2: the server then sends 200). ``[]``: valid but unsatisfiable (416).
+    Overlapping ranges are coalesced, as §14.2 allows.
+    """
+    if len(value) > MAX_HEADER_VALUE:
+        return None
+    unit, eq, spec = value.partition(b"=")
+    if not eq or unit.strip().lower() != b"bytes":
+        return None
+    items = spec.split(b",")
+    if len(items) > MAX_RANGES:
+        return None
+    ranges: list[tuple[int, int]] = []
+    seen = 0
+    for item in items:
+        if not item.strip():
+            continue  # RFC 9110 §5.6.1: empty list elements are ignored
+        match = _RANGE_SPEC_RE.fullmatch(item)
+        if match is None:
+            return None
+        first, last = match.group(1), match.group(2)
+        seen += 1
+        if first:
+            start = int(first)
+            if last:
+                stop = int(last)
+                if stop < start:
+                    return None  # §14.1.1: an invalid range-spec invalidates the header
+                stop = min(stop, size - 1)
+            else:
+                stop = size - 1
+            if start < size:
+                ranges.append((start, stop))
+        elif last:
+            suffix = int(last)
+            if suffix > 0 and size > 0:
+                ranges.append((max(0, size - suffix), size - 1))
+        else:
+            return None
+    if not seen:
+        return None
+    ranges.sort()
+    merged: list[tuple[int, int]] = []
+    for start, stop in ranges:
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+_CODING_RE = re.compile(rb"\s*([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*((?:;[^,]*)?)")
+_HAS_Q_RE = re.compile(rb";\s*q\s*=", re.I)
+_QVALUE_RE = re.compile(rb";\s*q\s*=\s*(0(?:\.\d{0,3})?|1(?:\.0{0,3})?)\s*(?:;|$)", re.I)
+
+
+def parse_accept_encoding(value: bytes) -> dict[bytes, float] | None:
+    """RFC 9110 §12.5.3: coding -> qvalue. ``None`` when the header is unusable."""
+    if len(value) > MAX_HEADER_VALUE:
+        return None
+    result: dict[bytes, float] = {}
+    items = value.split(b",")
+    if len(items) > MAX_ACCEPT_ITEMS:
+        return None
+    for item in items:
+        if not item.strip():
+            continue
+        match = _CODING_RE.fullmatch(item)
+        if match is None:
+            continue  # an unparsable element is skipped, the rest still counts
+        coding, params = match.group(1).lower(), match.group(2)
+        q = 1.0
+        if _HAS_Q_RE.search(params):
+            qmatch = _QVALUE_RE.search(params)
+            if qmatch is None:
+                continue  # an invalid qvalue (§12.4.2): the element is skipped
+            q = float(qmatch.group(1))
+        if coding == b"x-gzip":
+            coding = b"gzip"  # §8.4.1.3: x-gzip is gzip
+        result.setdefault(coding, q)
+    return result
+
+
+def choose_variant(file: StaticFile, accept_encoding: bytes | None) -> Variant:
+    """The representation to send: highest qvalue among those stored, ties going
+    br > gzip > identity (smallest first). Without Accept-Encoding, identity (§12.5.3:
+    "no preference", and the safest for old clients)."""
+    if accept_encoding is None or (file.br is None and file.gzip is None):
+        return file.identity
+    prefs = parse_accept_encoding(accept_encoding)
+    if not prefs:
+        # An empty field means "no coding" (§12.5.3); an unusable one is ignored.
+        return file.identity
+    star = prefs.get(b"*")
+    best: Variant | None = None
+    best_q = 0.0
+    for variant, name in ((file.br, b"br"), (file.gzip, b"gzip")):
+        if variant is None:
+            continue
+        q = prefs.get(name, star if star is not None else 0.0)
+        if q > best_q:
+            best, best_q = variant, q
+    # Identity not listed is acceptable (§12.5.3) but ranks below any accepted coding.
+    identity_q = prefs.get(b"identity", star if star is not None else 0.0)
+    if best is not None and best_q >= identity_q:
+        return best
+    if identity_q > 0 or best is None:
+        # When nothing is acceptable (`identity;q=0` and no stored coding allowed),
+        # §12.5.3 permits ignoring the field rather than failing: identity is sent.
+        return file.identity
+    return best
+
+
+# -- static files -------------------------------------------------------------------------------
+
+_ENCODED_SEPARATORS = re.compile(rb"%(?:2f|5c|00|25)", re.I)
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether *name* (below the static prefix, decoded) can be an asset name at all.
+
+    The index is only ever a dict lookup, so this is a second line: it keeps names with
+    traversal, absolute or odd characters out of the index when it is built.
+    """
+    if not name or name.startswith("/") or len(name) > 1024:
+        return False
+    if "\\" in name or "%" in name or ":" in name[:3]:
+        return False
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def serve_file(file: StaticFile, request: Request, boundary: str | None = None) -> Plan:
+    """GET/HEAD of a known file: 304, 200, 206 or 416 per RFC 9110 §13 and §14."""
+    variant = choose_variant(file, request.accept_encoding)
+    head = request.method == "HEAD"
+    inm = request.if_none_match
+    if inm is not None and if_none_match_hits(inm, variant.etag):
+        return Plan(304, variant.not_modified_headers)
+    # §14.2: Range is defined for GET only; a HEAD ignores it.
+    if request.range is None or head:
+        return variant.head if head else variant.get
+    # Ranges are served on the identity representation, so offsets mean the same thing
+    # to every client whatever it accepts (§14.1.2 applies to the selected one).
+    variant = file.identity
+    if request.if_range is not None and not if_range_allows(request.if_range, variant.etag):
+        return variant.get
+    ranges = parse_range(request.range, variant.size)
+    if ranges is None:
+        return variant.get
+    size = variant.size
+    if not ranges:
+        return Plan(
+            416,
+            (
+                (b"content-range", f"bytes */{size}".encode()),
+                (b"cache-control", NO_STORE),
+                (b"content-length", b"0"),
+            ),
+        )
+    base = [h for h in variant.headers if h[0] not in (b"content-length", b"content-type")]
+    if len(ranges) == 1:
+        start, stop = ranges[0]
+        length = stop - start + 1
+        headers = (
+            *base,
+            (b"content-type", file.content_type),
+            (b"content-range", f"bytes {start}-{stop}/{size}".encode()),
+            (b"content-length", str(length).encode()),
+        )
+        return Plan(206, headers, (variant.part(start, length),))
+    # §14.6 multipart/byteranges: each part carries its Content-Type and Content-Range.
+    mark = (boundary or secrets.token_hex(12)).encode()
+    parts: list[BodyPart] = []
+    for index, (start, stop) in enumerate(ranges):
+        head_bytes = (
+            (b"\r\n" if index else b"")
+            + b"--"
+            + mark
+            + b"\r\ncontent-type: "
+            + file.content_type
+            + f"\r\ncontent-range: bytes {start}-{stop}/{size}\r\n\r\n".encode()
+        )
+        parts.append(head_bytes)
+        parts.append(variant.part(start, stop - start + 1))
+    parts.append(b"\r\n--" + mark + b"--\r\n")
+    total = sum(len(p) if isinstance(p, bytes) else p.length for p in parts)
+    headers = (
+        *base,
+        (b"content-type", b"multipart/byteranges; boundary=" + mark),
+        (b"content-length", str(total).encode()),
+    )
+    return Plan(206, headers, tuple(parts))
+
+
+def decide(
+    request: Request,
+    snapshot: Snapshot,
+    static_path: str,
+    boundary: str | None = None,
+) -> Plan | None:
+    """The answer to *request*, or ``None`` when the app must be called.
+
+    *static_path* is the path part of the static prefix (``/static/``).
+    """
+    current = snapshot.current_id
+    page = request.page_id
+    if (
+        request.navigate
+        and current is not None
+        and page is not None
+        and is_outdated(page, current, snapshot.order)
+    ):
+        # The app is not called: a POST is not processed, so the client can submit it
+        # again natively on the new frontend. Plain API fetches (no navigate marker)
+        # are never answered 409.
+        return reload_plan(current)
+    path = request.path
+    if path.startswith(static_path):
+        file = snapshot.files.get(path[len(static_path) :])
+    elif path.startswith(CLIENT_PREFIX):
+        if path == VERSION_PATH:
+            if request.method == "GET":
+                return snapshot.version
+            if request.method == "HEAD":
+                return snapshot.version_head
+            return METHOD_NOT_ALLOWED
+        file = snapshot.routes.get(path)
+    else:
+        return None
+    method = request.method
+    if method != "GET" and method != "HEAD":
+        return METHOD_NOT_ALLOWED
+    # An encoded "/", "\", NUL or "%" (double encoding) is refused even when its decoded
+    # form names a file: the request did not name that file, it smuggled a separator.
+    raw = request.raw_path
+    if file is None or (raw is not None and b"%" in raw and _ENCODED_SEPARATORS.search(raw)):
+        return NOT_FOUND_HEAD if method == "HEAD" else NOT_FOUND
+    if request.accept_encoding is None and request.range is None and request.if_none_match is None:
+        variant = file.identity
+        return variant.head if method == "HEAD" else variant.get
+    return serve_file(file, request, boundary)
+
+
+# -- the app's responses --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ResponseEdit:
+    """What to do with an app's response.
+
+    ``headers`` replace the app's; when ``inject`` is true the body goes through the
+    injector and ``content_length`` (the app's, if any) is adjusted once it has decided.
+    """
+
+    headers: list[Header]
+    inject: bool
+    content_length: int | None = None
+
+
+def edit_response(
+    method: str,
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]],
+    current_id: str | None,
+    id_header: tuple[Header, ...] = (),
+) -> ResponseEdit | None:
+    """Decide how an app's response is changed; ``None``: it passes through untouched.
+
+    HTML documents get ``X-Deployment-Id``, ``Cache-Control: no-cache`` when the app set
+    none, and (for a body that can be rewritten) the injection. A response carrying
+    ``X-Deploysync: off`` opts out: the header is removed and nothing else changes.
+    *headers* may have names in any case.
+    """
+    content_type = b""
+    opt_out = has_cache_control = False
+    encoded = False
+    content_length: int | None = None
+    out: list[Header] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-type":
+            content_type = value
+        elif lname == b"x-deploysync":
+            if value.strip().lower() == b"off":
+                opt_out = True
+                continue
+        elif lname == b"cache-control":
+            has_cache_control = True
+        elif lname == b"content-encoding":
+            encoded = value.strip().lower() not in (b"", b"identity")
+        elif lname == b"content-length":
+            try:
+                content_length = int(value)
+            except ValueError:
+                content_length = None
+            continue  # re-added below, exact
+        elif lname == b"x-deployment-id":
+            continue  # the middleware's own header wins
+        out.append((name, value))
+    if opt_out:
+        return ResponseEdit(_with_length(out, content_length), False)
+    if current_id is None or status < 200:
+        return None
+    # text/html, with or without parameters, any case (RFC 9110 §8.3.1).
+    mime = content_type[:10].lower()
+    if not (mime == b"text/html" or (mime[:9] == b"text/html" and mime[9:] in b"; \t")):
+        return None
+    if not has_cache_control:
+        # The document must be revalidated so a deploy is seen at the next load;
+        # assets stay immutable.
+        out.append((b"cache-control", NO_CACHE))
+    out.extend(id_header or ((b"x-deployment-id", current_id.encode()),))
+    inject = method != "HEAD" and status not in (204, 304) and not encoded
+    if inject:
+        return ResponseEdit(out, True, content_length)
+    return ResponseEdit(_with_length(out, content_length), False)
+
+
+def _with_length(headers: list[Header], length: int | None) -> list[Header]:
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    return headers
+
+
+def finish_headers(edit: ResponseEdit, added: int) -> list[Header]:
+    """The headers to send once the injector decided it added *added* bytes."""
+    headers = edit.headers
+    if edit.content_length is not None:
+        headers.append((b"content-length", b"%d" % (edit.content_length + added)))
+    return headers

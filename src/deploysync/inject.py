@@ -1,0 +1,251 @@
+"""Streaming HTML injection of the deployment id and the browser client.
+
+:class:`Injector` is a small incremental state machine: it is fed the body chunk by chunk
+and returns what may be sent so far. It looks only at the start of the document (a
+bounded lookahead, :data:`LOOKAHEAD` bytes), never buffers a whole body, and once it has
+decided it passes every later chunk through unchanged.
+
+Where the tags go:
+
+* right after ``<head ...>`` (any case, with attributes, after a BOM, doctype, comments,
+  processing instructions and whitespace, and after ``<html ...>``);
+* without ``<head>``, before the first other tag (``<body>``, ``<title>``, ...) of a
+  *document* (one that opened with a doctype, ``<html>`` or ``<body>``); a fragment such as
+  an htmx partial (``<div>...``) is left alone, it is not a page;
+* nowhere when the head already carries ``<meta name="deployment-id" ...>`` (placed by a
+  template helper, :func:`head_tags`), or when nothing decides within the lookahead.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import sys
+
+LOOKAHEAD = 64 * 1024
+ROUTING_MODES = ("server", "client", "external")
+
+_BOM = b"\xef\xbb\xbf"
+# One prolog item at a time: whitespace, a comment, a doctype / <!...>, a processing
+# instruction, or a start tag (attribute values may hold ">" inside quotes).
+_SPACE_RE = re.compile(rb"[ \t\r\n\f]+")
+_COMMENT_RE = re.compile(rb"<!--.*?-->", re.S)
+_DECL_RE = re.compile(rb"<[!?][^>]*>")
+_TAG_RE = re.compile(rb"<([A-Za-z][^\s/>]*)(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
+_HEAD_END_RE = re.compile(rb"</head[\s>]|<body[\s/>]", re.I)
+_META_RE = re.compile(rb"<meta\s[^>]*?\bname\s*=\s*[\"']?deployment-id[\"'\s/>]", re.I)
+
+# The common document in one regex: prolog, <html ...>, <head ...>. Atomic groups and
+# possessive quantifiers (Python 3.11+) keep it linear on any input; on 3.10 the
+# incremental scanner alone does the work.
+_FAST_HEAD_RE = (
+    re.compile(
+        rb"(?:\xef\xbb\xbf)?(?>[ \t\r\n\f]+|<!--.*?-->|<!(?!--)[^>]*+>|<\?[^>]*+>)*+"
+        rb"(?><html(?=[\s/>])(?:[^>\"']|\"[^\"]*+\"|'[^']*+')*+>)?+"
+        rb"(?>[ \t\r\n\f]+|<!--.*?-->)*+"
+        rb"<head(?=[\s/>])(?:[^>\"']|\"[^\"]*+\"|'[^']*+')*+>",
+        re.I | re.S,
+    )
+    if sys.version_info >= (3, 11)
+    else None
+)
+
+_SCANNING, _IN_HEAD, _DONE = 0, 1, 2
+
+
+def head_tags(
+    deployment_id: str,
+    *,
+    script_url: str,
+    version_url: str,
+    routing: str = "server",
+    check_interval: float = 0,
+    nonce: str | None = None,
+) -> str:
+    """The tags that go into ``<head>``: the deployment id and the client script.
+
+    The browser client reads ``meta[name=deployment-id]`` and ``script[data-deploysync]``
+    with ``data-routing``, ``data-check-interval`` (seconds, 0: no periodic check) and
+    ``data-version-url``. Template helpers render this so pages carry the tags themselves.
+    """
+    esc = html.escape
+    interval = f"{check_interval:g}"
+    nonce_attr = f' nonce="{esc(nonce)}"' if nonce else ""
+    return (
+        f'<meta name="deployment-id" content="{esc(deployment_id)}">'
+        f'<script type="module" src="{esc(script_url)}" data-deploysync'
+        f' data-routing="{esc(routing)}" data-check-interval="{interval}"'
+        f' data-version-url="{esc(version_url)}"{nonce_attr}></script>'
+    )
+
+
+def inject_whole(body: bytes, snippet: bytes) -> tuple[bytes, bool]:
+    """The same decision as :class:`Injector` for a body that is complete in one piece
+    (most non-streaming responses), without the machine's bookkeeping.
+
+    Returns the body to send and whether the snippet went in.
+    """
+    fast = _FAST_HEAD_RE.match(body) if _FAST_HEAD_RE is not None else None
+    if fast is None:
+        injector = Injector(snippet)
+        out = injector.feed(body) + injector.finish()
+        return out, injector.injected
+    at = fast.end()
+    limit = at + LOOKAHEAD
+    # bytes.find first (the common spelling), the case-insensitive regexes only when
+    # it says they could match.
+    end = body.find(b"</head>", at, limit)
+    if end < 0:
+        found = _HEAD_END_RE.search(body, at, limit)
+        end = found.start() if found else limit
+    if (
+        body.find(b"eployment-", at, end) >= 0 or body.find(b"EPLOYMENT-", at, end) >= 0
+    ) and _META_RE.search(body, at, end):
+        return body, False
+    view = memoryview(body)
+    return b"".join((view[:at], snippet, view[at:])), True
+
+
+class Injector:
+    """Feed body chunks with :meth:`feed`, then call :meth:`finish`.
+
+    ``decided`` turns true as soon as the output no longer depends on later input;
+    ``injected`` tells whether the snippet went in (so Content-Length grows by
+    ``len(snippet)``).
+    """
+
+    __slots__ = ("_buf", "_doc", "_insert", "_pos", "_scan", "_snippet", "_state", "injected")
+
+    def __init__(self, snippet: bytes) -> None:
+        self._snippet = snippet
+        self._buf = b""
+        self._state = _SCANNING
+        self._pos = 0
+        self._doc = False
+        self._insert = -1
+        self._scan = 0
+        self.injected = False
+
+    @property
+    def decided(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take *chunk*; return the bytes that can be sent now (maybe ``b""``)."""
+        if self._state == _DONE:
+            return chunk
+        self._buf = self._buf + chunk if self._buf else chunk
+        return self._run(final=False)
+
+    @property
+    def snippet(self) -> bytes:
+        return self._snippet
+
+    @property
+    def pristine(self) -> bool:
+        """Nothing fed yet."""
+        return self._state == _SCANNING and not self._buf and not self._pos
+
+    @property
+    def added(self) -> int:
+        """How many bytes the injection added (0 when it did not inject)."""
+        return len(self._snippet) if self.injected else 0
+
+    def abandon(self) -> bytes:
+        """Stop without injecting; return the held bytes unchanged."""
+        if self._state == _DONE:
+            return b""
+        return self._give_up()
+
+    def finish(self) -> bytes:
+        """End of body: decide with what there is and return what is left."""
+        if self._state == _DONE:
+            return b""
+        return self._run(final=True)
+
+    # -- the machine ---------------------------------------------------------------------
+    def _run(self, final: bool) -> bytes:
+        buf = self._buf
+        if self._state == _SCANNING:
+            fast = _FAST_HEAD_RE.match(buf) if _FAST_HEAD_RE and not self._pos else None
+            found = fast.end() if fast else self._scan_prolog(buf, final)
+            if found is None:
+                return self._give_up() if final or len(buf) > LOOKAHEAD else b""
+            if found < 0:
+                return self._give_up()
+            self._insert = self._scan = found
+            self._state = _IN_HEAD
+        # In the head: look for a deployment-id meta placed by the app, up to the end
+        # of the head (or <body>), the end of the body or the lookahead limit.
+        end_match = _HEAD_END_RE.search(buf, max(self._insert, self._scan - 16))
+        limit = end_match.start() if end_match else len(buf)
+        # Overlap: a meta tag may have been cut by the previous chunk boundary.
+        if _META_RE.search(buf, max(self._insert, self._scan - 512), limit):
+            return self._give_up()
+        if end_match is None and not final and len(buf) <= LOOKAHEAD:
+            self._scan = len(buf)
+            return b""
+        return self._inject()
+
+    def _scan_prolog(self, buf: bytes, final: bool) -> int | None:
+        """Where the snippet goes; ``-1`` for "nowhere"; ``None`` to wait for more."""
+        pos = self._pos
+        if pos == 0 and buf.startswith(_BOM):
+            pos = len(_BOM)
+        elif pos == 0 and len(buf) < len(_BOM) and _BOM.startswith(buf) and not final:
+            return None
+        end = len(buf)
+        while pos < end:
+            self._pos = pos
+            if buf[pos] != 0x3C:  # "<"
+                match = _SPACE_RE.match(buf, pos)
+                if match is None:
+                    # Text before any tag: a fragment, or a document whose head is
+                    # implied; only the latter is a page.
+                    return pos if self._doc else -1
+                pos = match.end()
+                continue
+            if buf.startswith(b"<!--", pos):
+                match = _COMMENT_RE.match(buf, pos)
+                if match is None:
+                    return None
+                pos = match.end()
+                continue
+            if pos + 1 < end and buf[pos + 1] in b"!?":
+                match = _DECL_RE.match(buf, pos)
+                if match is None:
+                    return None
+                self._doc = self._doc or buf[pos : pos + 9].lower() == b"<!doctype"
+                pos = match.end()
+                continue
+            match = _TAG_RE.match(buf, pos)
+            if match is None:
+                # An incomplete tag waits; a "<" that cannot start a tag is text.
+                if pos + 1 >= end or buf[pos + 1 : pos + 2].isalpha():
+                    return None
+                return pos if self._doc else -1
+            name = match.group(1).lower()
+            if name == b"html":
+                self._doc = True
+                pos = match.end()
+                continue
+            if name == b"head":
+                return match.end()
+            if name == b"body":
+                return pos
+            return pos if self._doc else -1
+        self._pos = pos
+        return None
+
+    def _give_up(self) -> bytes:
+        self._state = _DONE
+        out, self._buf = self._buf, b""
+        return out
+
+    def _inject(self) -> bytes:
+        self._state = _DONE
+        self.injected = True
+        view, at = memoryview(self._buf), self._insert
+        self._buf = b""
+        # One copy of the body, not two (slicing bytes copies).
+        return b"".join((view[:at], self._snippet, view[at:]))

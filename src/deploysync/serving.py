@@ -1,0 +1,509 @@
+"""The runtime both adapters share: snapshots of the store, and the thread that swaps them.
+
+A :class:`~deploysync.core.Snapshot` holds everything a request reads: the current
+deployment's id, the activation order, a ``name -> StaticFile`` index over every retained
+deployment (hashed names are derived from content, so the union has no conflicts), the
+current deployment's ``logical path -> URL`` map, precomputed headers and ETags, and small
+files' bytes. It is built once per change and swapped by replacing one reference, so a
+request sees one deployment or the other, never a mix, and never touches the store.
+
+A daemon thread, started on the first request (and again in a forked child), waits on
+``store.wait_for_change(poll_interval)`` and compares ``store.probe()``; on a change it
+builds a new snapshot. A store that disappears or a corrupt manifest keeps the last good
+snapshot and is logged once (logger ``deploysync``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import gzip
+import hashlib
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import core
+from .core import Snapshot, StaticFile
+from .inject import ROUTING_MODES, head_tags
+from .manifest import (
+    DEFAULT_STATIC_URL,
+    Asset,
+    Deployment,
+    DeploySyncError,
+    normalize_static_url,
+    validate_id,
+)
+from .store import Store, StoreError, open_store
+
+logger = logging.getLogger("deploysync")
+
+ENV_DEPLOYMENT = "DEPLOYSYNC_DEPLOYMENT"
+# Files up to this size are read into memory once; larger ones are sent from disk.
+MEMORY_LIMIT = 256 * 1024
+# Deployments built without activation change no probe token; the id list is re-read
+# every this many polls so their assets become servable too.
+RESCAN_POLLS = 10
+CLIENT_FILE = Path(__file__).parent / "client" / "deploysync.js"
+# Served while the package carries no client yet (a source checkout mid-build).
+PLACEHOLDER_CLIENT = b"// deploysync client placeholder: no client/deploysync.js in this install\n"
+CLIENT_CONTENT_TYPE = b"text/javascript; charset=utf-8"
+
+
+class UnknownAsset(DeploySyncError, KeyError):
+    """A logical path that is not in the current deployment (``strict`` mode)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "Unknown asset"
+
+
+NonceOption = Callable[[Any], str | None] | str | None
+
+
+class Runtime:
+    """Snapshots of a store for one server process, and the options of the middleware."""
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str],
+        *,
+        static_url: str = DEFAULT_STATIC_URL,
+        routing: str = "server",
+        check_interval: float = 0,
+        deployment: str | None = None,
+        strict: bool = False,
+        poll_interval: float = 0.5,
+    ) -> None:
+        if routing not in ROUTING_MODES:
+            raise DeploySyncError(
+                f"Unknown routing mode {routing!r}: use one of {', '.join(ROUTING_MODES)}"
+            )
+        if isinstance(check_interval, bool) or not isinstance(check_interval, int | float):
+            raise DeploySyncError(
+                f"check_interval must be a number of seconds, not {check_interval!r}"
+            )
+        if check_interval < 0:
+            raise DeploySyncError(f"check_interval must be >= 0, not {check_interval!r}")
+        if not poll_interval > 0:
+            raise DeploySyncError(f"poll_interval must be > 0, not {poll_interval!r}")
+        pinned = deployment if deployment is not None else os.environ.get(ENV_DEPLOYMENT) or None
+        self.pinned = validate_id(pinned) if pinned is not None else None
+        self.store = open_store(store)
+        self.static_url = normalize_static_url(static_url)
+        path = urlsplit(self.static_url).path if "://" in self.static_url else self.static_url
+        self.static_path = normalize_static_url(path or "/")
+        self.routing = routing
+        self.check_interval = check_interval
+        self.strict = strict
+        self.poll_interval = float(poll_interval)
+
+        self._root = _store_root(self.store)
+        self._deployments: dict[str, Deployment] = {}
+        self._files: dict[tuple[str, str, tuple[tuple[str, int], ...]], StaticFile] = {}
+        self._state: tuple[Hashable, frozenset[str]] | None = None
+        self._last_error: str | None = None
+        self._refresh_lock = threading.Lock()
+        self._watch_lock = threading.Lock()
+        self._watcher_pid: int | None = None
+        self._stop = threading.Event()
+        self._closed = False
+        # Reset in a forked child (see _after_fork), so requests need no getpid().
+        self._watching = False
+        _RUNTIMES.add(self)
+        self._client_path, self._client = _client_file()
+        # The snapshot of the request being handled, so url() and head_tags() called by
+        # the app render against the deployment the middleware announces for it.
+        self.request_snapshot: contextvars.ContextVar[Snapshot | None] = contextvars.ContextVar(
+            f"deploysync_snapshot_{id(self):x}", default=None
+        )
+        self._snippets: dict[str, bytes] = {}
+        self._snippets_for: Snapshot | None = None
+
+        # Configuration errors (a prefix that differs from the one the current
+        # deployment was built for) surface here, when the middleware is constructed.
+        snapshot = self._build(initial=True)
+        self.snapshot: Snapshot = snapshot if snapshot is not None else self._empty()
+
+    # -- what requests read --------------------------------------------------------------
+    def current(self) -> Snapshot:
+        """The snapshot to answer with; starts the watcher in this process if needed."""
+        if not self._watching:
+            self._start_watcher()
+        return self.snapshot
+
+    @property
+    def deployment(self) -> Deployment | None:
+        """The current deployment (``None`` before the first, or pinned to one not built).
+
+        During a request, the one the middleware announces for that request."""
+        return (self.request_snapshot.get() or self.current()).deployment
+
+    @property
+    def client_path(self) -> str:
+        """The client script's path relative to the application root."""
+        return self._client_path
+
+    def url(self, logical_path: str) -> str:
+        """The hashed URL of *logical_path* in the current deployment.
+
+        Unknown: :class:`UnknownAsset` when ``strict``, else the unhashed URL (a missing
+        asset must never turn a page into a 500).
+        """
+        key = logical_path.lstrip("/")
+        snapshot = self.request_snapshot.get() or self.current()
+        found = snapshot.urls.get(key)
+        if found is not None:
+            return found
+        if self.strict:
+            raise UnknownAsset(
+                f"Asset {logical_path!r} is not in deployment {snapshot.current_id!r}"
+                f" of {self.store.location}"
+            )
+        return self.static_url + key
+
+    def snippet(self, snapshot: Snapshot, root_path: str = "", nonce: str | None = None) -> bytes:
+        """The injected ``<head>`` tags of *snapshot* for a request mounted at *root_path*."""
+        if nonce is None:
+            if self._snippets_for is not snapshot:
+                self._snippets, self._snippets_for = {}, snapshot
+            cached = self._snippets.get(root_path)
+            if cached is not None:
+                return cached
+        text = self._tags(snapshot, root_path, nonce).encode()
+        if nonce is None and len(self._snippets) < 64:
+            self._snippets[root_path] = text
+        return text
+
+    def head_tags(self, root_path: str = "", nonce: str | None = None) -> str:
+        """The tags for templates that place them themselves (``""`` before any deploy)."""
+        return self._tags(self.request_snapshot.get() or self.current(), root_path, nonce)
+
+    def _tags(self, snapshot: Snapshot, root_path: str, nonce: str | None) -> str:
+        if snapshot.current_id is None:
+            return ""
+        root = root_path.rstrip("/")
+        return head_tags(
+            snapshot.current_id,
+            script_url=root + self._client_path,
+            version_url=root + core.VERSION_PATH,
+            routing=self.routing,
+            check_interval=self.check_interval,
+            nonce=nonce,
+        )
+
+    # -- loading -----------------------------------------------------------------------------
+    def refresh(self) -> bool:
+        """Re-read the store now; ``True`` when a new snapshot was swapped in."""
+        with self._refresh_lock:
+            snapshot = self._build(initial=False)
+            if snapshot is None:
+                return False
+            self.snapshot = snapshot  # one reference assignment: atomic for readers
+            return True
+
+    def _empty(self) -> Snapshot:
+        version, version_head = core.version_plans(self.pinned, self.static_url, None)
+        return Snapshot(
+            current_id=self.pinned,
+            seq=None,
+            order=MappingProxyType({}),
+            files=MappingProxyType({}),
+            urls=MappingProxyType({}),
+            routes=MappingProxyType({self._client_path: self._client}),
+            static_url=self.static_url,
+            version=version,
+            version_head=version_head,
+            script_path=self._client_path,
+        )
+
+    def _report(self, message: str) -> None:
+        if message != self._last_error:
+            self._last_error = message
+            logger.error("%s; still serving the last good deployment", message)
+
+    def _build(self, initial: bool) -> Snapshot | None:
+        """A new snapshot, or ``None`` when nothing changed or the store cannot be read."""
+        store = self.store
+        try:
+            token = store.probe()
+            activations = store.activations()
+            ids = frozenset(store.ids())
+        except (StoreError, OSError, ValueError) as exc:
+            self._report(f"Cannot read deploysync store {store.location}: {exc}")
+            return None
+        state = (token, ids)
+        if state == self._state:
+            return None
+        order = {a.id: a.seq for a in activations}
+        current_id = self.pinned or (activations[-1].id if activations else None)
+        for gone in set(self._deployments) - ids:
+            del self._deployments[gone]
+        for ident in sorted(ids - set(self._deployments)):
+            try:
+                self._deployments[ident] = store.load(ident)
+            except (StoreError, OSError, ValueError) as exc:
+                self._report(f"Cannot load deployment {ident} from {store.location}: {exc}")
+        current = self._deployments.get(current_id) if current_id else None
+        if current_id is not None and current is None and current_id in ids:
+            # The current manifest is unreadable: keep what we have, try again later.
+            return None
+        if current is not None and current.static_url != self.static_url:
+            message = (
+                f"Deployment {current.id} in {store.location} was built for the static URL"
+                f" '{current.static_url}', but this server is configured with"
+                f" '{self.static_url}'; pass static_url='{current.static_url}' or rebuild"
+                f" with --static-url '{self.static_url}'"
+            )
+            if initial:
+                raise DeploySyncError(message)
+            self._report(message)
+            return None
+        # The current deployment first, then the newest: a name maps to one content.
+        ordered = sorted(
+            self._deployments.values(),
+            key=lambda d: (d.id != current_id, -order.get(d.id, 0), -d.created),
+        )
+        files: dict[str, StaticFile] = {}
+        used: set[tuple[str, str, tuple[tuple[str, int], ...]]] = set()
+        for deployment in ordered:
+            if deployment.static_url != self.static_url:
+                continue  # its pages point elsewhere; nothing here would be asked for
+            for asset in deployment.assets.values():
+                if asset.name in files or not core.is_safe_name(asset.name):
+                    continue
+                key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
+                static = self._files.get(key)
+                if static is None:
+                    static = self._load_file(asset)
+                    if static is None:
+                        continue
+                    self._files[key] = static
+                used.add(key)
+                files[asset.name] = static
+        for stale in set(self._files) - used:
+            del self._files[stale]
+        urls = (
+            {path: self.static_url + asset.name for path, asset in current.assets.items()}
+            if current is not None
+            else {}
+        )
+        seq = order.get(current_id) if current_id else None
+        version, version_head = core.version_plans(current_id, self.static_url, seq)
+        if self._last_error is not None:
+            logger.info("deploysync store %s readable again", store.location)
+            self._last_error = None
+        self._state = state
+        return Snapshot(
+            current_id=current_id,
+            seq=seq,
+            order=MappingProxyType(order),
+            files=MappingProxyType(files),
+            urls=MappingProxyType(urls),
+            routes=MappingProxyType({self._client_path: self._client}),
+            static_url=self.static_url,
+            version=version,
+            version_head=version_head,
+            script_path=self._client_path,
+            id_header=((b"x-deployment-id", current_id.encode()),) if current_id else (),
+            deployment=current,
+            loaded=tuple(sorted(self._deployments)),
+        )
+
+    def _load_file(self, asset: Asset) -> StaticFile | None:
+        """The servable form of *asset*, or ``None`` when its bytes are not trustworthy."""
+        try:
+            content_type = asset.content_type.encode("latin-1")
+            vary = bool(asset.encodings)
+            etag_base = asset.digest[:32]
+            identity = self._variant(asset, None, asset.size, etag_base, content_type, vary)
+            if identity is None:
+                return None
+            coded: dict[str, core.Variant] = {}
+            for encoding, size in asset.encodings.items():
+                if encoding not in ("br", "gzip"):
+                    continue
+                tag = f"{etag_base}-{'br' if encoding == 'br' else 'gz'}"
+                variant = self._variant(asset, encoding, size, tag, content_type, vary)
+                if variant is not None:
+                    coded[encoding] = variant
+        except (StoreError, OSError, UnicodeEncodeError, ValueError) as exc:
+            self._report(f"Cannot read asset {asset.name}: {exc}")
+            return None
+        vary = bool(coded)
+        if vary != bool(asset.encodings):
+            identity = self._variant(asset, None, asset.size, etag_base, content_type, vary)
+            assert identity is not None
+        return StaticFile(
+            content_type=content_type,
+            identity=identity,
+            gzip=coded.get("gzip"),
+            br=coded.get("br"),
+            vary=vary,
+        )
+
+    def _variant(
+        self,
+        asset: Asset,
+        encoding: str | None,
+        size: int,
+        etag: str,
+        content_type: bytes,
+        vary: bool,
+    ) -> core.Variant | None:
+        store = self.store
+        data: bytes | None = None
+        path: str | None = None
+        if self._root is not None:
+            # Never a byte from outside the store, even through a symlink inside it.
+            path = os.path.realpath(store.blob_path(asset.digest, encoding))
+            if not path.startswith(self._root) or os.path.getsize(path) != size:
+                self._report(
+                    f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store"
+                )
+                return None
+        if size <= MEMORY_LIMIT:
+            data = store.read_blob(asset.digest, encoding)
+            path = None
+            if len(data) != size or (
+                encoding is None and hashlib.sha256(data).hexdigest() != asset.digest
+            ):
+                self._report(f"Blob of {asset.name} does not match its manifest entry")
+                return None
+        elif path is None:
+            path = store.blob_path(asset.digest, encoding)
+        return core.make_variant(
+            encoding,
+            etag=f'"{etag}"'.encode(),
+            content_type=content_type,
+            size=size,
+            data=data,
+            path=path,
+            vary=vary,
+        )
+
+    # -- the watcher ---------------------------------------------------------------------------
+    def _start_watcher(self) -> None:
+        with self._watch_lock:
+            pid = os.getpid()
+            if self._closed or (self._watching and self._watcher_pid == pid):
+                return
+            # A forked child inherits the flag but not the thread: start its own.
+            self._stop = threading.Event()
+            thread = threading.Thread(
+                target=self._watch, args=(self._stop,), name="deploysync-watcher", daemon=True
+            )
+            thread.start()
+            self._watcher_pid = pid
+            self._watching = True
+
+    def _watch(self, stop: threading.Event) -> None:
+        polls = 0
+        token = self._state[0] if self._state else None
+        while not stop.is_set():
+            try:
+                self.store.wait_for_change(self.poll_interval)
+                if stop.is_set():
+                    return
+                polls += 1
+                fresh = self.store.probe()
+                if fresh != token or polls >= RESCAN_POLLS:
+                    polls = 0
+                    token = fresh
+                    self.refresh()
+            except Exception as exc:  # the watcher must outlive any store hiccup
+                self._report(f"deploysync watcher: {exc!r}")
+                stop.wait(self.poll_interval)
+
+    def close(self) -> None:
+        """Stop the watcher and release the store."""
+        self._closed = True
+        self._watching = True  # never start again
+        self._stop.set()
+        with contextlib.suppress(Exception):
+            self.store.close()
+
+
+_RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # A forked child (a gunicorn worker) inherits the flag but not the thread.
+    for runtime in list(_RUNTIMES):
+        if not runtime._closed:
+            runtime._watching = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _store_root(store: Store) -> str | None:
+    root = getattr(store, "root", None)
+    if root is None:
+        return None
+    return os.path.realpath(str(root)) + os.sep
+
+
+def _client_file() -> tuple[str, StaticFile]:
+    """The browser client as a static file at ``/_deploysync/client-<hash>.js``."""
+    try:
+        data = CLIENT_FILE.read_bytes()
+    except OSError:
+        data = PLACEHOLDER_CLIENT
+    digest = hashlib.sha256(data).hexdigest()
+    path = f"{core.CLIENT_PREFIX}client-{digest[:12]}.js"
+    compressed = gzip.compress(data, mtime=0)
+    etag = digest[:32]
+    vary = len(compressed) < len(data)
+    identity = core.make_variant(
+        None,
+        etag=f'"{etag}"'.encode(),
+        content_type=CLIENT_CONTENT_TYPE,
+        size=len(data),
+        data=data,
+        path=None,
+        vary=vary,
+    )
+    coded = (
+        core.make_variant(
+            "gzip",
+            etag=f'"{etag}-gz"'.encode(),
+            content_type=CLIENT_CONTENT_TYPE,
+            size=len(compressed),
+            data=compressed,
+            path=None,
+            vary=True,
+        )
+        if vary
+        else None
+    )
+    return path, StaticFile(CLIENT_CONTENT_TYPE, identity, gzip=coded, vary=vary)
+
+
+def resolve_nonce(option: NonceOption, holder: Mapping[str, Any] | Any) -> str | None:
+    """A CSP nonce from a callable(scope or environ), or a key looked up in it.
+
+    A string key is looked up in the scope/environ, then in its ``"state"`` mapping
+    (``scope["state"]["csp_nonce"]``, where ASGI frameworks keep request state).
+    """
+    if option is None:
+        return None
+    if callable(option):
+        value = option(holder)
+    else:
+        value = holder.get(option) if isinstance(holder, Mapping) else None
+        if value is None and isinstance(holder, Mapping):
+            state = holder.get("state")
+            if isinstance(state, Mapping):
+                value = state.get(option)
+            elif state is not None:
+                value = getattr(state, option, None)
+    if isinstance(value, str) and value:
+        return value
+    return None

@@ -1,0 +1,297 @@
+"""WSGI middleware (PEP 3333): the same options and decisions as :mod:`deploysync.asgi`.
+
+::
+
+    from deploysync.wsgi import DeploySync
+    application = DeploySync(application, store="/srv/deploysync")
+
+Every decision comes from :mod:`deploysync.core`; this module converts between the
+``environ``/``start_response`` world and byte-pair header lists. Large files go out
+through ``wsgi.file_wrapper`` when the server offers it. HTML injection streams over the
+app's iterable (whose ``close()`` is always called). The CSP ``nonce`` option is a
+``callable(environ) -> str`` or an environ key (``"csp_nonce"``). A response carrying
+``X-Deploysync: off`` is left alone (the header is removed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Protocol
+
+from . import core
+from .inject import Injector
+from .manifest import DEFAULT_STATIC_URL
+from .serving import NonceOption, Runtime, resolve_nonce
+from .store import Store
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+Write = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = ..., /
+    ) -> Write: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+READ_CHUNK = 256 * 1024
+STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+
+# environ key -> the lower-case header name the core reads (PEP 3333 §environ).
+_ENVIRON_HEADERS = (
+    ("HTTP_ACCEPT_ENCODING", b"accept-encoding"),
+    ("HTTP_RANGE", b"range"),
+    ("HTTP_IF_RANGE", b"if-range"),
+    ("HTTP_IF_NONE_MATCH", b"if-none-match"),
+    ("HTTP_X_DEPLOYSYNC", b"x-deploysync"),
+    ("HTTP_X_DEPLOYMENT_ID", b"x-deployment-id"),
+)
+
+
+def _status_line(code: int) -> str:
+    return STATUS_LINES.get(code) or f"{code} Unknown"
+
+
+def _str_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+class DeploySync:
+    """Wrap a WSGI *app* with deployment serving and synchronization."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        store: Store | str | os.PathLike[str],
+        static_url: str = DEFAULT_STATIC_URL,
+        routing: str = "server",
+        check_interval: float = 0,
+        deployment: str | None = None,
+        strict: bool = False,
+        nonce: NonceOption = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.runtime = Runtime(
+            store,
+            static_url=static_url,
+            routing=routing,
+            check_interval=check_interval,
+            deployment=deployment,
+            strict=strict,
+            poll_interval=poll_interval,
+        )
+        self.nonce = nonce
+        self._static_path = self.runtime.static_path
+        self._request_snapshot = self.runtime.request_snapshot
+
+    def url(self, logical_path: str) -> str:
+        """The hashed URL of *logical_path* in the current deployment."""
+        return self.runtime.url(logical_path)
+
+    def head_tags(self, environ: Environ | None = None) -> str:
+        """The ``<head>`` tags for a template that places them itself."""
+        if environ is None:
+            return self.runtime.head_tags()
+        return self.runtime.head_tags(
+            environ.get("SCRIPT_NAME", ""), resolve_nonce(self.nonce, environ)
+        )
+
+    def close(self) -> None:
+        """Stop watching the store."""
+        self.runtime.close()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        snapshot = self.runtime.current()
+        # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1.
+        path = environ.get("PATH_INFO") or "/"
+        try:
+            path = path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            path = "\0"  # no asset has this name: a 404 under the prefix
+        raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace") if raw_uri else None
+        headers = [
+            (name, value.encode("latin-1", "replace"))
+            for key, name in _ENVIRON_HEADERS
+            if (value := environ.get(key)) is not None
+        ]
+        method = environ.get("REQUEST_METHOD", "GET")
+        request = core.make_request(method, path, headers, raw)
+        plan = core.decide(request, snapshot, self._static_path)
+        if plan is not None:
+            return _respond(plan, method, environ, start_response)
+        response = _Response(self, environ, start_response, snapshot)
+        token = self._request_snapshot.set(snapshot)
+        try:
+            result = self.app(environ, response.start_response)
+        finally:
+            self._request_snapshot.reset(token)
+        if response.passthrough:
+            return result  # untouched: a file_wrapper the app returned stays one
+        return _Body(response, result)
+
+
+def _respond(
+    plan: core.Plan, method: str, environ: Environ, start_response: StartResponse
+) -> Iterable[bytes]:
+    body = plan.body
+    if body and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body):
+        # A prune removed the blob after this snapshot was built: it is gone now.
+        plan = core.NOT_FOUND
+        body = plan.body
+    start_response(_status_line(plan.status), _str_headers(plan.headers))
+    if not body or method == "HEAD":
+        return []
+    if len(body) == 1:
+        part = body[0]
+        if isinstance(part, bytes):
+            return [part]
+        wrapper = environ.get("wsgi.file_wrapper")
+        if part.whole and wrapper is not None:
+            # The server may turn this into sendfile (PEP 3333 §optional-platform-specific).
+            return wrapper(open(part.path, "rb"), READ_CHUNK)  # type: ignore[no-any-return]
+    return _parts(body)
+
+
+def _parts(body: tuple[core.BodyPart, ...]) -> Iterator[bytes]:
+    for part in body:
+        if isinstance(part, bytes):
+            yield part
+            continue
+        with open(part.path, "rb") as fh:
+            fh.seek(part.offset)
+            left = part.length
+            while left > 0:
+                chunk = fh.read(min(READ_CHUNK, left))
+                if not chunk:
+                    raise OSError(f"{part.path} is shorter than expected")
+                left -= len(chunk)
+                yield chunk
+
+
+class _Response:
+    """Per-request state: the app's start_response, held until the body decides."""
+
+    __slots__ = (
+        "edit",
+        "environ",
+        "held",
+        "injector",
+        "mw",
+        "passthrough",
+        "snapshot",
+        "status",
+        "upstream",
+        "write",
+    )
+
+    def __init__(
+        self, mw: DeploySync, environ: Environ, upstream: StartResponse, snapshot: core.Snapshot
+    ) -> None:
+        self.mw = mw
+        self.environ = environ
+        self.upstream = upstream
+        self.snapshot = snapshot
+        self.passthrough = False
+        self.held = False
+        self.status = ""
+        self.edit: core.ResponseEdit | None = None
+        self.injector: Injector | None = None
+        self.write: Write | None = None
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = None,
+    ) -> Write:
+        if exc_info is not None and not self.held:
+            # Headers already went out (or pass through): the server re-raises.
+            return self.upstream(status, headers, exc_info)
+        try:
+            code = int(status.split(None, 1)[0])
+        except (ValueError, IndexError):
+            code = 0
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        snapshot = self.snapshot
+        method = self.environ.get("REQUEST_METHOD", "GET")
+        edit = core.edit_response(method, code, raw, snapshot.current_id, snapshot.id_header)
+        self.held = False
+        self.injector = None
+        if edit is None or not edit.inject:
+            self.passthrough = True
+            out = headers if edit is None else _str_headers(edit.headers)
+            self.write = (
+                self.upstream(status, out, exc_info) if exc_info else self.upstream(status, out)
+            )
+            return self.write
+        nonce = resolve_nonce(self.mw.nonce, self.environ) if self.mw.nonce is not None else None
+        snippet = self.mw.runtime.snippet(snapshot, self.environ.get("SCRIPT_NAME", ""), nonce)
+        self.status = status
+        self.edit = edit
+        self.injector = Injector(snippet)
+        self.held = True
+        return self._write
+
+    def release(self, added: int) -> None:
+        """Call the server's start_response with the final headers."""
+        if not self.held or self.edit is None:
+            return
+        self.held = False
+        headers = _str_headers(core.finish_headers(self.edit, added))
+        self.write = self.upstream(self.status, headers)
+
+    def _write(self, data: bytes) -> None:
+        # The legacy write() callable (PEP 3333): no injection for such apps; what is
+        # held goes out unchanged first.
+        if self.held and self.injector is not None:
+            pending = self.injector.abandon()
+            self.release(0)
+            self.passthrough = True
+            if pending and self.write is not None:
+                self.write(pending)
+        if self.write is not None:
+            self.write(data)
+
+
+class _Body:
+    """The app's iterable with the injection applied; ``close()`` reaches the app's."""
+
+    __slots__ = ("response", "result")
+
+    def __init__(self, response: _Response, result: Iterable[bytes]) -> None:
+        self.response = response
+        self.result = result
+
+    def __iter__(self) -> Iterator[bytes]:
+        response = self.response
+        for chunk in self.result:
+            injector = response.injector
+            if not response.held or injector is None:
+                yield chunk
+                continue
+            # While undecided nothing is yielded: the lookahead is bounded (64 KiB),
+            # and yielding before start_response is final is not allowed by every server.
+            out = injector.feed(chunk)
+            if injector.decided:
+                response.release(injector.added)
+                yield out
+        injector = response.injector
+        if response.held and injector is not None:
+            out = injector.finish()
+            response.release(injector.added)
+            if out:
+                yield out
+
+    def close(self) -> None:
+        close = getattr(self.result, "close", None)
+        if close is not None:
+            close()

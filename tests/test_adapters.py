@@ -1,0 +1,878 @@
+"""Every serving behaviour, through both adapters (one fixture, ``params=["asgi", "wsgi"]``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import brotli
+import pytest
+
+from deploysync.manifest import Deployment, DeploySyncError
+from deploysync.serving import UnknownAsset
+from deploysync.store import FileStore, Store
+from serving_fixtures import AppSpec, Client, Response, make_client, publish
+
+CSS = b"body { color: rebeccapurple }\n" * 40
+JS = b"export const answer = 42;\n" * 10
+BIG = os.urandom(300 * 1024)  # above the in-memory limit: served from disk
+FILES = {"css/app.css": CSS, "js/app.js": JS, "big.bin": BIG}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+@pytest.fixture
+def deployed(store: FileStore) -> Deployment:
+    return publish(store, FILES)
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+MakeClient = Callable[..., Client]
+
+
+def _factories(kind: str, store: FileStore) -> Iterator[MakeClient]:
+    clients: list[Client] = []
+
+    def factory(spec: AppSpec | None = None, **options: Any) -> Client:
+        options.setdefault("store", store)
+        client = make_client(kind, spec or AppSpec(), **options)
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def make(kind: str, store: FileStore) -> Iterator[MakeClient]:
+    """Clients of the adapter under test: every behaviour runs through both."""
+    yield from _factories(kind, store)
+
+
+@pytest.fixture
+def make_asgi(store: FileStore) -> Iterator[MakeClient]:
+    """For what only one protocol has (server extensions, scope types)."""
+    yield from _factories("asgi", store)
+
+
+@pytest.fixture
+def make_wsgi(store: FileStore) -> Iterator[MakeClient]:
+    yield from _factories("wsgi", store)
+
+
+@pytest.fixture
+def client(make: MakeClient, deployed: Deployment) -> Client:
+    return make()
+
+
+def asset_url(deployment: Deployment, path: str) -> str:
+    return deployment.url(path)
+
+
+# -- HTML documents ---------------------------------------------------------------------------
+
+
+def test_html_gets_the_tags_and_headers(client: Client, deployed: Deployment) -> None:
+    response = client.get("/")
+    assert response.status == 200
+    head = re.search(rb"<head>(.*?)<title>", response.body)
+    assert head is not None
+    tags = head.group(1).decode()
+    assert f'<meta name="deployment-id" content="{deployed.id}">' in tags
+    script = re.search(r'<script type="module" src="([^"]+)" data-deploysync[^>]*></script>', tags)
+    assert script is not None
+    assert re.fullmatch(r"/_deploysync/client-[0-9a-f]{12}\.js", script.group(1))
+    assert 'data-routing="server"' in tags
+    assert 'data-check-interval="0"' in tags
+    assert 'data-version-url="/_deploysync/version"' in tags
+    assert response.header("x-deployment-id") == deployed.id
+    assert response.header("cache-control") == "no-cache"
+    assert response.header("content-length") == str(len(response.body))
+    assert client.spec.calls == 1
+
+
+def test_routing_and_interval_reach_the_tag(make: MakeClient, deployed: Deployment) -> None:
+    response = make(routing="client", check_interval=60).get("/")
+    assert b'data-routing="client" data-check-interval="60"' in response.body
+
+
+def test_bad_options_fail_at_construction(make: MakeClient, deployed: Deployment) -> None:
+    with pytest.raises(DeploySyncError, match="routing"):
+        make(routing="spa")
+    with pytest.raises(DeploySyncError, match="check_interval"):
+        make(check_interval=-1)
+
+
+def test_app_cache_control_is_kept(make: MakeClient, deployed: Deployment) -> None:
+    spec = AppSpec(headers=[("Content-Type", "text/html"), ("Cache-Control", "private, max-age=5")])
+    response = make(spec).get("/")
+    assert response.all("cache-control") == ["private, max-age=5"]
+
+
+def test_streamed_chunks_split_inside_head(make: MakeClient, deployed: Deployment) -> None:
+    page = (
+        b'<!DOCTYPE html>\n<HTML lang="en"><HeAd data-a="x>y">\n'
+        b"<title>t</title></head><body>b</body>"
+    )
+    spec = AppSpec(chunks=[page[i : i + 3] for i in range(0, len(page), 3)])
+    response = make(spec).get("/")
+    assert response.body.count(b'name="deployment-id"') == 1
+    assert response.body.startswith(b'<!DOCTYPE html>\n<HTML lang="en"><HeAd data-a="x>y"><meta ')
+    assert response.header("content-length") == str(len(response.body))
+
+
+def test_without_content_length_none_is_invented(make: MakeClient, deployed: Deployment) -> None:
+    spec = AppSpec(content_length=False, chunks=[b"<html><head>", b"</head><body>x</body></html>"])
+    response = make(spec).get("/")
+    assert response.header("content-length") is None
+    assert b'<head><meta name="deployment-id"' in response.body
+
+
+def test_page_with_tags_already_is_left_alone(make: MakeClient, deployed: Deployment) -> None:
+    page = f'<html><head><meta name="deployment-id" content="{deployed.id}"></head>'.encode()
+    response = make(AppSpec(chunks=[page])).get("/")
+    assert response.body == page
+    assert response.header("content-length") == str(len(page))
+    assert response.header("x-deployment-id") == deployed.id
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "method"),
+    [
+        (200, [("Content-Type", "application/json")], "GET"),
+        (200, [("Content-Type", "text/html"), ("Content-Encoding", "gzip")], "GET"),
+        (204, [("Content-Type", "text/html")], "GET"),
+        (304, [("Content-Type", "text/html")], "GET"),
+        (200, [("Content-Type", "text/html")], "HEAD"),
+    ],
+)
+def test_bodies_that_are_not_rewritten(
+    make: MakeClient, deployed: Deployment, status: int, headers: list[tuple[str, str]], method: str
+) -> None:
+    body = b"<html><head></head></html>"
+    spec = AppSpec(status=status, headers=headers, chunks=[body] if status == 200 else [])
+    response = make(spec).request(method, "/")
+    assert response.status == status
+    assert b"deployment-id" not in response.body
+    if method == "GET" and status == 200:
+        assert response.body == body
+    length = response.header("content-length")
+    if length is not None:
+        assert int(length) == sum(len(c) for c in spec.chunks)
+
+
+def test_non_html_passes_untouched(make: MakeClient, deployed: Deployment) -> None:
+    spec = AppSpec(
+        headers=[("Content-Type", "application/json"), ("X-Custom", "1")], chunks=[b"{}"]
+    )
+    response = make(spec).get("/api")
+    assert [(k.lower(), v) for k, v in response.headers] == [
+        ("content-type", "application/json"),
+        ("x-custom", "1"),
+        ("content-length", "2"),
+    ]
+    assert response.body == b"{}"
+
+
+def test_response_opt_out(make: MakeClient, deployed: Deployment) -> None:
+    spec = AppSpec(headers=[("Content-Type", "text/html"), ("X-Deploysync", "off")])
+    response = make(spec).get("/")
+    assert response.header("x-deploysync") is None
+    assert response.header("x-deployment-id") is None
+    assert b"deployment-id" not in response.body
+    assert response.body == spec.chunks[0]
+
+
+def test_nonce_from_a_callable(make: MakeClient, deployed: Deployment) -> None:
+    response = make(nonce=lambda holder: "r4nd0m").get("/")
+    assert b' nonce="r4nd0m"></script>' in response.body
+
+
+def test_nonce_from_a_key(make: MakeClient, deployed: Deployment, kind: str) -> None:
+    client = make(nonce="csp_nonce")
+    extra: dict[str, Any] = (
+        {"state": {"csp_nonce": "k3y"}} if kind == "asgi" else {"csp_nonce": "k3y"}
+    )
+    response = client.get("/", extra=extra)
+    assert b' nonce="k3y"></script>' in response.body
+    assert b"nonce" not in client.get("/").body
+
+
+def test_root_path_prefixes_the_client_urls(client: Client, deployed: Deployment) -> None:
+    response = client.get("/", root_path="/app")
+    assert b'src="/app/_deploysync/client-' in response.body
+    assert b'data-version-url="/app/_deploysync/version"' in response.body
+    version = client.get("/_deploysync/version", root_path="/app")
+    assert json.loads(version.body)["id"] == deployed.id
+    css = client.get(deployed.url("css/app.css"), root_path="/app")
+    assert css.body == CSS
+
+
+def test_no_deployment_yet_the_app_still_works(make: MakeClient, store: FileStore) -> None:
+    client = make()
+    response = client.get("/")
+    assert response.status == 200
+    assert response.body == client.spec.chunks[0]
+    assert response.header("x-deployment-id") is None
+    version = client.get("/_deploysync/version")
+    assert json.loads(version.body) == {"id": None, "static_url": "/static/", "seq": None}
+    assert client.get("/static/css/app.css").status == 404
+    assert client.mw.url("css/app.css") == "/static/css/app.css"
+
+
+# -- assets ---------------------------------------------------------------------------------------
+
+
+def test_asset_is_served_immutable(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("css/app.css"))
+    assert response.status == 200
+    assert response.body == CSS
+    assert response.header("cache-control") == "public, max-age=31536000, immutable"
+    assert response.header("content-type") == "text/css; charset=utf-8"
+    assert response.header("content-length") == str(len(CSS))
+    assert response.header("x-content-type-options") == "nosniff"
+    assert response.header("vary") == "Accept-Encoding"
+    etag = response.header("etag")
+    assert etag is not None
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)  # strong, from the digest
+    assert deployed.assets["css/app.css"].digest.startswith(etag.strip('"'))
+    assert client.spec.calls == 0
+
+
+def test_etag_is_the_same_on_every_server(make: MakeClient, deployed: Deployment) -> None:
+    url = deployed.url("css/app.css")
+    assert make().get(url).header("etag") == make().get(url).header("etag")
+
+
+def test_head(client: Client, deployed: Deployment) -> None:
+    response = client.request("HEAD", deployed.url("css/app.css"))
+    assert response.status == 200
+    assert response.body == b""
+    assert response.header("content-length") == str(len(CSS))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["{etag}", "W/{etag}", '"nope", {etag}', "*"],
+)
+def test_not_modified(client: Client, deployed: Deployment, value: str) -> None:
+    url = deployed.url("css/app.css")
+    etag = client.get(url).header("etag")
+    assert etag is not None
+    response = client.get(url, [("If-None-Match", value.format(etag=etag))])
+    assert response.status == 304
+    assert response.body == b""
+    assert response.header("etag") == etag
+    assert response.header("cache-control") == "public, max-age=31536000, immutable"
+
+
+@pytest.mark.parametrize(
+    ("accept", "encoding"),
+    [
+        ("gzip, deflate, br", "br"),
+        ("gzip", "gzip"),
+        ("br;q=0, gzip", "gzip"),
+        ("gzip;q=0.2, br;q=0.1", "gzip"),
+        ("identity", None),
+        ("identity;q=0", None),
+        ("", None),
+    ],
+)
+def test_encoding_negotiation(
+    client: Client, deployed: Deployment, accept: str, encoding: str | None
+) -> None:
+    response = client.get(deployed.url("css/app.css"), [("Accept-Encoding", accept)])
+    assert response.status == 200
+    assert response.header("content-encoding") == encoding
+    assert response.header("vary") == "Accept-Encoding"
+    assert response.header("content-length") == str(len(response.body))
+    decoded = {
+        None: lambda b: b,
+        "gzip": gzip.decompress,
+        "br": brotli.decompress,
+    }[encoding](response.body)
+    assert decoded == CSS
+
+
+def test_single_range(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("css/app.css"), [("Range", "bytes=10-19")])
+    assert response.status == 206
+    assert response.body == CSS[10:20]
+    assert response.header("content-range") == f"bytes 10-19/{len(CSS)}"
+    assert response.header("content-length") == "10"
+
+
+def test_range_on_a_large_file(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("big.bin"), [("Range", "bytes=-1000")])
+    assert response.status == 206
+    assert response.body == BIG[-1000:]
+
+
+def test_multi_range(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("big.bin"), [("Range", "bytes=0-9, 200000-200009")])
+    assert response.status == 206
+    content_type = response.header("content-type")
+    assert content_type is not None
+    match = re.fullmatch(r"multipart/byteranges; boundary=(\S+)", content_type)
+    assert match is not None
+    mark = match.group(1).encode()
+    assert response.header("content-length") == str(len(response.body))
+    parts = response.body.split(b"--" + mark)
+    assert parts[0] == b""
+    assert parts[-1] == b"--\r\n"
+    size = len(BIG)
+    for part, (start, stop) in zip(parts[1:-1], [(0, 9), (200000, 200009)], strict=True):
+        head, _, data = part.partition(b"\r\n\r\n")
+        assert f"content-range: bytes {start}-{stop}/{size}".encode() in head
+        assert data.removesuffix(b"\r\n") == BIG[start : stop + 1]
+
+
+def test_unsatisfiable_range(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("css/app.css"), [("Range", "bytes=99999-")])
+    assert response.status == 416
+    assert response.header("content-range") == f"bytes */{len(CSS)}"
+
+
+def test_if_range(client: Client, deployed: Deployment) -> None:
+    url = deployed.url("css/app.css")
+    etag = client.get(url).header("etag")
+    assert etag is not None
+    assert client.get(url, [("Range", "bytes=0-0"), ("If-Range", etag)]).status == 206
+    assert client.get(url, [("Range", "bytes=0-0"), ("If-Range", '"stale"')]).status == 200
+
+
+def test_large_file_is_streamed_from_disk(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("big.bin"))
+    assert response.status == 200
+    assert response.body == BIG
+
+
+def test_pathsend_when_the_server_offers_it(make_asgi: MakeClient, deployed: Deployment) -> None:
+    client = make_asgi()
+    response = client.get(deployed.url("big.bin"), extensions={"http.response.pathsend": {}})
+    kinds = [m["type"] for m in response.messages]
+    assert kinds == ["http.response.start", "http.response.pathsend"]
+    assert response.body == BIG
+    assert response.messages[1]["path"].startswith(str(client.mw.runtime.store.root))
+
+
+def test_zerocopysend_when_the_server_offers_it(
+    make_asgi: MakeClient, deployed: Deployment
+) -> None:
+    client = make_asgi()
+    extensions: dict[str, Any] = {"http.response.zerocopysend": {}}
+    response = client.get(deployed.url("big.bin"), extensions=extensions)
+    zero = [m for m in response.messages if m["type"] == "http.response.zerocopysend"]
+    assert len(zero) == 1
+    assert zero[0]["count"] == len(BIG)
+    assert response.body == BIG
+    ranged = client.get(deployed.url("big.bin"), [("Range", "bytes=5-9")], extensions=extensions)
+    assert ranged.body == BIG[5:10]
+
+
+def test_wsgi_file_wrapper(make_wsgi: MakeClient, deployed: Deployment) -> None:
+    wrapped: list[Any] = []
+
+    class Wrapper:
+        def __init__(self, fh: Any, size: int) -> None:
+            self.fh = fh
+            wrapped.append(self)
+
+        def __iter__(self) -> Iterator[bytes]:
+            return iter(lambda: self.fh.read(65536), b"")
+
+        def close(self) -> None:
+            self.fh.close()
+
+    response = make_wsgi().get(deployed.url("big.bin"), extra={"wsgi.file_wrapper": Wrapper})
+    assert response.body == BIG
+    assert len(wrapped) == 1
+
+
+def test_old_deployments_stay_servable(
+    client: Client, store: FileStore, deployed: Deployment
+) -> None:
+    newer = publish(store, {"css/app.css": b"body{}", "js/app.js": JS})
+    assert client.mw.runtime.refresh()
+    assert client.get("/").header("x-deployment-id") == newer.id
+    assert client.get(deployed.url("css/app.css")).body == CSS
+    assert client.get(newer.url("css/app.css")).body == b"body{}"
+    assert client.mw.url("css/app.css") == newer.url("css/app.css")
+
+
+def test_version_endpoint(client: Client, deployed: Deployment) -> None:
+    response = client.get("/_deploysync/version")
+    assert response.status == 200
+    assert response.header("cache-control") == "no-store"
+    assert response.header("content-type") == "application/json"
+    assert json.loads(response.body) == {"id": deployed.id, "static_url": "/static/", "seq": 1}
+    head = client.request("HEAD", "/_deploysync/version")
+    assert head.status == 200
+    assert head.body == b""
+    assert client.request("POST", "/_deploysync/version").status == 405
+
+
+def test_client_script(client: Client, deployed: Deployment) -> None:
+    page = client.get("/").body
+    match = re.search(rb'src="(/_deploysync/client-([0-9a-f]{12})\.js)"', page)
+    assert match is not None
+    response = client.get(match.group(1).decode())
+    assert response.status == 200
+    assert response.header("cache-control") == "public, max-age=31536000, immutable"
+    assert response.header("content-type") == "text/javascript; charset=utf-8"
+    import hashlib
+
+    assert hashlib.sha256(response.body).hexdigest()[:12] == match.group(2).decode()
+    zipped = client.get(match.group(1).decode(), [("Accept-Encoding", "gzip")])
+    if zipped.header("content-encoding") == "gzip":
+        assert gzip.decompress(zipped.body) == response.body
+    assert client.get("/_deploysync/client-000000000000.js").status == 404
+
+
+# -- stale navigation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_stale_navigation_is_409_and_the_app_is_not_called(
+    client: Client, store: FileStore, deployed: Deployment, method: str
+) -> None:
+    newer = publish(store, {"css/app.css": b"new"})
+    client.mw.runtime.refresh()
+    response = client.request(
+        method, "/form", [("X-Deploysync", "navigate"), ("X-Deployment-Id", deployed.id)]
+    )
+    assert response.status == 409
+    assert response.header("x-deploysync") == "reload"
+    assert response.header("x-deployment-id") == newer.id
+    assert response.header("cache-control") == "no-store"
+    assert response.header("content-length") == "0"
+    assert response.body == b""
+    assert client.spec.calls == 0
+
+
+def test_current_navigation_reaches_the_app(client: Client, deployed: Deployment) -> None:
+    response = client.get("/", [("X-Deploysync", "navigate"), ("X-Deployment-Id", deployed.id)])
+    assert response.status == 200
+    assert client.spec.calls == 1
+
+
+def test_plain_fetch_is_never_409(client: Client, deployed: Deployment) -> None:
+    response = client.get("/api", [("X-Deployment-Id", "0ld")])
+    assert response.status == 200
+    assert client.spec.calls == 1
+
+
+def test_newer_page_never_goes_back(client: Client, store: FileStore, deployed: Deployment) -> None:
+    newer = publish(store, {"css/app.css": b"new"}, activate=False)
+    store.activate(newer.id)
+    store.activate(deployed.id)  # a rollback: deployed is now the newest activation
+    client.mw.runtime.refresh()
+    stale = client.get("/", [("X-Deploysync", "navigate"), ("X-Deployment-Id", newer.id)])
+    assert stale.status == 409
+    assert stale.header("x-deployment-id") == deployed.id
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["bad id", "a" * 65, "abc\r\nSet-Cookie: x=1", "", "a,b", "é"],
+)
+def test_invalid_ids_count_as_absent_and_are_never_echoed(
+    client: Client, deployed: Deployment, value: str
+) -> None:
+    try:
+        header = value.encode("latin-1").decode("latin-1")
+    except UnicodeEncodeError:
+        header = value.encode().decode("latin-1")
+    response = client.get("/", [("X-Deploysync", "navigate"), ("X-Deployment-Id", header)])
+    assert response.status == 200
+    assert client.spec.calls == 1
+    for _, v in response.headers:
+        assert value not in v or not value
+
+
+def test_pinned_deployment(make: MakeClient, store: FileStore, deployed: Deployment) -> None:
+    newer = publish(store, {"css/app.css": b"new"})
+    client = make(deployment=deployed.id)
+    assert client.get("/").header("x-deployment-id") == deployed.id
+    assert client.get(newer.url("css/app.css")).body == b"new"  # every retained one
+    assert client.mw.url("css/app.css") == deployed.url("css/app.css")
+
+
+def test_pinned_by_environment(
+    make: MakeClient, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOYSYNC_DEPLOYMENT", "notbuiltyet")
+    client = make()
+    assert client.get("/").header("x-deployment-id") == "notbuiltyet"
+    # A server pinned to a newer, not yet activated deployment moves old pages to it.
+    response = client.get("/", [("X-Deploysync", "navigate"), ("X-Deployment-Id", deployed.id)])
+    assert response.status == 409
+
+
+# -- url() ---------------------------------------------------------------------------------------
+
+
+def test_url(client: Client, deployed: Deployment) -> None:
+    assert client.mw.url("css/app.css") == deployed.url("css/app.css")
+    assert client.mw.url("/css/app.css") == deployed.url("css/app.css")
+    assert client.mw.url("css/missing.css") == "/static/css/missing.css"
+
+
+def test_url_strict(make: MakeClient, deployed: Deployment) -> None:
+    client = make(strict=True)
+    with pytest.raises(UnknownAsset, match=r"css/missing\.css"):
+        client.mw.url("css/missing.css")
+
+
+def test_static_url_mismatch_fails_at_construction(make: MakeClient, deployed: Deployment) -> None:
+    with pytest.raises(DeploySyncError, match=r"'/static/'.*'/assets/'"):
+        make(static_url="/assets/")
+
+
+def test_other_static_url(make: MakeClient, store: FileStore) -> None:
+    deployment = publish(store, {"a.css": b"a"}, static_url="/assets/")
+    client = make(static_url="assets")
+    assert client.get(deployment.url("a.css")).body == b"a"
+    assert client.get("/static/" + deployment.assets["a.css"].name).status == 200  # the app
+
+
+# -- safety ---------------------------------------------------------------------------------------
+
+
+TRAVERSALS = [
+    ("/static/../../etc/passwd", None),
+    ("/static/..%2f..%2fetc/passwd", b"/static/..%2f..%2fetc/passwd"),
+    ("/static/%2e%2e/%2e%2e/etc/passwd", b"/static/%252e%252e/%252e%252e/etc/passwd"),
+    ("/static/css/../css/app.css", None),
+    ("/static/..\\..\\etc\\passwd", b"/static/..%5c..%5cetc%5cpasswd"),
+    ("/static//etc/passwd", None),
+    ("/static/css/app.css\0.png", b"/static/css/app.css%00.png"),
+    ("/static/" + "a" * 5000, None),
+    ("/static/\u2025/etc/passwd", None),
+]
+
+
+@pytest.mark.parametrize(("path", "raw"), TRAVERSALS)
+def test_traversal_is_404(
+    client: Client, deployed: Deployment, path: str, raw: bytes | None
+) -> None:
+    response = client.get(path, raw_path=raw)
+    assert response.status == 404
+    assert response.header("cache-control") == "no-store"
+    assert b"root:" not in response.body
+
+
+def test_encoded_slash_does_not_reach_a_real_file(client: Client, deployed: Deployment) -> None:
+    url = deployed.url("css/app.css")
+    assert client.get(url).status == 200
+    raw = url.replace("css/app", "css%2Fapp").encode()
+    assert client.get(url, raw_path=raw).status == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+def test_other_methods_are_405(client: Client, deployed: Deployment, method: str) -> None:
+    response = client.request(method, deployed.url("css/app.css"))
+    assert response.status == 405
+    assert response.header("allow") == "GET, HEAD"
+    assert client.spec.calls == 0
+
+
+def test_unknown_asset_is_404_no_store(client: Client, deployed: Deployment) -> None:
+    response = client.get("/static/css/app.000000000000.css")
+    assert response.status == 404
+    assert response.header("cache-control") == "no-store"
+
+
+def test_symlink_in_the_store_pointing_out(
+    make: MakeClient, store: FileStore, tmp_path: Path
+) -> None:
+    deployment = publish(store, {"a.txt": b"inside", "b.bin": os.urandom(300 * 1024)})
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0")
+    big_secret = tmp_path / "big-secret"
+    big_secret.write_bytes(b"s" * (300 * 1024))
+    for path, target in (("a.txt", secret), ("b.bin", big_secret)):
+        blob = Path(store.blob_path(deployment.assets[path].digest))
+        blob.unlink()
+        blob.symlink_to(target)
+    client = make()
+    for path in ("a.txt", "b.bin"):
+        response = client.get(deployment.url(path))
+        assert response.status == 404
+        assert b"root:" not in response.body
+        assert b"sss" not in response.body
+
+
+MALFORMED = [
+    ("Range", "bytes=" + "9" * 100 + "-"),
+    ("Range", "bytes=0-1," * 1000),
+    ("Range", "bytes=\x7f-"),
+    ("Range", "bytes=-" + "1" * 30),
+    ("If-None-Match", '"' * 10000),
+    ("If-None-Match", "W/"),
+    ("If-Range", "\x00\x01"),
+    ("Accept-Encoding", "gzip;q=" + "9" * 1000),
+    ("Accept-Encoding", ";;;,,,===" * 200),
+    ("X-Deployment-Id", "\r\n\r\n"),
+    ("Accept-Encoding", "\xff\xfe"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), MALFORMED)
+def test_malformed_headers_never_fail(
+    client: Client, deployed: Deployment, name: str, value: str
+) -> None:
+    for path in (deployed.url("css/app.css"), deployed.url("big.bin"), "/"):
+        response = client.get(path, [(name, value), ("X-Deploysync", "navigate")])
+        assert response.status in (200, 206, 304, 416)
+        for _, v in response.headers:
+            assert value not in v
+
+
+# -- the store at runtime -------------------------------------------------------------------------
+
+
+def test_store_disappearing_keeps_the_last_good_snapshot(
+    client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    url = deployed.url("css/app.css")
+    shutil.rmtree(store.root)
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        assert not client.mw.runtime.refresh()
+        assert not client.mw.runtime.refresh()
+    assert len([r for r in caplog.records if r.name == "deploysync"]) == 1
+    assert client.get(url).body == CSS
+    assert client.get("/").header("x-deployment-id") == deployed.id
+
+
+def test_corrupt_manifest_keeps_the_last_good_snapshot(
+    client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    newer = publish(store, {"css/app.css": b"new"})
+    manifest = store.root / "deployments" / f"{newer.id}.json"
+    manifest.write_bytes(b"{not json")
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        assert not client.mw.runtime.refresh()
+    assert any("Cannot load deployment" in r.getMessage() for r in caplog.records)
+    response = client.get("/")
+    assert response.status == 200
+    assert response.header("x-deployment-id") == deployed.id
+    assert client.get(deployed.url("css/app.css")).body == CSS
+
+
+def test_switch_to_another_static_url_is_refused_at_runtime(
+    client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish(store, {"x.css": b"x"}, static_url="/elsewhere/")
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        assert not client.mw.runtime.refresh()
+    assert "/elsewhere/" in caplog.text
+    assert client.get("/").header("x-deployment-id") == deployed.id
+
+
+def test_the_watcher_picks_up_an_activation(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    import time
+
+    client = make(poll_interval=0.05)
+    assert client.get("/").header("x-deployment-id") == deployed.id  # starts the watcher
+    newer = publish(store, {"css/app.css": b"new"})
+    seen: Response | None = None
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        seen = client.get("/")
+        if seen.header("x-deployment-id") == newer.id:
+            break
+        time.sleep(0.02)
+    assert seen is not None
+    assert seen.header("x-deployment-id") == newer.id
+    assert f'content="{newer.id}"'.encode() in seen.body
+
+
+def test_asgi_passes_other_scopes_through(store: FileStore, deployed: Deployment) -> None:
+    import asyncio
+
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    from deploysync.asgi import DeploySync
+
+    mw = DeploySync(app, store=store)
+    try:
+        for scope_type in ("lifespan", "websocket"):
+            asyncio.run(mw({"type": scope_type, "path": "/static/x"}, None, None))  # type: ignore[arg-type]
+    finally:
+        mw.close()
+    assert seen == ["lifespan", "websocket"]
+
+
+def test_wsgi_closes_the_app_iterable(client: Client, deployed: Deployment) -> None:
+    client.get("/")
+    assert client.spec.closed == 1
+
+
+# -- WSGI specifics -------------------------------------------------------------------------------
+
+
+def _wsgi(store: FileStore, app: Any) -> Any:
+    from deploysync.wsgi import DeploySync
+
+    return DeploySync(app, store=store)
+
+
+def _call(mw: Any, path: str = "/") -> tuple[str, list[tuple[str, str]], bytes]:
+    import io
+
+    seen: dict[str, Any] = {}
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None and "status" in seen:
+            raise exc_info[1].with_traceback(exc_info[2])
+        seen["status"], seen["headers"] = status, headers
+        return written.append
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "wsgi.input": io.BytesIO()}
+    result = mw(environ, start_response)
+    try:
+        body = b"".join(written) + b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return seen["status"], seen["headers"], body
+
+
+def test_wsgi_generator_app_calling_start_response_late(
+    store: FileStore, deployed: Deployment
+) -> None:
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        yield b"<html><he"
+        yield b"ad></head></html>"
+
+    mw = _wsgi(store, app)
+    try:
+        status, headers, body = _call(mw)
+    finally:
+        mw.close()
+    assert status == "200 OK"
+    assert body.count(b'name="deployment-id"') == 1
+    assert ("x-deployment-id", deployed.id) in headers
+
+
+def test_wsgi_legacy_write_is_passed_through(store: FileStore, deployed: Deployment) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/html")])
+        write(b"<html><head>")
+        return [b"</head></html>"]
+
+    mw = _wsgi(store, app)
+    try:
+        _status, headers, body = _call(mw)
+    finally:
+        mw.close()
+    assert body == b"<html><head></head></html>"
+    assert ("x-deployment-id", deployed.id) in headers
+
+
+def test_wsgi_error_page_replaces_held_headers(store: FileStore, deployed: Deployment) -> None:
+    import sys
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+            )
+        return [b"error"]
+
+    mw = _wsgi(store, app)
+    try:
+        status, _headers, body = _call(mw)
+    finally:
+        mw.close()
+    assert status.startswith("500")
+    assert body == b"error"
+
+
+def test_asgi_app_without_final_body_is_flushed(store: FileStore, deployed: Deployment) -> None:
+    import asyncio
+
+    from deploysync.asgi import DeploySync
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/html")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"<html><head>", "more_body": True})
+
+    messages: list[Any] = []
+
+    async def send(message: Any) -> None:
+        messages.append(message)
+
+    mw = DeploySync(app, store=store)
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "root_path": ""}
+    try:
+        asyncio.run(mw(scope, None, send))  # type: ignore[arg-type]
+    finally:
+        mw.close()
+    assert messages[0]["type"] == "http.response.start"
+    assert messages[-1]["more_body"] is False
+    body = b"".join(m.get("body", b"") for m in messages[1:])
+    assert body.startswith(b'<html><head><meta name="deployment-id"')
+
+
+def test_a_pruned_blob_is_404_not_500(
+    client: Client, store: FileStore, deployed: Deployment
+) -> None:
+    Path(store.blob_path(deployed.assets["big.bin"].digest)).unlink()
+    response = client.get(deployed.url("big.bin"))
+    assert response.status == 404
+    assert response.header("cache-control") == "no-store"
+
+
+def test_every_store_backend_serves_and_switches(kind: str, any_store: Store) -> None:
+    """The same serving over the filesystem and the Redis store (blobs from its cache)."""
+    import time
+
+    first = publish(any_store, {"css/app.css": CSS, "big.bin": BIG})
+    client = make_client(kind, AppSpec(), store=any_store, poll_interval=0.05)
+    try:
+        assert client.get(first.url("css/app.css")).body == CSS
+        assert client.get(first.url("big.bin")).body == BIG
+        assert client.get("/").header("x-deployment-id") == first.id
+        second = publish(any_store, {"css/app.css": b"second"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if client.get("/").header("x-deployment-id") == second.id:
+                break
+            time.sleep(0.02)
+        assert client.get("/").header("x-deployment-id") == second.id
+        assert client.get(first.url("css/app.css")).body == CSS  # still retained
+    finally:
+        client.close()

@@ -1,0 +1,16 @@
+// The server (server.py) renders the HTML and asks deploysync for the entry's tags, as
+// Vite's backend-integration guide describes; Vite only builds the assets.
+import { defineConfig } from "vite";
+
+export default defineConfig({
+  // Must match the static URL prefix deploysync serves the deployment under.
+  base: "/static/",
+  build: {
+    manifest: true, // .vite/manifest.json: what `deploysync build --vite` reads
+    outDir: "dist",
+    emptyOutDir: true,
+    rollupOptions: {
+      input: ["src/main.ts", "src/admin.ts"],
+    },
+  },
+});

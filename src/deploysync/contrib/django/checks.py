@@ -1,0 +1,183 @@
+# Django ships no type information: its base classes and decorators are Any to mypy.
+# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False, warn-return-any=False
+"""System checks (``manage.py check``), with stable ids.
+
+============== ==========================================================================
+id             means
+============== ==========================================================================
+deploysync.E001 no store configured, or the store cannot be read (directory missing,
+                Redis unreachable, corrupt activation record)
+deploysync.E002 the static URL prefix differs from the one the current (or pinned)
+                deployment was built for: every asset URL would be broken
+deploysync.E003 an invalid ``DEPLOYSYNC`` value (unknown key, ``ROUTING``, intervals,
+                ``NONCE``), or a pinned ``DEPLOYMENT`` that is not in the store
+deploysync.W001 the middleware is not in ``MIDDLEWARE``: nothing is served or injected
+deploysync.W002 the middleware is too low in ``MIDDLEWARE``: middleware above it runs
+                for every asset and may answer before it (put it directly after
+                ``SecurityMiddleware``)
+deploysync.W003 ``GZipMiddleware`` is below the middleware: HTML reaches deploysync
+                already compressed and is not injected
+deploysync.W004 ``deploysync.contrib.django`` is listed after ``django.contrib.staticfiles``
+                while ``DEBUG`` is on: ``runserver`` answers ``/static/`` itself and the
+                hashed URLs 404
+deploysync.W005 the store has no current deployment yet (run ``collectstatic`` with the
+                deploysync storage, or ``deploysync build --activate``)
+============== ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from ...manifest import DeploySyncError, normalize_static_url
+from ...store import open_store
+from .conf import read_config as get_config
+
+MIDDLEWARE_PATH = "deploysync.contrib.django.middleware.DeploySyncMiddleware"
+APP_NAMES = ("deploysync.contrib.django", "deploysync.contrib.django.apps.DeploySyncConfig")
+# Middleware that may sit above deploysync: they neither answer static requests nor
+# produce HTML that deploysync would have to see first.
+MAY_PRECEDE = frozenset(
+    {
+        "django.middleware.security.SecurityMiddleware",
+        "django.middleware.gzip.GZipMiddleware",
+        "corsheaders.middleware.CorsMiddleware",
+        "django.middleware.http.ConditionalGetMiddleware",
+    }
+)
+GZIP = "django.middleware.gzip.GZipMiddleware"
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001, E002, E003, W005: the settings and the store they point at."""
+    try:
+        config = get_config()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="deploysync.E003")]
+    if config.store is None:
+        return [
+            Error(
+                "deploysync has no store.",
+                hint="Set DEPLOYSYNC = {'STORE': BASE_DIR / '.deploysync'} (a directory or a "
+                "redis:// URL) in settings, or the DEPLOYSYNC_STORE environment variable.",
+                id="deploysync.E001",
+            )
+        ]
+    try:
+        store = open_store(config.store)
+    except DeploySyncError as exc:
+        return [Error(f"deploysync store {config.store!r}: {exc}", id="deploysync.E001")]
+    try:
+        current = config.deployment or store.current()
+        if current is None:
+            return [
+                Warning(
+                    f"The deploysync store {store.location} has no current deployment yet.",
+                    hint="Run 'manage.py collectstatic' with the deploysync staticfiles "
+                    "storage, or 'deploysync build STATIC_ROOT --store ... --activate'.",
+                    id="deploysync.W005",
+                )
+            ]
+        try:
+            deployment = store.load(current)
+        except KeyError:
+            if config.deployment:
+                return [
+                    Error(
+                        f"DEPLOYSYNC['DEPLOYMENT'] is {config.deployment!r}, which is not in "
+                        f"the store {store.location}.",
+                        id="deploysync.E003",
+                    )
+                ]
+            raise
+    except DeploySyncError as exc:
+        return [
+            Error(
+                f"deploysync store {store.location}: {exc}",
+                hint="Create it with 'manage.py collectstatic' (deploysync staticfiles "
+                "storage) or 'deploysync build STATIC_ROOT --store ... --activate'.",
+                id="deploysync.E001",
+            )
+        ]
+    finally:
+        store.close()
+    if normalize_static_url(deployment.static_url) != config.static_url:
+        return [
+            Error(
+                f"Deployment {deployment.id} was built for the static URL "
+                f"{deployment.static_url!r}, but this site serves assets under "
+                f"{config.static_url!r}.",
+                hint="Build with --static-url matching settings.STATIC_URL (or set "
+                "DEPLOYSYNC['STATIC_URL']), then activate the new deployment.",
+                id="deploysync.E002",
+            )
+        ]
+    return []
+
+
+def _name(entry: Any) -> str:
+    return entry if isinstance(entry, str) else f"{entry.__module__}.{entry.__qualname__}"
+
+
+@register(Tags.compatibility)
+def check_middleware(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """W001, W002, W003: where the middleware sits."""
+    middleware = [_name(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    if MIDDLEWARE_PATH not in middleware:
+        return [
+            Warning(
+                f"{MIDDLEWARE_PATH} is not in MIDDLEWARE: assets are not served and pages "
+                "carry no deployment id.",
+                hint="Add it directly after django.middleware.security.SecurityMiddleware.",
+                id="deploysync.W001",
+            )
+        ]
+    position = middleware.index(MIDDLEWARE_PATH)
+    messages: list[CheckMessage] = []
+    above = [m for m in middleware[:position] if m not in MAY_PRECEDE]
+    if above:
+        messages.append(
+            Warning(
+                f"{MIDDLEWARE_PATH} is below {', '.join(above)}.",
+                hint="Put it directly after SecurityMiddleware: middleware above it runs for "
+                "every asset request and may answer before it.",
+                id="deploysync.W002",
+            )
+        )
+    if GZIP in middleware[position + 1 :]:
+        messages.append(
+            Warning(
+                f"{GZIP} is below {MIDDLEWARE_PATH}: HTML reaches deploysync already "
+                "compressed, so the deployment tags are not injected.",
+                hint="Move GZipMiddleware above the deploysync middleware.",
+                id="deploysync.W003",
+            )
+        )
+    return messages
+
+
+@register(Tags.compatibility)
+def check_app_order(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """W004: ``runserver``'s static handler would shadow the middleware."""
+    apps = list(getattr(settings, "INSTALLED_APPS", None) or ())
+    if not settings.DEBUG or "django.contrib.staticfiles" not in apps:
+        return []
+    ours = [i for i, name in enumerate(apps) if name in APP_NAMES]
+    if ours and ours[0] > apps.index("django.contrib.staticfiles"):
+        return [
+            Warning(
+                "deploysync.contrib.django is listed after django.contrib.staticfiles: "
+                "runserver serves /static/ from the finders and the hashed URLs 404.",
+                hint="List 'deploysync.contrib.django' before 'django.contrib.staticfiles' "
+                "(its runserver then leaves static files to the middleware), or run "
+                "'runserver --nostatic'.",
+                id="deploysync.W004",
+            )
+        ]
+    return []

@@ -1,0 +1,199 @@
+"""The ``DEPLOYSYNC`` settings dict, and the process-wide runtime built from it.
+
+========================== =============================== =========================================
+key                        default                         meaning
+========================== =============================== =========================================
+``STORE``                  ``DEPLOYSYNC_STORE`` env var    directory path or ``redis://`` URL
+``STATIC_URL``             ``settings.STATIC_URL``         prefix the assets are served under
+``ROUTING``                ``"server"``                    ``server``, ``client`` or ``external``
+``CHECK_INTERVAL``         ``0``                           seconds between version checks (0: off)
+``DEPLOYMENT``             ``None``                        pin a deployment id instead of current
+``STRICT``                 ``settings.DEBUG``              a missing asset raises instead of falling
+                                                           back to its unhashed URL
+``INJECT``                 ``True``                        inject the tags into HTML responses;
+                                                           ``False``: use ``{% deploysync_head %}``
+``NONCE``                  ``None``                        CSP nonce: a request attribute
+                                                           name or ``callable(request)``
+``ACTIVATE_ON_COLLECTSTATIC`` ``True``                     ``collectstatic`` activates what it built
+``POLL_INTERVAL``          ``0.5``                         seconds between store change probes
+========================== =============================== =========================================
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from ...manifest import DEFAULT_STATIC_URL, normalize_static_url
+from ...serving import Runtime
+
+__all__ = [
+    "DEFAULTS",
+    "ROUTINGS",
+    "Config",
+    "get_config",
+    "get_runtime",
+    "request_nonce",
+    "reset",
+]
+
+ROUTINGS = ("server", "client", "external")
+DEFAULTS: dict[str, Any] = {
+    "STORE": None,
+    "STATIC_URL": None,
+    "ROUTING": "server",
+    "CHECK_INTERVAL": 0,
+    "DEPLOYMENT": None,
+    "STRICT": None,
+    "INJECT": True,
+    "NONCE": None,
+    "ACTIVATE_ON_COLLECTSTATIC": True,
+    "POLL_INTERVAL": 0.5,
+}
+# Settings whose change (override_settings in tests) invalidates the runtime.
+WATCHED_SETTINGS = frozenset({"DEPLOYSYNC", "STATIC_URL", "DEBUG", "STATIC_ROOT", "STORAGES"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The ``DEPLOYSYNC`` dict, validated, with the defaults filled in."""
+
+    store: str | None
+    static_url: str
+    routing: str
+    check_interval: float
+    deployment: str | None
+    strict: bool
+    inject: bool
+    nonce: str | Callable[[Any], str | None] | None
+    activate_on_collectstatic: bool
+    poll_interval: float
+
+
+def _raw() -> Mapping[str, Any]:
+    raw = getattr(settings, "DEPLOYSYNC", None) or {}
+    if not isinstance(raw, Mapping):
+        raise ImproperlyConfigured(f"settings.DEPLOYSYNC must be a dict, not {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown key(s) in settings.DEPLOYSYNC: {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(DEFAULTS)})"
+        )
+    return raw
+
+
+def get_config() -> Config:
+    """The validated ``settings.DEPLOYSYNC``, read once (again after a settings change)."""
+    global _config
+    config = _config
+    if config is None:
+        config = _config = read_config()
+    return config
+
+
+def read_config() -> Config:
+    """Read and validate ``settings.DEPLOYSYNC``; ``ImproperlyConfigured`` names a bad value."""
+    raw = {**DEFAULTS, **_raw()}
+    store = raw["STORE"] if raw["STORE"] is not None else os.environ.get("DEPLOYSYNC_STORE")
+    if store is not None:
+        store = os.fspath(store)
+    static_url = raw["STATIC_URL"] or getattr(settings, "STATIC_URL", None) or DEFAULT_STATIC_URL
+    routing = raw["ROUTING"]
+    if routing not in ROUTINGS:
+        raise ImproperlyConfigured(
+            f"DEPLOYSYNC['ROUTING'] is {routing!r}; expected one of {', '.join(ROUTINGS)}"
+        )
+    numbers = {}
+    for key in ("CHECK_INTERVAL", "POLL_INTERVAL"):
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ImproperlyConfigured(
+                f"DEPLOYSYNC[{key!r}] is {value!r}; expected a number of seconds >= 0"
+            )
+        numbers[key] = float(value)
+    nonce = raw["NONCE"]
+    if nonce is not None and not isinstance(nonce, str) and not callable(nonce):
+        raise ImproperlyConfigured(
+            "DEPLOYSYNC['NONCE'] must be a request attribute name or a callable(request)"
+        )
+    strict = raw["STRICT"]
+    return Config(
+        store=store,
+        static_url=normalize_static_url(str(static_url)),
+        routing=routing,
+        check_interval=numbers["CHECK_INTERVAL"],
+        deployment=raw["DEPLOYMENT"],
+        strict=bool(settings.DEBUG) if strict is None else bool(strict),
+        inject=bool(raw["INJECT"]),
+        nonce=nonce,
+        activate_on_collectstatic=bool(raw["ACTIVATE_ON_COLLECTSTATIC"]),
+        poll_interval=numbers["POLL_INTERVAL"],
+    )
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_config: Config | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime: the store's current deployment, kept fresh in the background.
+
+    The middleware, the staticfiles storage and the template tags share it, so a page
+    and the URLs in it are rendered against the same deployment.
+    """
+    global _runtime
+    runtime = _runtime
+    if runtime is not None:
+        return runtime
+    with _lock:
+        if _runtime is None:
+            config = get_config()
+            if config.store is None:
+                raise ImproperlyConfigured(
+                    "deploysync has no store: set DEPLOYSYNC = {'STORE': ...} in settings "
+                    "(a directory path or a redis:// URL) or the DEPLOYSYNC_STORE variable"
+                )
+            _runtime = Runtime(
+                config.store,
+                static_url=config.static_url,
+                routing=config.routing,
+                check_interval=config.check_interval,
+                deployment=config.deployment,
+                strict=config.strict,
+                poll_interval=config.poll_interval,
+            )
+        return _runtime
+
+
+def reset() -> None:
+    """Forget the runtime (settings changed); the next use builds a new one."""
+    global _runtime, _config
+    with _lock:
+        runtime, _runtime = _runtime, None
+        _config = None
+    if runtime is not None:
+        runtime.close()
+
+
+def reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in WATCHED_SETTINGS:
+        reset()
+
+
+def request_nonce(request: Any, config: Config | None = None) -> str | None:
+    """The CSP nonce of *request* per ``DEPLOYSYNC['NONCE']``, or ``None``."""
+    source = (config or get_config()).nonce
+    if source is None or request is None:
+        return None
+    value = source(request) if callable(source) else getattr(request, source, None)
+    # django-csp's request.csp_nonce is a lazy object: str() evaluates it.
+    return str(value) if value else None
+

@@ -1,0 +1,257 @@
+"""The Django middleware: serves the assets, answers stale navigations, injects the tags.
+
+Put it high in ``MIDDLEWARE``, directly after ``SecurityMiddleware`` (as whitenoise's)::
+
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "deploysync.contrib.django.middleware.DeploySyncMiddleware",
+        ...
+    ]
+
+It is both sync- and async-capable, so it runs natively under WSGI (``runserver``,
+gunicorn) and ASGI (uvicorn, daphne) without a thread hop. Every decision is made by
+:mod:`deploysync.core`; this module only converts between Django's request/response
+objects and the core's plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import (
+    FileResponse,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    StreamingHttpResponse,
+)
+
+from ...core import FileRange, Plan, Snapshot, decide, edit_response, finish_headers, make_request
+from ...inject import Injector
+from .conf import Config, get_config, get_runtime, request_nonce
+
+__all__ = ["DeploySyncMiddleware"]
+
+CHUNK_SIZE = 64 * 1024
+# The request headers the core reads, by their WSGI ``META`` names.
+META_HEADERS = (
+    ("HTTP_ACCEPT_ENCODING", b"accept-encoding"),
+    ("HTTP_RANGE", b"range"),
+    ("HTTP_IF_RANGE", b"if-range"),
+    ("HTTP_IF_NONE_MATCH", b"if-none-match"),
+    ("HTTP_X_DEPLOYSYNC", b"x-deploysync"),
+    ("HTTP_X_DEPLOYMENT_ID", b"x-deployment-id"),
+)
+
+SyncGetResponse = Callable[[HttpRequest], HttpResponseBase]
+AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+
+class DeploySyncMiddleware:
+    """deploysync for Django (see the module docstring)."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: SyncGetResponse | AsyncGetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        # Configuration errors surface at start-up, not at the first request.
+        get_config()
+        get_runtime()
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        snapshot, config, plan = self._decide(request)
+        if plan is not None:
+            return plan_response(plan, async_body=False)
+        response = self.get_response(request)
+        assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
+        return self._edit(request, response, snapshot, config)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        snapshot, config, plan = self._decide(request)
+        if plan is not None:
+            return plan_response(plan, async_body=True)
+        response = await self.get_response(request)
+        return self._edit(request, response, snapshot, config)
+
+    # -- request ---------------------------------------------------------------------------
+    def _decide(self, request: HttpRequest) -> tuple[Snapshot, Config, Plan | None]:
+        config = get_config()
+        runtime = get_runtime()
+        # One snapshot per request: the decision, the headers and the injected tags all
+        # name the same deployment even if another is activated meanwhile.
+        snapshot = runtime.current()
+        meta = request.META
+        headers = [
+            (name, str(meta[key]).encode("latin-1", "replace"))
+            for key, name in META_HEADERS
+            if key in meta
+        ]
+        core_request = make_request(
+            request.method or "GET", request.path_info, headers, raw_path(request)
+        )
+        return snapshot, config, decide(core_request, snapshot, runtime.static_path)
+
+    # -- response --------------------------------------------------------------------------
+    def _edit(
+        self,
+        request: HttpRequest,
+        response: HttpResponseBase,
+        snapshot: Snapshot,
+        config: Config,
+    ) -> HttpResponseBase:
+        current = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in response.headers.items()
+        ]
+        edit = edit_response(
+            request.method or "GET",
+            response.status_code,
+            current,
+            snapshot.current_id,
+            snapshot.id_header,
+        )
+        if edit is None:
+            return response
+        snippet = b""
+        if edit.inject and config.inject:
+            prefix = request.META.get("SCRIPT_NAME", "") or ""
+            snippet = get_runtime().snippet(snapshot, prefix, request_nonce(request, config))
+        if not snippet:
+            set_headers(response, finish_headers(edit, 0))
+            return response
+        if response.streaming:
+            # The added length is known only once the injector decided: a streamed body
+            # goes without Content-Length (chunked).
+            edit.content_length = None
+            set_headers(response, finish_headers(edit, 0))
+            streaming: Any = response
+            if streaming.is_async:
+                streaming.streaming_content = inject_async(streaming.streaming_content, snippet)
+            else:
+                streaming.streaming_content = inject_sync(streaming.streaming_content, snippet)
+            return response
+        assert isinstance(response, HttpResponse)
+        injector = Injector(snippet)
+        body = injector.feed(response.content) + injector.finish()
+        response.content = body
+        added = len(snippet) if injector.injected else 0
+        if edit.content_length is not None:
+            edit.content_length = len(body) - added  # exact, whatever the app claimed
+        set_headers(response, finish_headers(edit, added))
+        return response
+
+
+def raw_path(request: HttpRequest) -> bytes | None:
+    """The still-encoded path, when the server tells it (ASGI ``raw_path``, gunicorn's
+    ``RAW_URI``, ``REQUEST_URI``); the core uses it only to refuse encoded separators."""
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, dict) and isinstance(scope.get("raw_path"), bytes):
+        raw: bytes = scope["raw_path"]
+        return raw
+    uri = request.META.get("RAW_URI") or request.META.get("REQUEST_URI")
+    if isinstance(uri, str):
+        return uri.split("?", 1)[0].encode("latin-1", "replace")
+    return None
+
+
+def set_headers(response: HttpResponseBase, headers: list[tuple[bytes, bytes]]) -> None:
+    """Replace the response's headers with *headers* (cookies are kept apart by Django)."""
+    for name in list(response.headers):
+        del response.headers[name]
+    for name, value in headers:
+        response.headers[name.decode("latin-1")] = value.decode("latin-1")
+
+
+def plan_response(plan: Plan, *, async_body: bool) -> HttpResponseBase:
+    """A Django response carrying the core's *plan* exactly (status, headers, body)."""
+    parts = plan.body
+    response: HttpResponseBase
+    if all(isinstance(part, bytes) for part in parts):
+        response = HttpResponse(b"".join(part for part in parts if isinstance(part, bytes)))
+    elif (
+        not async_body
+        and len(parts) == 1
+        and isinstance(parts[0], FileRange)
+        and parts[0].whole
+    ):
+        # A whole file: FileResponse lets the WSGI server use wsgi.file_wrapper/sendfile.
+        response = FileResponse(open(parts[0].path, "rb"))  # noqa: SIM115 - closed by Django
+        response.block_size = CHUNK_SIZE
+    elif async_body:
+        response = StreamingHttpResponse(_aiter_parts(parts))
+    else:
+        response = StreamingHttpResponse(_iter_parts(parts))
+    response.status_code = plan.status
+    set_headers(response, list(plan.headers))
+    return response
+
+
+def _read_range(part: FileRange) -> Iterator[bytes]:
+    with open(part.path, "rb") as fh:
+        fh.seek(part.offset)
+        left = part.length
+        while left > 0:
+            data = fh.read(min(CHUNK_SIZE, left))
+            if not data:
+                return
+            left -= len(data)
+            yield data
+
+
+def _iter_parts(parts: tuple[bytes | FileRange, ...]) -> Iterator[bytes]:
+    for part in parts:
+        if isinstance(part, bytes):
+            yield part
+        else:
+            yield from _read_range(part)
+
+
+async def _aiter_parts(parts: tuple[bytes | FileRange, ...]) -> AsyncIterator[bytes]:
+    for part in parts:
+        if isinstance(part, bytes):
+            yield part
+            continue
+        fh = await asyncio.to_thread(open, part.path, "rb")
+        try:
+            await asyncio.to_thread(fh.seek, part.offset, os.SEEK_SET)
+            left = part.length
+            while left > 0:
+                data = await asyncio.to_thread(fh.read, min(CHUNK_SIZE, left))
+                if not data:
+                    break
+                left -= len(data)
+                yield data
+        finally:
+            fh.close()
+
+
+def inject_sync(chunks: Iterator[bytes], snippet: bytes) -> Iterator[bytes]:
+    injector = Injector(snippet)
+    for chunk in chunks:
+        out = injector.feed(bytes(chunk))
+        if out:
+            yield out
+    tail = injector.finish()
+    if tail:
+        yield tail
+
+
+async def inject_async(chunks: AsyncIterator[bytes], snippet: bytes) -> AsyncIterator[bytes]:
+    injector = Injector(snippet)
+    async for chunk in chunks:
+        out = injector.feed(bytes(chunk))
+        if out:
+            yield out
+    tail = injector.finish()
+    if tail:
+        yield tail

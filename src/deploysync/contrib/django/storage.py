@@ -1,0 +1,119 @@
+# Django ships no type information: its base classes and decorators are Any to mypy.
+# mypy: disallow-subclassing-any=False, disallow-untyped-decorators=False, warn-return-any=False
+"""A staticfiles storage: ``collectstatic`` builds a deployment, ``{% static %}`` uses it.
+
+Configure it as the staticfiles backend::
+
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "deploysync.contrib.django.storage.DeploySyncStorage"},
+    }
+
+``collectstatic`` copies the files into ``STATIC_ROOT`` as usual, then builds
+``STATIC_ROOT`` into the store as a new deployment (and activates it unless
+``DEPLOYSYNC["ACTIVATE_ON_COLLECTSTATIC"]`` is ``False``). Running servers pick the new
+deployment up without a restart.
+
+``{% static "css/app.css" %}`` resolves to the hashed URL of the current deployment.
+A name that the deployment lacks never turns a page into a 500 in production: the
+unhashed URL is returned and the miss is logged. With ``DEBUG`` (or
+``DEPLOYSYNC["STRICT"]``) it raises ``ValueError`` naming the file, as Django's
+``ManifestStaticFilesStorage`` does. Before any deployment is current (a fresh checkout
+under ``runserver``), URLs are unhashed so the development server keeps working.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from django.contrib.staticfiles.storage import StaticFilesStorage
+from django.core.exceptions import ImproperlyConfigured
+
+from ...build import build
+from ...manifest import DeploySyncError
+from .conf import get_config, get_runtime
+
+__all__ = ["DeploySyncStorage"]
+
+logger = logging.getLogger("deploysync.django")
+
+
+class DeploySyncStorage(StaticFilesStorage):
+    """``StaticFilesStorage`` whose URLs come from the current deployment."""
+
+    def post_process(
+        self, paths: Mapping[str, Any], dry_run: bool = False, **options: Any
+    ) -> Iterator[tuple[str, str | None, bool | Exception]]:
+        """Build ``STATIC_ROOT`` into the store (collectstatic's post-processing step)."""
+        if dry_run or not paths:
+            return
+        config = get_config()
+        if config.store is None:
+            yield "*", None, ImproperlyConfigured(
+                "collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set"
+            )
+            return
+        try:
+            result = build(
+                self.location,
+                config.store,
+                static_url=config.static_url,
+                activate=config.activate_on_collectstatic,
+                strict=config.strict,
+            )
+        except DeploySyncError as exc:
+            yield "*", None, exc
+            return
+        deployment = result.deployment
+        for name in sorted(paths):
+            asset = deployment.assets.get(name.replace("\\", "/"))
+            if asset is not None:
+                yield name, asset.name, True
+            else:
+                yield name, None, False
+        state = "built and activated" if config.activate_on_collectstatic else "built"
+        logger.info("deploysync: deployment %s %s", deployment.id, state)
+
+    def url(self, name: str | None) -> str:
+        """The hashed URL of *name* in the current deployment."""
+        if not name:
+            return super().url(name)
+        clean, sep, suffix = _split_suffix(name)
+        try:
+            runtime = get_runtime()
+            deployment = runtime.deployment
+        except (DeploySyncError, ImproperlyConfigured) as exc:
+            if get_config().strict:
+                raise
+            logger.error("deploysync: unhashed URL for %r: %s", name, exc)
+            return super().url(name)
+        if deployment is None:
+            # Nothing built yet: development before the first collectstatic.
+            return super().url(name)
+        try:
+            return deployment.url(clean) + sep + suffix
+        except KeyError:
+            if get_config().strict:
+                raise ValueError(
+                    f"Missing static file {clean!r} in deployment {deployment.id}: run "
+                    "'manage.py collectstatic' (or check the name) — with DEBUG off the "
+                    "unhashed URL would be used"
+                ) from None
+            logger.warning(
+                "deploysync: %r is not in deployment %s; using its unhashed URL",
+                clean,
+                deployment.id,
+            )
+            return super().url(name)
+
+
+def _split_suffix(name: str) -> tuple[str, str, str]:
+    """``"font.woff2?v=1#x"`` -> ``("font.woff2", "?", "v=1#x")``; the logical name has neither."""
+    for sep in ("?", "#"):
+        if sep in name:
+            clean, _, rest = name.partition(sep)
+            return clean, sep, rest
+    return name, "", ""
+

@@ -1,0 +1,237 @@
+"""deploysync for Flask: a Flask extension.
+
+::
+
+    from deploysync.contrib.flask import DeploySync
+
+    app = Flask(__name__)
+    app.config["DEPLOYSYNC_STORE"] = "/srv/deploysync"
+    DeploySync(app)            # or: ds = DeploySync(); ds.init_app(app) in a factory
+
+``init_app`` wraps ``app.wsgi_app`` with :class:`deploysync.wsgi.DeploySync` (assets,
+stale navigations, injection), keeps it in ``app.extensions["deploysync"]`` and:
+
+* makes ``url_for("static", filename="css/app.css")`` give the hashed URL of the current
+  deployment (a ``url_defaults`` callback rewrites ``filename``), so existing templates
+  work unchanged;
+* registers the Jinja globals ``asset_url(path)``, ``vite_tags(entry)`` and
+  ``deploysync_head()``;
+* adds the ``flask deploysync build|activate|list|prune`` commands, which are
+  ``deploysync``'s own with ``--store`` (and ``--static-url``) taken from the config.
+
+Configuration (``app.config``; keyword arguments of :class:`DeploySync` give defaults)::
+
+    DEPLOYSYNC_STORE           directory or redis:// URL (else $DEPLOYSYNC_STORE)
+    DEPLOYSYNC_STATIC_URL      default: the app's static_url_path + "/"
+    DEPLOYSYNC_ROUTING         "server" (default), "client" or "external"
+    DEPLOYSYNC_CHECK_INTERVAL  seconds between version checks in the browser (0: off)
+    DEPLOYSYNC_DEPLOYMENT      pin a deployment id
+    DEPLOYSYNC_STRICT          default: app.debug; an unknown asset raises
+    DEPLOYSYNC_NONCE           CSP nonce: callable(environ), or a name looked up in the
+                               environ, then on the request (flask-talisman's csp_nonce)
+    DEPLOYSYNC_POLL_INTERVAL   seconds between store change probes (default 0.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from flask import Flask, current_app, request
+from flask.cli import AppGroup
+from markupsafe import Markup
+
+from .. import wsgi
+from ..manifest import DeploySyncError
+from ..vite import vite_tags as render_vite_tags
+
+__all__ = ["EXTENSION", "DeploySync", "deploysync_cli"]
+
+EXTENSION = "deploysync"
+OPTIONS = (
+    "store",
+    "static_url",
+    "routing",
+    "check_interval",
+    "deployment",
+    "strict",
+    "nonce",
+    "poll_interval",
+)
+
+
+class DeploySync:
+    """The Flask extension: ``DeploySync(app)`` or ``DeploySync()`` + :meth:`init_app`."""
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise TypeError(f"Unknown deploysync option(s): {', '.join(unknown)}")
+        self.options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION in app.extensions:
+            raise RuntimeError("deploysync is already set up on this app")
+        for name in OPTIONS:
+            if name in self.options:
+                app.config.setdefault(f"DEPLOYSYNC_{name.upper()}", self.options[name])
+        config = app.config
+        store = config.get("DEPLOYSYNC_STORE") or os.environ.get("DEPLOYSYNC_STORE")
+        if not store:
+            raise DeploySyncError(
+                "deploysync has no store: set app.config['DEPLOYSYNC_STORE'] (a directory "
+                "or a redis:// URL) or the DEPLOYSYNC_STORE variable"
+            )
+        static_url = config.get("DEPLOYSYNC_STATIC_URL") or (app.static_url_path or "") + "/"
+        strict = config.get("DEPLOYSYNC_STRICT")
+        # Flask's wsgi_app is typed with typeshed's StartResponse, deploysync.wsgi with its
+        # own (equivalent at run time) protocol.
+        inner: Any = app.wsgi_app
+        middleware = wsgi.DeploySync(
+            inner,
+            store=store,
+            static_url=static_url,
+            routing=config.get("DEPLOYSYNC_ROUTING", "server"),
+            check_interval=config.get("DEPLOYSYNC_CHECK_INTERVAL", 0),
+            deployment=config.get("DEPLOYSYNC_DEPLOYMENT"),
+            strict=bool(app.debug) if strict is None else bool(strict),
+            nonce=_nonce_option(config.get("DEPLOYSYNC_NONCE")),
+            poll_interval=config.get("DEPLOYSYNC_POLL_INTERVAL", 0.5),
+        )
+        wrapped: Any = middleware
+        app.wsgi_app = wrapped  # type: ignore[method-assign]
+        app.extensions[EXTENSION] = middleware
+        app.url_defaults(_hashed_static_filename)
+        app.jinja_env.globals.update(
+            asset_url=asset_url, vite_tags=vite_tags, deploysync_head=deploysync_head
+        )
+        app.cli.add_command(deploysync_cli)
+
+    @staticmethod
+    def middleware(app: Flask | None = None) -> wsgi.DeploySync:
+        """The WSGI middleware of *app* (default: the current app)."""
+        target = app if app is not None else current_app
+        try:
+            found: wsgi.DeploySync = target.extensions[EXTENSION]
+        except KeyError:
+            raise RuntimeError("deploysync is not set up on this app: call init_app(app)") from None
+        return found
+
+    def url(self, path: str) -> str:
+        """The hashed URL of *path* in the current app's current deployment."""
+        return self.middleware().url(path)
+
+
+def _nonce_option(option: Any) -> Any:
+    if not isinstance(option, str):
+        return option
+
+    def lookup(environ: dict[str, Any]) -> str | None:
+        # The environ first (a WSGI middleware put it there), then the request object,
+        # where flask-talisman keeps it (request.csp_nonce).
+        value = environ.get(option)
+        if value is None:
+            value = getattr(environ.get("werkzeug.request"), option, None)
+        return str(value) if value else None
+
+    return lookup
+
+
+def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> None:
+    """``url_for("static", filename=...)`` -> the deployment's hashed name.
+
+    Only the ``filename`` changes, so ``_external``, ``_scheme`` and the app's routing
+    keep working; the middleware answers the hashed URL before Flask sees it.
+    """
+    if endpoint != "static" or "filename" not in values:
+        return
+    middleware: wsgi.DeploySync | None = current_app.extensions.get(EXTENSION)
+    if middleware is None:
+        return
+    runtime = middleware.runtime
+    prefix = (current_app.static_url_path or "") + "/"
+    if runtime.static_path != prefix:
+        return  # assets live elsewhere (a CDN): templates use asset_url()
+    url = runtime.url(str(values["filename"]))
+    if url.startswith(runtime.static_url):
+        values["filename"] = url[len(runtime.static_url) :]
+
+
+def asset_url(path: str) -> str:
+    """Jinja global: the hashed URL of *path* in the current deployment."""
+    return DeploySync.middleware().url(path)
+
+
+def vite_tags(entry: str, nonce: str | None = None) -> Markup:
+    """Jinja global: the tags of a Vite entry (:func:`deploysync.vite.vite_tags`)."""
+    middleware = DeploySync.middleware()
+    runtime = middleware.runtime
+    deployment = runtime.deployment
+    if deployment is None:
+        if runtime.strict:
+            raise DeploySyncError(f"vite_tags({entry!r}): the store has no current deployment")
+        return Markup("")
+    if nonce is None and middleware.nonce is not None and request:
+        nonce = _request_nonce(middleware)
+    return Markup(render_vite_tags(entry, deployment, nonce=nonce, strict=runtime.strict))
+
+
+def deploysync_head() -> Markup:
+    """Jinja global: the ``<head>`` tags, for manual placement (the middleware then does
+    not inject a second copy)."""
+    middleware = DeploySync.middleware()
+    return Markup(middleware.head_tags(request.environ if request else None))
+
+
+def _request_nonce(middleware: wsgi.DeploySync) -> str | None:
+    option = middleware.nonce
+    if callable(option):
+        value = option(request.environ)
+    else:
+        value = request.environ.get(option) if option else None
+    return str(value) if value else None
+
+
+# -- flask deploysync ... ------------------------------------------------------------------------
+
+deploysync_cli = AppGroup(
+    "deploysync", help="Build, activate, list and prune deployments of this app's store."
+)
+PASS_THROUGH = {"ignore_unknown_options": True, "help_option_names": []}
+
+
+def _run(command: str, args: Sequence[str]) -> None:
+    from deploysync import cli
+
+    argv = [command, *args]
+    middleware: wsgi.DeploySync | None = current_app.extensions.get(EXTENSION)
+    given = {arg.split("=", 1)[0] for arg in args}
+    store = current_app.config.get("DEPLOYSYNC_STORE")
+    if "--store" not in given and store:
+        # The configured spec, not the store's display location (a redis:// URL with
+        # its password, say); without one the command falls back to $DEPLOYSYNC_STORE.
+        argv += ["--store", str(store)]
+    if command == "build" and "--static-url" not in given and middleware is not None:
+        argv += ["--static-url", middleware.runtime.static_url]
+    code = cli.main(argv)
+    if code:
+        raise SystemExit(code)
+
+
+def _command(name: str, help_text: str) -> Callable[..., None]:
+    @deploysync_cli.command(name, help=help_text, context_settings=PASS_THROUGH)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        _run(name, args)
+
+    return command
+
+
+build_command = _command("build", "Fingerprint SRC into a new deployment (deploysync build).")
+activate_command = _command("activate", "Make deployment ID current (deploysync activate).")
+list_command = _command("list", "List deployments, newest first (deploysync list).")
+prune_command = _command("prune", "Delete what only old deployments use (deploysync prune).")

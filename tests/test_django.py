@@ -1,0 +1,544 @@
+"""Django: middleware (sync and async), staticfiles storage, template tags, system checks.
+
+Django is configured once for this module (``settings.configure``) with a neutral base;
+each test applies its own store and options through ``override_settings``, whose
+``setting_changed`` signal makes deploysync forget its runtime, so nothing leaks from one
+test to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402
+from django.core import checks  # noqa: E402
+from django.core.management import call_command, get_commands  # noqa: E402
+from django.http import (  # noqa: E402
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import render  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.views.decorators.csrf import csrf_exempt  # noqa: E402
+
+from deploysync.build import build  # noqa: E402
+from deploysync.manifest import Deployment, DeploySyncError  # noqa: E402
+from deploysync.store import FileStore  # noqa: E402
+
+MIDDLEWARE_PATH = "deploysync.contrib.django.middleware.DeploySyncMiddleware"
+SECURITY = "django.middleware.security.SecurityMiddleware"
+
+TEMPLATES = {
+    "page.html": "{% load static %}<!doctype html><html><head><title>t</title>"
+    '<link rel="stylesheet" href="{% static \'css/app.css\' %}"></head>'
+    "<body>page</body></html>",
+    "manual.html": "{% load deploysync %}<!doctype html><html><head>{% deploysync_head %}"
+    "</head><body></body></html>",
+    "vite.html": '{% load deploysync %}<!doctype html><html><head>{% vite_tags "src/main.ts" %}'
+    "</head><body></body></html>",
+    "missing.html": "{% load static %}{% static 'nope.css' %}",
+}
+
+CALLS: list[str] = []
+
+
+def page(request: HttpRequest) -> HttpResponse:
+    return render(request, "page.html")
+
+
+async def async_page(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("<!DOCTYPE html><html><head><title>a</title></head><body>a</body></html>")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[bytes]:
+        # <head> split across chunks.
+        yield b"<!doctype html><html><he"
+        yield b"ad><title>s</title></head><body>"
+        yield b"streamed</body></html>"
+
+    return StreamingHttpResponse(chunks(), content_type="text/html; charset=utf-8")
+
+
+async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"<!doctype html><html><HEAD lang=en>"
+        yield b"<title>s</title></head><body>streamed</body></html>"
+
+    return StreamingHttpResponse(chunks(), content_type="text/html")
+
+
+@csrf_exempt
+def submit(request: HttpRequest) -> HttpResponse:
+    CALLS.append(request.method or "")
+    return HttpResponse("<!doctype html><p>saved</p>")
+
+
+def api(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})
+
+
+def manual(request: HttpRequest) -> HttpResponse:
+    request.csp_nonce = "n0nce"  # type: ignore[attr-defined]  # as django-csp does
+    return render(request, "manual.html")
+
+
+def vite(request: HttpRequest) -> HttpResponse:
+    return render(request, "vite.html")
+
+
+def missing(request: HttpRequest) -> HttpResponse:
+    return render(request, "missing.html")
+
+
+urlpatterns = [
+    path("", page),
+    path("async", async_page),
+    path("stream", stream),
+    path("astream", async_stream),
+    path("submit", submit),
+    path("api", api),
+    path("manual", manual),
+    path("vite", vite),
+    path("missing", missing),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def django_setup() -> None:
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False,
+            SECRET_KEY="deploysync-tests",
+            ALLOWED_HOSTS=["testserver"],
+            ROOT_URLCONF=__name__,
+            INSTALLED_APPS=["deploysync.contrib.django", "django.contrib.staticfiles"],
+            MIDDLEWARE=[SECURITY, MIDDLEWARE_PATH],
+            STATIC_URL="/static/",
+            USE_TZ=True,
+            TEMPLATES=[
+                {
+                    "BACKEND": "django.template.backends.django.DjangoTemplates",
+                    "OPTIONS": {
+                        "loaders": [("django.template.loaders.locmem.Loader", TEMPLATES)],
+                        "context_processors": ["django.template.context_processors.request"],
+                    },
+                }
+            ],
+            STORAGES={
+                "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+                "staticfiles": {
+                    "BACKEND": "deploysync.contrib.django.storage.DeploySyncStorage"
+                },
+            },
+        )
+        django.setup()
+    elif __name__ != settings.ROOT_URLCONF:
+        pytest.skip("Django was configured by another test module")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+@pytest.fixture
+def configure(
+    tmp_path: Path, store: FileStore
+) -> Iterator[Callable[..., None]]:
+    """``configure(**DEPLOYSYNC options, django_settings={...})`` for the current test."""
+    overrides: list[Any] = []
+    CALLS.clear()
+
+    def apply(django_settings: dict[str, Any] | None = None, **options: Any) -> None:
+        while overrides:
+            overrides.pop().disable()
+        values: dict[str, Any] = {
+            "STATIC_ROOT": str(tmp_path / "static_root"),
+            "DEPLOYSYNC": {"STORE": str(store.root), **options},
+            **(django_settings or {}),
+        }
+        override = override_settings(**values)
+        override.enable()
+        overrides.append(override)
+
+    apply()
+    yield apply
+    while overrides:
+        overrides.pop().disable()
+
+
+@pytest.fixture
+def deployed(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> Deployment:
+    return build(site_src("v1"), store, activate=True).deployment
+
+
+def in_own_loop(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run a coroutine on a fresh event loop in a worker thread: works even while another
+    library (Playwright's sync API, say) keeps a loop running in this thread."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result(timeout=60)
+
+
+def aget(url: str, **kwargs: Any) -> Any:
+    async def go() -> Any:
+        return await AsyncClient().get(url, **kwargs)
+
+    return in_own_loop(go)
+
+
+# -- the middleware ----------------------------------------------------------------------------
+
+
+def test_page_is_injected_and_announced(deployed: Deployment) -> None:
+    response = Client().get("/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert response["X-Deployment-Id"] == deployed.id
+    assert response["Cache-Control"] == "no-cache"
+    assert html.startswith(
+        f'<!doctype html><html><head><meta name="deployment-id" content="{deployed.id}">'
+    )
+    assert re.search(r'src="/_deploysync/client-[0-9a-f]+\.js" data-deploysync', html)
+
+
+def test_async_view_under_asgi(deployed: Deployment) -> None:
+    response = aget("/async")
+    assert response.status_code == 200
+    assert response["X-Deployment-Id"] == deployed.id
+    assert f'content="{deployed.id}"' in response.content.decode()
+
+
+def test_middleware_runs_natively_async(configure: Callable[..., None]) -> None:
+    from asgiref.sync import iscoroutinefunction
+
+    from deploysync.contrib.django.middleware import DeploySyncMiddleware
+
+    assert DeploySyncMiddleware.sync_capable and DeploySyncMiddleware.async_capable
+
+    async def get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    def sync_get_response(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    assert iscoroutinefunction(DeploySyncMiddleware(get_response))
+    assert not iscoroutinefunction(DeploySyncMiddleware(sync_get_response))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_streaming_html_is_injected(deployed: Deployment, mode: str) -> None:
+    url = "/stream" if mode == "sync" else "/astream"
+    response = Client().get(url) if mode == "sync" else aget(url)
+    body = b"".join(response.streaming_content) if mode == "sync" else None
+    if body is None:
+
+        async def collect() -> bytes:
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        body = in_own_loop(collect)
+    assert response["X-Deployment-Id"] == deployed.id
+    assert not response.has_header("Content-Length")
+    text = body.decode()
+    assert text.count('name="deployment-id"') == 1
+    assert re.search(r"<head[^>]*><meta name=\"deployment-id\"", text, re.I)
+    assert text.endswith("streamed</body></html>")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_assets_are_served(deployed: Deployment, mode: str) -> None:
+    url = deployed.url("css/app.css")
+    response = Client().get(url) if mode == "sync" else aget(url)
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert response["Content-Type"].startswith("text/css")
+    assert "X-Deployment-Id" not in response
+    gone = Client().get("/static/css/app.000000000000.css")
+    assert gone.status_code == 404 and gone["Cache-Control"] == "no-store"
+
+
+def test_if_none_match_gives_304(deployed: Deployment) -> None:
+    url = deployed.url("js/app.js")
+    etag = Client().get(url)["ETag"]
+    assert Client().get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
+def test_stale_navigation_409_without_calling_the_view(deployed: Deployment) -> None:
+    headers = {"X-Deploysync": "navigate", "X-Deployment-Id": "older-page"}
+    response = Client().post("/submit", headers=headers)
+    assert response.status_code == 409
+    assert response["X-Deploysync"] == "reload"
+    assert response["X-Deployment-Id"] == deployed.id
+    assert response["Cache-Control"] == "no-store"
+    assert response.content == b""
+    assert CALLS == []
+    fresh = {"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id}
+    assert Client().post("/submit", headers=fresh).status_code == 200
+    assert CALLS == ["POST"]
+
+
+def test_stale_navigation_async(deployed: Deployment) -> None:
+    headers = {"X-Deploysync": "navigate", "X-Deployment-Id": "older-page"}
+    response = aget("/async", headers=headers)
+    assert response.status_code == 409
+
+
+def test_json_passes_through(deployed: Deployment) -> None:
+    response = Client().get("/api")
+    assert json.loads(response.content) == {"ok": True}
+    assert "X-Deployment-Id" not in response
+
+
+def test_version_endpoint(deployed: Deployment) -> None:
+    response = Client().get("/_deploysync/version")
+    assert json.loads(response.content)["id"] == deployed.id
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_before_any_deployment_pages_pass(configure: Callable[..., None]) -> None:
+    response = Client().get("/")
+    assert response.status_code == 200
+    assert b"deployment-id" not in response.content
+    assert b'href="/static/css/app.css"' in response.content
+
+
+# -- template tags -------------------------------------------------------------------------------
+
+
+def test_deploysync_head_with_nonce_when_injection_is_off(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    configure(INJECT=False, NONCE="csp_nonce")
+    html = Client().get("/manual").content.decode()
+    assert html.count('name="deployment-id"') == 1
+    assert re.search(r"data-deploysync[^>]* nonce=\"n0nce\"></script>", html)
+    plain = Client().get("/").content.decode()
+    assert "deployment-id" not in plain  # INJECT False: only where the tag is placed
+
+
+def test_deploysync_head_is_not_doubled_by_injection(deployed: Deployment) -> None:
+    html = Client().get("/manual").content.decode()
+    assert html.count('name="deployment-id"') == 1
+
+
+def test_nonce_callable(deployed: Deployment, configure: Callable[..., None]) -> None:
+    configure(NONCE=lambda request: "from-callable")
+    html = Client().get("/").content.decode()
+    assert 'nonce="from-callable"' in html
+
+
+def test_vite_tags_tag(tmp_path: Path, store: FileStore, configure: Callable[..., None]) -> None:
+    dist = tmp_path / "dist"
+    (dist / ".vite").mkdir(parents=True)
+    (dist / "assets").mkdir()
+    (dist / "assets" / "main-Ab12Cd34.js").write_text("console.log(1)\n")
+    (dist / "assets" / "main-Ef56Gh78.css").write_text("p{}\n")
+    manifest = {
+        "src/main.ts": {
+            "file": "assets/main-Ab12Cd34.js",
+            "isEntry": True,
+            "css": ["assets/main-Ef56Gh78.css"],
+        }
+    }
+    (dist / ".vite" / "manifest.json").write_text(json.dumps(manifest))
+    build(dist, store, activate=True)
+    html = Client().get("/vite").content.decode()
+    assert '<script type="module" src="/static/assets/main-Ab12Cd34.js"></script>' in html
+    assert '<link rel="stylesheet" href="/static/assets/main-Ef56Gh78.css">' in html
+
+
+# -- staticfiles storage -----------------------------------------------------------------------
+
+
+def test_collectstatic_builds_and_activates(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    configure(django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    call_command("collectstatic", interactive=False, verbosity=0)
+    current = store.current()
+    assert current is not None
+    deployment = store.load(current)
+    assert "css/app.css" in deployment.assets
+    html = Client().get("/").content.decode()
+    assert f'href="{deployment.url("css/app.css")}"' in html
+    assert Client().get(deployment.url("css/app.css")).status_code == 200
+
+
+def test_collectstatic_without_activation(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    configure(
+        ACTIVATE_ON_COLLECTSTATIC=False,
+        django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]},
+    )
+    call_command("collectstatic", interactive=False, verbosity=0)
+    assert store.current() is None and len(store.ids()) == 1
+
+
+def test_missing_static_entry_never_500s_in_production(deployed: Deployment) -> None:
+    response = Client().get("/missing")
+    assert response.status_code == 200
+    assert response.content == b"/static/nope.css"
+
+
+def test_missing_static_entry_raises_in_debug(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    configure(django_settings={"DEBUG": True})
+    with pytest.raises(ValueError, match=r"Missing static file 'nope\.css' in deployment"):
+        Client().get("/missing")
+
+
+# -- system checks -------------------------------------------------------------------------------
+
+
+def check_ids() -> list[str]:
+    return sorted(m.id for m in checks.run_checks() if (m.id or "").startswith("deploysync."))
+
+
+def test_checks_pass_on_a_good_setup(deployed: Deployment) -> None:
+    assert check_ids() == []
+
+
+def test_e001_no_store(configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEPLOYSYNC_STORE", raising=False)
+    configure(django_settings={"DEPLOYSYNC": {}})
+    assert check_ids() == ["deploysync.E001"]
+
+
+def test_e001_store_missing(configure: Callable[..., None], tmp_path: Path) -> None:
+    configure(STORE=str(tmp_path / "nowhere"))
+    assert check_ids() == ["deploysync.E001"]
+
+
+def test_e002_static_url_mismatch(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    build(site_src("v1"), store, static_url="/assets/", activate=True)
+    assert check_ids() == ["deploysync.E002"]
+    with pytest.raises(DeploySyncError, match="/assets/"):
+        Client().get("/")  # the middleware refuses to start with broken URLs
+
+
+def test_e003_bad_value(deployed: Deployment, configure: Callable[..., None]) -> None:
+    configure(ROUTING="spa")
+    assert check_ids() == ["deploysync.E003"]
+
+
+def test_e003_unknown_key(deployed: Deployment, configure: Callable[..., None]) -> None:
+    configure(STOER="typo")
+    assert check_ids() == ["deploysync.E003"]
+
+
+def test_w001_middleware_missing(deployed: Deployment, configure: Callable[..., None]) -> None:
+    configure(django_settings={"MIDDLEWARE": [SECURITY]})
+    assert check_ids() == ["deploysync.W001"]
+
+
+def test_w002_too_low_and_w003_gzip_below(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    configure(
+        django_settings={
+            "MIDDLEWARE": [
+                SECURITY,
+                "django.middleware.common.CommonMiddleware",
+                MIDDLEWARE_PATH,
+                "django.middleware.gzip.GZipMiddleware",
+            ]
+        }
+    )
+    assert check_ids() == ["deploysync.W002", "deploysync.W003"]
+
+
+def test_w004_app_after_staticfiles_in_debug(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    configure(
+        django_settings={
+            "DEBUG": True,
+            "INSTALLED_APPS": ["django.contrib.staticfiles", "deploysync.contrib.django"],
+        }
+    )
+    assert check_ids() == ["deploysync.W004"]
+
+
+def test_w005_nothing_activated_yet(configure: Callable[..., None], store: FileStore) -> None:
+    store.ensure_writable()  # an empty store
+    assert check_ids() == ["deploysync.W005"]
+
+
+# -- runserver -----------------------------------------------------------------------------------
+
+
+def test_runserver_leaves_static_to_the_middleware(configure: Callable[..., None]) -> None:
+    from deploysync.contrib.django.management.commands.runserver import Command
+
+    assert get_commands()["runserver"] == "deploysync.contrib.django"
+    parser = Command().create_parser("manage.py", "runserver")
+    assert parser.parse_args([]).use_static_handler is False
+    assert parser.parse_args(["--static"]).use_static_handler is True
+
+
+# -- large files (sent from disk, not memory) ----------------------------------------------------
+
+
+@pytest.fixture
+def big(
+    tmp_path: Path, store: FileStore, configure: Callable[..., None]
+) -> tuple[Deployment, bytes]:
+    src = tmp_path / "big-src"
+    src.mkdir()
+    data = bytes(range(256)) * 1500  # 384 000 bytes: above the in-memory limit
+    (src / "video.bin").write_bytes(data)
+    return build(src, store, activate=True, compress=False).deployment, data
+
+
+def read_body(response: Any) -> bytes:
+    if not response.streaming:
+        return bytes(response.content)
+    if response.is_async:
+
+        async def collect() -> bytes:
+            return b"".join([chunk async for chunk in response.streaming_content])
+
+        return bytes(in_own_loop(collect))
+    return b"".join(response.streaming_content)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_large_file_is_streamed_whole_and_by_range(
+    big: tuple[Deployment, bytes], mode: str
+) -> None:
+    deployment, data = big
+    url = deployment.url("video.bin")
+    response = Client().get(url) if mode == "sync" else aget(url)
+    assert response.status_code == 200
+    assert int(response["Content-Length"]) == len(data)
+    assert read_body(response) == data
+    headers = {"Range": "bytes=1000-1999"}
+    part = Client().get(url, headers=headers) if mode == "sync" else aget(url, headers=headers)
+    assert part.status_code == 206
+    assert part["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+    assert read_body(part) == data[1000:2000]
+
+
+def test_static_url_with_query_and_fragment(deployed: Deployment) -> None:
+    from django.templatetags.static import static
+
+    assert static("css/app.css?v=1#top") == deployed.url("css/app.css") + "?v=1#top"

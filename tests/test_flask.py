@@ -1,0 +1,213 @@
+"""The Flask extension, in-process with Flask's test client and CLI runner."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask, jsonify, render_template_string, request, url_for
+
+from deploysync.build import build
+from deploysync.contrib.flask import EXTENSION, DeploySync
+from deploysync.manifest import Deployment, DeploySyncError
+from deploysync.serving import UnknownAsset
+from deploysync.store import FileStore
+
+PAGE = """<!doctype html><html><head><title>t</title>
+<link rel="stylesheet" href="{{ url_for('static', filename='css/app.css') }}"></head>
+<body><script type="module" src="{{ asset_url('js/app.js') }}"></script></body></html>"""
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+@pytest.fixture
+def deployed(site_src: Callable[..., Path], store: FileStore) -> Deployment:
+    return build(site_src("v1"), store, activate=True).deployment
+
+
+def make_app(store: FileStore, **config: Any) -> Flask:
+    # The app's own static folder is never reached for hashed URLs: the middleware
+    # answers them. It serves unhashed fallbacks, as without deploysync.
+    static = Path(str(store.root) + "-static")
+    static.mkdir(exist_ok=True)
+    app = Flask(__name__, static_folder=str(static), static_url_path="/static")
+    app.config.update(DEPLOYSYNC_STORE=str(store.root), **config)
+    app.extensions["calls"] = 0
+
+    @app.get("/")
+    def index() -> str:
+        return render_template_string(PAGE)
+
+    @app.post("/submit")
+    def submit() -> str:
+        app.extensions["calls"] += 1
+        return "<!doctype html><p>saved</p>"
+
+    @app.get("/api")
+    def api() -> Any:
+        return jsonify(ok=True)
+
+    @app.get("/manual")
+    def manual() -> str:
+        return render_template_string(
+            "<!doctype html><html><head>{{ deploysync_head() }}</head><body></body></html>"
+        )
+
+    return app
+
+
+@pytest.fixture
+def app(store: FileStore, deployed: Deployment, site_src: Callable[..., Path]) -> Flask:
+    app = make_app(store)
+    DeploySync(app)
+    return app
+
+
+def test_html_page_announces_the_deployment(app: Flask, deployed: Deployment) -> None:
+    response = app.test_client().get("/")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert response.headers["X-Deployment-Id"] == deployed.id
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert f'<meta name="deployment-id" content="{deployed.id}">' in html
+    script = r'<script type="module" src="/_deploysync/client-[0-9a-f]+\.js" data-deploysync'
+    assert re.search(script, html)
+    assert int(response.headers["Content-Length"]) == len(response.get_data())
+
+
+def test_url_for_static_and_asset_url_give_hashed_urls(app: Flask, deployed: Deployment) -> None:
+    html = app.test_client().get("/").get_data(as_text=True)
+    assert f'href="{deployed.url("css/app.css")}"' in html
+    assert f'src="{deployed.url("js/app.js")}"' in html
+    assert deployed.url("css/app.css") != "/static/css/app.css"
+    with app.test_request_context():
+        assert url_for("static", filename="css/app.css", _external=True) == (
+            "http://localhost" + deployed.url("css/app.css")
+        )
+
+
+def test_hashed_url_is_served_by_the_middleware(app: Flask, deployed: Deployment) -> None:
+    response = app.test_client().get(deployed.url("css/app.css"))
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+    assert response.headers["ETag"].startswith('"')
+
+
+def test_unknown_static_file_falls_back_to_unhashed_url(app: Flask) -> None:
+    with app.test_request_context():
+        assert url_for("static", filename="missing.css") == "/static/missing.css"
+
+
+def test_unknown_static_file_raises_in_debug(
+    store: FileStore, deployed: Deployment, site_src: Callable[..., Path]
+) -> None:
+    app = make_app(store, DEBUG=True)
+    DeploySync(app)
+    with app.test_request_context(), pytest.raises(UnknownAsset, match=r"missing\.css"):
+        url_for("static", filename="missing.css")
+
+
+def test_stale_navigation_gets_409_and_the_view_is_not_called(
+    app: Flask, deployed: Deployment
+) -> None:
+    response = app.test_client().post(
+        "/submit", headers={"X-Deploysync": "navigate", "X-Deployment-Id": "old-page-id"}
+    )
+    assert response.status_code == 409
+    assert response.headers["X-Deploysync"] == "reload"
+    assert response.headers["X-Deployment-Id"] == deployed.id
+    assert response.get_data() == b""
+    assert app.extensions["calls"] == 0
+    fresh = app.test_client().post(
+        "/submit", headers={"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id}
+    )
+    assert fresh.status_code == 200 and app.extensions["calls"] == 1
+
+
+def test_json_passes_through_untouched(app: Flask) -> None:
+    response = app.test_client().get("/api")
+    assert response.get_json() == {"ok": True}
+    assert "X-Deployment-Id" not in response.headers
+
+
+def test_manual_placement_is_not_injected_twice(app: Flask, deployed: Deployment) -> None:
+    html = app.test_client().get("/manual").get_data(as_text=True)
+    assert html.count('name="deployment-id"') == 1
+    assert html.count("data-deploysync") == 1
+
+
+def test_factory_pattern_and_state_in_extensions(store: FileStore, deployed: Deployment) -> None:
+    ext = DeploySync(routing="client", check_interval=30)
+    app = make_app(store)
+    ext.init_app(app)
+    assert app.extensions[EXTENSION].runtime.routing == "client"
+    response = app.test_client().get("/")
+    assert response.status_code == 200
+    assert 'data-routing="client" data-check-interval="30"' in response.get_data(as_text=True)
+    with app.app_context():
+        assert ext.url("js/app.js") == deployed.url("js/app.js")
+
+
+def test_config_wins_over_constructor_defaults(store: FileStore, deployed: Deployment) -> None:
+    app = make_app(store, DEPLOYSYNC_ROUTING="external")
+    DeploySync(app, routing="client")
+    assert app.extensions[EXTENSION].runtime.routing == "external"
+
+
+def test_missing_store_fails_at_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEPLOYSYNC_STORE", raising=False)
+    with pytest.raises(DeploySyncError, match="DEPLOYSYNC_STORE"):
+        DeploySync(Flask(__name__))
+
+
+def test_csp_nonce_from_the_request(store: FileStore, deployed: Deployment) -> None:
+    app = make_app(store, DEPLOYSYNC_NONCE="csp_nonce")
+
+    @app.before_request
+    def set_nonce() -> None:
+        request.csp_nonce = "n0nce"  # type: ignore[attr-defined]  # as flask-talisman does
+
+    DeploySync(app)
+    response = app.test_client().get("/")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert re.search(r'<script type="module" src="/_deploysync/[^"]+"[^>]* nonce="n0nce">', html)
+
+
+def test_a_new_deployment_is_picked_up(
+    app: Flask, store: FileStore, site_src: Callable[..., Path]
+) -> None:
+    v2 = build(site_src("v2"), store, activate=True).deployment
+    app.extensions[EXTENSION].runtime.refresh()
+    response = app.test_client().get("/")
+    assert response.headers["X-Deployment-Id"] == v2.id
+    assert f'href="{v2.url("css/app.css")}"' in response.get_data(as_text=True)
+
+
+def test_cli_build_activate_list_prune(
+    app: Flask, store: FileStore, deployed: Deployment, site_src: Callable[..., Path]
+) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["deploysync", "build", str(site_src("v2"))])
+    assert result.exit_code == 0, result.output
+    new_id = result.output.strip().splitlines()[-1]
+    assert store.exists(new_id) and store.current() == deployed.id
+    result = runner.invoke(args=["deploysync", "activate", new_id])
+    assert result.exit_code == 0, result.output
+    assert store.current() == new_id
+    result = runner.invoke(args=["deploysync", "list", "--json"])
+    assert result.exit_code == 0 and new_id in result.output and deployed.id in result.output
+    result = runner.invoke(args=["deploysync", "prune", "--keep", "1"])
+    assert result.exit_code == 0, result.output
+    assert not store.exists(deployed.id)
+
+
+def test_cli_errors_exit_non_zero(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(args=["deploysync", "activate", "no-such-id"])
+    assert result.exit_code != 0

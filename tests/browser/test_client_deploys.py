@@ -1,0 +1,139 @@
+"""The main user journeys across a deploy, through ASGI (uvicorn) and WSGI (gunicorn)."""
+
+from __future__ import annotations
+
+import pytest
+from harness import MakeSite, Tab
+from helpers import (
+    RELOAD_409,
+    check,
+    client_routed,
+    mark,
+    marked,
+    page_id,
+    stale,
+    title_is,
+    wait_stale,
+)
+
+pytestmark = pytest.mark.browser
+
+ADAPTERS = ["asgi", "wsgi"]
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_clicks_swap_pages_without_a_full_load_before_any_deploy(
+    make_site: MakeSite, tab: Tab, adapter: str
+) -> None:
+    site = make_site(adapter, routing="client")
+    page = tab.page
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    first = page_id(page)
+    for link, title in (("#to-a", "A"), ("#to-b", "B"), ("#to-home", "Home")):
+        page.click(link)
+        title_is(page, title)
+        assert marked(page), f"a full load happened on the way to {title}"
+    assert page.url == site.url("/")
+    assert page_id(page) == first
+    stats = site.stats()
+    assert stats["full"] == 1
+    assert stats["navigate"] == 3
+    assert tab.documents == 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_typed_text_survives_a_deploy_and_the_next_click_lands_on_the_new_version(
+    make_site: MakeSite, tab: Tab, adapter: str
+) -> None:
+    # check_interval=1: the page checks by itself while the user types
+    site = make_site(adapter, routing="client", check_interval=1)
+    page = tab.page
+    page.goto(site.url("/type"))
+    client_routed(page)
+    mark(page)
+    old = page_id(page)
+    page.click("#text")
+    first, second = "typing slowly across a deploy, ", "and still typing after it."
+    page.keyboard.type(first, delay=15)
+    new = site.deploy("v2")
+    page.keyboard.type(second[:10], delay=15)
+    wait_stale(page)  # found out by its own periodic check, while the user types
+    page.keyboard.type(second[10:20], delay=15)
+    assert check(page), "a forced check agrees"
+    page.keyboard.type(second[20:], delay=15)
+    assert page.input_value("#text") == first + second
+    assert marked(page), "the page reloaded under the user's fingers"
+    assert page_id(page) == old
+
+    page.click("#to-a")
+    title_is(page, "A")
+    assert not marked(page), "the next navigation must be a full load"
+    assert page_id(page) == new
+    assert not stale(page)
+
+    client_routed(page)
+    mark(page)
+    page.click("#to-b")
+    title_is(page, "B")
+    assert marked(page), "client routing resumes on the new version"
+    assert page_id(page) == new
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("known", [False, True], ids=["found-out-by-the-post", "known-before"])
+def test_a_form_posted_across_a_deploy_is_processed_once_and_answered_by_the_new_version(
+    make_site: MakeSite, tab: Tab, adapter: str, known: bool
+) -> None:
+    site = make_site(adapter, routing="client")
+    page = tab.page
+    page.goto(site.url("/form"))
+    client_routed(page)
+    mark(page)
+    page.fill("#message", "hello")
+    new = site.deploy("v2")
+    if known:
+        assert check(page)
+    else:
+        tab.allow(RELOAD_409)  # the stale POST is refused before the app sees it
+    page.click("#other")
+    title_is(page, "Result")
+    assert page.inner_text("#received") == "hello via other #1"
+    assert not marked(page)
+    assert page_id(page) == new
+    assert site.stats()["posts"] == 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize("routing", ["server", "external"])
+def test_without_client_routing_the_next_page_after_a_deploy_is_the_new_version(
+    make_site: MakeSite, tab: Tab, adapter: str, routing: str
+) -> None:
+    site = make_site(adapter, routing=routing)
+    page = tab.page
+    page.goto(site.url("/form"))
+    client_routed(page)
+    page.fill("#message", "plain")
+    new = site.deploy("v2")
+    page.click("#send")
+    title_is(page, "Result")
+    assert page.inner_text("#received") == "plain via send #1"
+    assert page_id(page) == new
+    assert site.stats()["posts"] == 1
+
+
+def test_a_multipart_form_posted_across_a_deploy_is_processed_once(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site = make_site(routing="client")
+    page = tab.page
+    page.goto(site.url("/form?multipart=1"))
+    client_routed(page)
+    page.fill("#message", "multi part")
+    tab.allow(RELOAD_409)
+    site.deploy("v2")
+    page.click("#send")
+    title_is(page, "Result")
+    assert page.inner_text("#received") == "multi part via send #1"
+    assert site.stats()["posts"] == 1

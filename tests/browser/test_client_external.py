@@ -1,0 +1,80 @@
+"""routing="external": another router navigates (pushState SPA, htmx boost, Turbo Drive)."""
+
+from __future__ import annotations
+
+import pytest
+from harness import MakeSite, Tab
+from helpers import RELOAD_409, client_routed, mark, marked, page_id, title_is, wait_stale
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+
+def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    page.goto(site.url("/spa"))
+    client_routed(page)
+    mark(page)
+    page.click("#spa-x")
+    expect(page.locator("#view")).to_have_text("view /spa/x")
+    assert marked(page), "the router navigates by itself before a deploy"
+    new = site.deploy("v2")
+    # the user comes back to the tab: the page checks the version
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    wait_stale(page)
+    assert marked(page)
+    page.click("#spa-y")
+    expect(page.locator("#view")).to_have_text("view /spa/y")
+    assert not marked(page), "the router's push must become a full load"
+    assert page.url == site.url("/spa/y")
+    assert page_id(page) == new
+
+
+@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    page.goto(site.url(f"/{lib}"))
+    client_routed(page)
+    mark(page)
+    page.click(f"#{lib}-a")
+    title_is(page, f"{lib} a")
+    assert marked(page), f"{lib} swaps pages by itself before a deploy"
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)  # the library's request, refused by the server
+    page.click(f"#{lib}-b")
+    title_is(page, f"{lib} b")
+    assert not marked(page)
+    assert page.url == site.url(f"/{lib}/b")
+    assert page_id(page) == new
+    client_routed(page)
+    mark(page)
+    page.click(f"#{lib}-a")
+    title_is(page, f"{lib} a")
+    assert marked(page), f"{lib} resumes on the new version"
+
+
+@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    page.goto(site.url(f"/{lib}"))
+    client_routed(page)
+    mark(page)
+    page.fill("#message", "boosted")
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click("#send")
+    title_is(page, f"{lib} result")
+    assert not marked(page)
+    assert "message=boosted" in page.url
+    assert "action=send" in page.url, "the submitter's name and value are kept"
+    assert page_id(page) == new
+    assert site.stats()["posts"] == 1

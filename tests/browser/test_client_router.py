@@ -1,0 +1,144 @@
+"""routing="client": the router itself, before any deploy (what a Turbo Drive user expects)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from harness import MakeSite, Site, Tab
+from helpers import client_routed, mark, marked, title_is
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def site(make_site: MakeSite) -> Site:
+    return make_site(routing="client")
+
+
+@pytest.fixture
+def page(site: Site, tab: Tab) -> Any:
+    page = tab.page
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    return page
+
+
+def test_a_redirect_is_followed_and_history_gets_the_final_url(site: Site, page: Any) -> None:
+    page.click("#to-redirect")
+    title_is(page, "B")
+    assert page.url == site.url("/b")
+    assert marked(page)
+
+
+def test_a_link_with_a_fragment_scrolls_to_its_target(site: Site, page: Any) -> None:
+    page.click("#to-b-hash")
+    title_is(page, "B")
+    assert page.url == site.url("/b?q=1#end")
+    assert page.inner_text("#query") == "q=1"
+    expect(page.locator("#end")).to_be_in_viewport()
+    assert marked(page)
+
+
+def test_an_error_page_is_rendered_in_place(site: Site, page: Any, tab: Tab) -> None:
+    tab.allow(rf"status of 404 \(Not Found\) @ {site.url('/missing')}$")
+    page.click("#to-missing")
+    title_is(page, "Not found")
+    assert page.url == site.url("/missing")
+    assert marked(page)
+
+
+def test_a_get_form_is_client_routed_with_its_query(site: Site, page: Any) -> None:
+    page.click("#to-form")
+    title_is(page, "Form")
+    page.fill("#q", "find me")
+    page.click("#search")
+    title_is(page, "A")
+    assert page.url == site.url("/a?q=find+me")
+    assert marked(page)
+
+
+def test_scripts_of_a_new_body_run_and_head_scripts_run_once(page: Any) -> None:
+    for link, title in (("#to-a", "A"), ("#to-home", "Home"), ("#to-a", "A")):
+        page.click(link)
+        title_is(page, title)
+    assert page.evaluate("window.__ran") == 2
+    assert page.evaluate("window.__app") == 1
+    assert page.title() == "A"
+    expect(page.locator("[role=status]")).to_have_text("A")  # announced to screen readers
+
+
+def test_back_restores_the_scroll_position(page: Any) -> None:
+    page.click("#to-b")
+    title_is(page, "B")
+    page.evaluate("scrollTo(0, 1200)")
+    page.evaluate("document.querySelector('#to-home').click()")  # page.click would scroll
+    title_is(page, "Home")
+    assert page.evaluate("scrollY") == 0
+    page.go_back()
+    title_is(page, "B")
+    page.wait_for_function("scrollY == 1200", timeout=5000)
+    assert marked(page)
+
+
+def test_a_hovered_link_is_prefetched_and_the_click_uses_it(site: Site, page: Any) -> None:
+    before = site.stats()["navigate"]
+    page.hover("#to-prefetch")
+    page.wait_for_timeout(100)  # lets the prefetch leave; the assertion below waits for it
+    deadline = 50
+    while site.stats()["navigate"] == before and deadline:
+        page.wait_for_timeout(50)
+        deadline -= 1
+    assert site.stats()["navigate"] == before + 1
+    page.click("#to-prefetch")
+    title_is(page, "A")
+    assert site.stats()["navigate"] == before + 1, "the click fetched again"
+    assert marked(page)
+
+
+def test_links_left_to_the_browser_are_full_loads(site: Site, page: Any) -> None:
+    page.click("#to-a-off")  # data-deploysync="off"
+    title_is(page, "A")
+    assert not marked(page)
+    client_routed(page)
+    mark(page)
+    page.click("#to-json")  # not HTML: the browser shows it
+    page.wait_for_url(site.url("/_test/stats"))
+    assert not marked(page)
+
+
+def test_a_failed_fetch_falls_back_to_a_full_load(site: Site, page: Any, tab: Tab) -> None:
+    tab.allow(rf"net::ERR_FAILED @ {site.url('/a')}$")
+    page.route(
+        "**/a",
+        lambda route: route.abort() if route.request.resource_type == "fetch" else route.fallback(),
+    )
+    page.click("#to-a")
+    title_is(page, "A")
+    assert not marked(page)
+
+
+def test_the_app_hears_about_navigations_and_can_cancel_them(page: Any) -> None:
+    page.evaluate(
+        """() => {
+        window.__events = []
+        for (const name of ["before-navigate", "navigated"])
+            document.addEventListener(
+                "deploysync:" + name, (e) => __events.push([name, e.detail.url])
+            )
+        document.addEventListener("deploysync:before-navigate", (e) => {
+            if (e.detail.url.endsWith("/b")) e.preventDefault()
+        })
+    }"""
+    )
+    page.click("#to-b")
+    page.click("#to-a")
+    title_is(page, "A")
+    events = page.evaluate("__events")
+    assert [name for name, _ in events] == ["before-navigate", "before-navigate", "navigated"]
+    assert events[0][1].endswith("/b") and events[2][1].endswith("/a")
+    page.evaluate("window.deploysync.navigate('/b')")
+    title_is(page, "A")  # canceled by the app
+    assert marked(page)

@@ -230,6 +230,8 @@ def wait_for_id(tab: Any, ident: str) -> None:
     tab.wait_for_function(
         "id => document.querySelector('meta[name=deployment-id]')?.content === id", arg=ident
     )
+    # After a full load the meta tag is parsed before the stylesheets have loaded.
+    tab.wait_for_load_state("load")
 
 
 def wait_until_served(url: str, ident: str, timeout: float = 5.0) -> None:

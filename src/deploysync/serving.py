@@ -47,8 +47,9 @@ logger = logging.getLogger("deploysync")
 ENV_DEPLOYMENT = "DEPLOYSYNC_DEPLOYMENT"
 # Files up to this size are read into memory once; larger ones are sent from disk.
 MEMORY_LIMIT = 256 * 1024
-# Deployments built without activation change no probe token; the id list is re-read
-# every this many polls so their assets become servable too.
+# Deployments built without activation change no probe token of the filesystem store
+# (the Redis store's probe covers them); the id list is re-read every this many polls so
+# their assets become servable too.
 RESCAN_POLLS = 10
 CLIENT_FILE = Path(__file__).parent / "client" / "deploysync.js"
 # Served while the package carries no client yet (a source checkout mid-build).

@@ -10,6 +10,7 @@ Keys, all below the namespace prefix (``deploysync:`` by default)::
     deployments               set of published ids
     history                   list of activations (JSON), oldest first
     seq                       the seq of the latest activation (the change probe)
+    published                 bumped by every publish and unpublish (also probed)
     current                   JSON of the latest activation
     lock                      the writers' lock (a random token, with a TTL)
 
@@ -441,6 +442,11 @@ class RedisStore(Store):
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(key, deployment.dumps())
             pipe.sadd(self._key("deployments"), deployment.id)
+            # Servers must be able to serve its assets before any server pinned to it
+            # renders a page (a container rolling in before the activation): change the
+            # probe and wake the watchers now, not at their next periodic rescan.
+            pipe.incr(self._key("published"))
+            pipe.publish(self.channel, json.dumps({"published": deployment.id}))
             pipe.execute()
             return True
 
@@ -473,6 +479,7 @@ class RedisStore(Store):
             pipe = self._redis.pipeline(transaction=True)
             pipe.srem(self._key("deployments"), deployment_id)
             pipe.delete(key)
+            pipe.incr(self._key("published"))
             pipe.execute()
 
     # -- activation ------------------------------------------------------------------------
@@ -515,10 +522,12 @@ class RedisStore(Store):
 
     def probe(self) -> Hashable:
         with self._io():
-            raw = self._redis.get(self._key("seq"))
+            raw, published = self._redis.mget(self._key("seq"), self._key("published"))
         value = int(raw) if raw is not None else None
         self._seen = value
-        return value
+        if published is None:
+            return value  # nothing published yet (None for an empty store)
+        return (value, int(published))
 
     def wait_for_change(self, timeout: float) -> None:
         """Block on the activation channel up to *timeout* seconds.

@@ -1,0 +1,491 @@
+"""Finding and rewriting the references a CSS file or a JS module makes to other assets.
+
+The scanners work on tokens, not on the raw text: a path inside a comment, inside an
+unrelated string or inside a template literal is never mistaken for a reference. What they
+recognise:
+
+* CSS: ``url(...)`` (quoted or not), ``@import "x.css"`` (``@import url(x.css)`` is a
+  ``url()``), ``/*# sourceMappingURL=... */``.
+* JS modules: ``import ... from "x"``, ``export ... from "x"``, ``import "x"``,
+  ``import("x")`` with a literal, ``new URL("x", import.meta.url)``,
+  ``//# sourceMappingURL=...``.
+
+Both return :class:`Reference` objects (where the URL text sits in the source and what it
+says); :func:`resolve` maps one to a logical path of the deployment and :func:`retarget`
+builds the URL that points at the hashed name while keeping the reference's form.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import chain, islice
+from urllib.parse import quote, unquote
+
+#: ``kind`` of a reference resolved like a URL: ``img/x.png`` is relative.
+URL = "url"
+#: ``kind`` of a module specifier: ``react`` is a bare specifier, not a path.
+MODULE = "module"
+
+CSS_SUFFIXES = (".css",)
+JS_SUFFIXES = (".js", ".mjs")
+
+# A scheme (http:, data:, blob:, javascript:), protocol-relative or fragment-only URL
+# never points into the deployment.
+_EXTERNAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:|//|#")
+_SOURCE_MAP = re.compile(r"[#@][ \t]*sourceMappingURL=([^\s*]+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A URL written in a source file: ``text[start:end] == url``."""
+
+    start: int
+    end: int
+    url: str
+    kind: str = URL
+
+
+def scanner_for(path: str) -> Callable[[str], list[Reference]] | None:
+    """The scanner for the file at logical *path*, or ``None`` when it has no references."""
+    lowered = path.lower()
+    if lowered.endswith(CSS_SUFFIXES):
+        return scan_css
+    if lowered.endswith(JS_SUFFIXES):
+        return scan_js
+    return None
+
+
+def line_of(text: str, offset: int) -> int:
+    """The 1-based line number of *offset* in *text*."""
+    return text.count("\n", 0, offset) + 1
+
+
+# -- CSS -------------------------------------------------------------------------------------
+
+_CSS_EVENT = re.compile(r"/\*|\"|'|(?<![\w-])url\(|@import(?![\w-])", re.IGNORECASE)
+_CSS_STRINGS = {
+    '"': re.compile(r'"((?:[^"\\\n]|\\[\s\S])*)("?)'),
+    "'": re.compile(r"'((?:[^'\\\n]|\\[\s\S])*)('?)"),
+}
+_CSS_SPACE = re.compile(r"(?:\s|/\*[\s\S]*?\*/)*")
+_CSS_UNQUOTED_URL = re.compile(r"\s*([^\s\"'()\\]*)\s*\)")
+
+
+def scan_css(text: str) -> list[Reference]:
+    """The references of a stylesheet, in source order."""
+    refs: list[Reference] = []
+    pos = 0
+    while True:
+        event = _CSS_EVENT.search(text, pos)
+        if event is None:
+            return refs
+        token = event.group().lower()
+        pos = event.end()
+        if token == "/*":
+            close = text.find("*/", pos)
+            end = len(text) if close < 0 else close
+            found = _SOURCE_MAP.match(text, pos, end)
+            if found:
+                refs.append(Reference(found.start(1), found.end(1), found.group(1)))
+            pos = end + 2
+        elif token in _CSS_STRINGS:
+            pos = _CSS_STRINGS[token].match(text, event.start()).end()  # type: ignore[union-attr]
+        elif token == "url(":
+            pos = _css_url(text, pos, refs)
+        else:  # @import "x.css"; @import url(x.css) is found as a url( next time round
+            pos = _CSS_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+            quote_char = text[pos : pos + 1]
+            if quote_char in _CSS_STRINGS:
+                string = _CSS_STRINGS[quote_char].match(text, pos)
+                assert string is not None  # the pattern matches any opening quote
+                if string.group(2) and string.group(1) and "\\" not in string.group(1):
+                    refs.append(Reference(string.start(1), string.end(1), string.group(1)))
+                pos = string.end()
+
+
+def _css_url(text: str, pos: int, refs: list[Reference]) -> int:
+    """Parse the inside of ``url(`` at *pos*; return where scanning resumes."""
+    inner = _CSS_SPACE.match(text, pos).end()  # type: ignore[union-attr]
+    quote_char = text[inner : inner + 1]
+    if quote_char in _CSS_STRINGS:
+        string = _CSS_STRINGS[quote_char].match(text, inner)
+        assert string is not None
+        if string.group(2) and string.group(1) and "\\" not in string.group(1):
+            refs.append(Reference(string.start(1), string.end(1), string.group(1)))
+        return string.end()
+    unquoted = _CSS_UNQUOTED_URL.match(text, pos)
+    if unquoted is None:  # an escape, a stray quote or no ")": not something we rewrite
+        return pos
+    if unquoted.group(1):
+        refs.append(Reference(unquoted.start(1), unquoted.end(1), unquoted.group(1)))
+    return unquoted.end()
+
+
+# -- JavaScript ------------------------------------------------------------------------------
+
+# What changes the lexical state of a module, or may start a reference. Everything between
+# two such events (names, numbers, operators, whitespace) is skipped by the regex engine,
+# which keeps the Python loop to a fraction of the tokens.
+_JS_EVENT = re.compile(
+    r"""
+      (?P<line>//[^\n\r\u2028\u2029]*)
+    | (?P<block>/\*[\s\S]*?(?:\*/|\Z))
+    | (?P<str>"(?:[^"\\\n\r]|\\[\s\S])*"?|'(?:[^'\\\n\r]|\\[\s\S])*'?)
+    | (?P<tpl>`)
+    | (?P<slash>/)
+    | (?P<open>[({])
+    | (?P<close>[)}])
+    | (?P<word>(?<![\w$])(?:import|export|new)(?![\w$]))
+    """,
+    re.VERBOSE,
+)
+# Tokens, for reading the few tokens of an import or export clause.
+_JS_TOKEN = re.compile(
+    r"""
+      (?P<skip>(?:\s|\ufeff|//[^\n\r\u2028\u2029]*|/\*[\s\S]*?(?:\*/|\Z))+)
+    | (?P<str>"(?:[^"\\\n\r]|\\[\s\S])*"?|'(?:[^'\\\n\r]|\\[\s\S])*'?)
+    | (?P<tpl>`)
+    | (?P<name>(?:[^\W\d]|[$\\])(?:[\w$\\])*)
+    | (?P<num>\.?\d[\w.]*)
+    | (?P<punct>\?\.|\.\.\.|=>|\+\+|--|[\s\S])
+    """,
+    re.VERBOSE,
+)
+# The text of a template literal up to its end (`) or its next substitution (${).
+_TPL_CHUNK = re.compile(r"(?:[^`\\$]|\\[\s\S]|\$(?!\{))*")
+# A regular expression literal; it cannot span lines, which bounds a wrong guess.
+_REGEX = re.compile(r"/(?![*/])(?:[^/\\\[\n\r]|\\.|\[(?:[^\]\\\n\r]|\\.)*\])+/[\w$]*")
+_SPACE = frozenset(" \t\n\r\v\f\ufeff\xa0\u2028\u2029")
+
+# After these words an expression starts, so a "/" opens a regular expression.
+_KEYWORDS_BEFORE_EXPRESSION = frozenset(
+    ("return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case",
+     "do", "else", "yield", "await", "extends")
+)  # fmt: skip
+# "if (x) /re/.test(y)": after the parenthesis of these a statement starts.
+_KEYWORDS_BEFORE_PAREN_STATEMENT = frozenset(("if", "while", "for", "with"))
+
+# Token kinds. A template literal without substitutions is "tpl0" (usable as a specifier in
+# import(`./x.js`)); one with substitutions is "tpl" and never a reference.
+_NAME, _STR, _TPL0, _TPL, _PUNCT = ("name", "str", "tpl0", "tpl", "punct")
+
+_Token = tuple[str, int, int]
+
+
+def scan_js(text: str) -> list[Reference]:
+    """The references of a JavaScript module, in source order."""
+    if "import" not in text and "export" not in text and "sourceMappingURL" not in text:
+        return []
+    refs: list[Reference] = []
+    # For each open "{": True when it is a template substitution "${".
+    braces: list[bool] = []
+    # For each open "(": True when it follows if/while/for/with.
+    parens: list[bool] = []
+    last_paren_statement = False
+    pos = 0
+    if text.startswith("#!"):  # a hashbang line is a comment
+        newline = text.find("\n")
+        pos = len(text) if newline < 0 else newline
+    search = _JS_EVENT.search
+    while True:
+        event = search(text, pos)
+        if event is None:
+            return refs
+        kind = event.lastgroup
+        start, pos = event.span()
+        if kind == "line" or kind == "block":
+            found = _SOURCE_MAP.match(text, start + 2, pos)
+            if found:
+                refs.append(Reference(found.start(1), found.end(1), found.group(1)))
+        elif kind == "tpl":
+            pos, closed = _template_chunk(text, pos)
+            if not closed:
+                braces.append(True)
+        elif kind == "slash":
+            if _regex_allowed(text, start, last_paren_statement):
+                regex = _REGEX.match(text, start)
+                if regex is not None:
+                    pos = regex.end()
+        elif kind == "open":
+            if text[start] == "{":
+                braces.append(False)
+            else:
+                parens.append(_word_before(text, start) in _KEYWORDS_BEFORE_PAREN_STATEMENT)
+        elif kind == "close":
+            if text[start] == ")":
+                last_paren_statement = parens.pop() if parens else False
+            elif braces and braces.pop():
+                # The end of a template substitution: the template text resumes.
+                pos, closed = _template_chunk(text, pos)
+                if not closed:
+                    braces.append(True)
+        elif kind == "word":
+            before = _before(text, start)
+            if before >= 0 and text[before] == ".":
+                continue  # obj.import(...), obj?.import(...), a.new
+            ref = _module_reference(text, start, event.group())
+            if ref is not None:
+                refs.append(ref)
+        # "str": nothing inside a string is a reference
+
+
+def _template_chunk(text: str, pos: int) -> tuple[int, bool]:
+    """Scan template text from *pos*: (where it stops, True when at the closing backtick)."""
+    end = _TPL_CHUNK.match(text, pos).end()  # type: ignore[union-attr]
+    if text.startswith("`", end):
+        return end + 1, True
+    if text.startswith("${", end):
+        return end + 2, False
+    return end, True  # unterminated at the end of the file
+
+
+def _before(text: str, pos: int) -> int:
+    """The index of the last non-space character before *pos* (-1 when none)."""
+    pos -= 1
+    while pos >= 0 and text[pos] in _SPACE:
+        pos -= 1
+    return pos
+
+
+def _word_before(text: str, pos: int) -> str:
+    """The identifier or keyword that ends right before *pos* (spaces skipped), or ``""``."""
+    end = _before(text, pos) + 1
+    start = end
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_$"):
+        start -= 1
+    return text[start:end]
+
+
+def _regex_allowed(text: str, pos: int, after_paren_statement: bool) -> bool:
+    """Whether the "/" at *pos* starts a regular expression rather than a division.
+
+    The classic heuristic on what precedes it; a wrong guess for "regex" falls back to a
+    division when no literal closes on the same line.
+    """
+    index = _before(text, pos)
+    while index > 0 and text.startswith("*/", index - 1):
+        # What precedes a block comment decides: "x = y /* c */ / 2" divides.
+        opening = text.rfind("/*", 0, index - 1)
+        if opening < 0:
+            break
+        index = _before(text, opening)
+        pos = opening
+    if index < 0:
+        return True
+    char = text[index]
+    if char == ")":
+        return after_paren_statement
+    if char in "]\"'`":
+        return False  # after a value
+    if char == "/":
+        return False  # after a regex literal
+    if char in "+-":
+        return not text.startswith(char * 2, index - 1)  # i++ / 2
+    if char.isalnum() or char in "_$":
+        word = _word_before(text, pos)
+        if word not in _KEYWORDS_BEFORE_EXPRESSION:
+            return False
+        previous = _before(text, index + 1 - len(word))
+        return previous < 0 or text[previous] != "."  # "a.return / 2" is a property
+    return True  # after an operator, "(", ",", "{", "}", ";", ...
+
+
+def _tokens(text: str, pos: int) -> Iterator[_Token]:
+    """The significant tokens from *pos*; stops at a template literal with substitutions."""
+    length = len(text)
+    match = _JS_TOKEN.match
+    while pos < length:
+        token = match(text, pos)
+        assert token is not None  # the last alternative matches any character
+        kind = token.lastgroup
+        start, pos = token.span()
+        if kind == "skip":
+            continue
+        if kind == "tpl":
+            pos, closed = _template_chunk(text, pos)
+            if not closed:
+                yield _TPL, start, pos
+                return
+            yield _TPL0, start, pos
+        elif kind == "name" or kind == "str":
+            yield kind, start, pos
+        else:
+            yield _PUNCT, start, pos
+
+
+def _string_reference(text: str, token: _Token | None, kind: str) -> Reference | None:
+    """A reference to the content of a plain string or substitution-free template."""
+    if token is None:
+        return None
+    token_kind, start, end = token
+    if token_kind not in (_STR, _TPL0) or end - start < 2 or text[end - 1] != text[start]:
+        return None
+    value = text[start + 1 : end - 1]
+    if not value or "\\" in value:
+        return None  # escapes would need decoding; such specifiers are left alone
+    return Reference(start + 1, end - 1, value, kind)
+
+
+def _is(text: str, token: _Token | None, kind: str, value: str | None = None) -> bool:
+    if token is None or token[0] != kind:
+        return False
+    return value is None or text[token[1] : token[2]] == value
+
+
+def _module_reference(text: str, start: int, word: str) -> Reference | None:
+    """The reference made by the ``import``/``export``/``new`` at *start*, if any."""
+    tokens = _tokens(text, start + len(word))
+    if word == "new":
+        # new URL("./x.png", import.meta.url)
+        head = list(islice(tokens, 10))
+        head += [None] * (10 - len(head))  # type: ignore[list-item]
+        if (
+            _is(text, head[0], _NAME, "URL")
+            and _is(text, head[1], _PUNCT, "(")
+            and _is(text, head[3], _PUNCT, ",")
+            and _is(text, head[4], _NAME, "import")
+            and _is(text, head[5], _PUNCT, ".")
+            and _is(text, head[6], _NAME, "meta")
+            and _is(text, head[7], _PUNCT, ".")
+            and _is(text, head[8], _NAME, "url")
+            and (_is(text, head[9], _PUNCT, ")") or _is(text, head[9], _PUNCT, ","))
+        ):
+            return _string_reference(text, head[2], URL)
+        return None
+    first = next(tokens, None)
+    if word == "import":
+        if _is(text, first, _STR):
+            return _string_reference(text, first, MODULE)  # import "./x.js"
+        if _is(text, first, _PUNCT, "("):
+            # import("./x.js") or import("./x.json", { with: ... }); not import(a + "x")
+            argument, after = next(tokens, None), next(tokens, None)
+            if _is(text, after, _PUNCT, ")") or _is(text, after, _PUNCT, ","):
+                return _string_reference(text, argument, MODULE)
+            return None
+        if not (
+            _is(text, first, _NAME)
+            or _is(text, first, _PUNCT, "*")
+            or _is(text, first, _PUNCT, "{")
+        ):
+            return None  # import.meta, a property named import, ...
+    elif not (_is(text, first, _PUNCT, "*") or _is(text, first, _PUNCT, "{")):
+        return None  # export const, export default, ...: no module specifier
+    assert first is not None
+    return _from_clause(text, chain([first], tokens))
+
+
+# An import or export clause is short; bounding the walk keeps a stray keyword cheap.
+_MAX_CLAUSE_TOKENS = 2000
+
+
+def _from_clause(text: str, tokens: Iterator[_Token]) -> Reference | None:
+    """The specifier of the ``... from "x"`` that ends the clause *tokens* start."""
+    depth = 0
+    pending: _Token | None = None
+    for _ in range(_MAX_CLAUSE_TOKENS):
+        token = pending or next(tokens, None)
+        pending = None
+        if token is None:
+            return None
+        kind, start, end = token
+        if kind == _NAME:
+            if depth == 0 and text[start:end] == "from":
+                following = next(tokens, None)
+                if _is(text, following, _STR):
+                    return _string_reference(text, following, MODULE)
+                pending = following  # "import from from 'x'": the binding is named from
+        elif kind == _PUNCT:
+            value = text[start:end]
+            if value == "{":
+                depth += 1
+            elif value == "}":
+                depth -= 1
+                if depth < 0:
+                    return None
+            elif value not in (",", "*"):
+                return None
+        elif not (kind == _STR and depth > 0):  # import { "string name" as x } from "y"
+            return None
+    return None
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``"a/b.png?v=1#x"`` -> ``("a/b.png", "?v=1#x")``."""
+    cut = len(url)
+    for mark in "?#":
+        found = url.find(mark)
+        if 0 <= found < cut:
+            cut = found
+    return url[:cut], url[cut:]
+
+
+def resolve(ref: Reference, referrer: str, static_url: str) -> str | None:
+    """The logical path *ref* (found in the file at logical path *referrer*) points at.
+
+    ``None`` for references outside the deployment's reach: absolute URLs, bare module
+    specifiers, rooted paths outside the static prefix, folder URLs. A relative path that
+    climbs above the source folder resolves to a path starting with ``../`` (which no
+    asset has, so the caller reports it as missing).
+    """
+    url = ref.url.strip()
+    path, _ = split_url(url)
+    if not path or path.endswith("/"):
+        return None
+    if static_url.startswith(("http://", "https://", "//")):
+        if url.startswith(static_url):
+            return _normalize(unquote(path[len(static_url) :]))
+        if _EXTERNAL.match(url) or url.startswith("/"):
+            return None
+    else:
+        if _EXTERNAL.match(url):
+            return None
+        if url.startswith("/"):
+            if not path.startswith(static_url):
+                return None
+            return _normalize(unquote(path[len(static_url) :]))
+    if ref.kind == MODULE and not path.startswith(("./", "../")):
+        return None  # "react", "lodash/fp.js": resolved by an import map, not by us
+    folder = posixpath.dirname(referrer)
+    return _normalize(posixpath.join(folder, unquote(path)))
+
+
+def _normalize(path: str) -> str | None:
+    if not path:
+        return None
+    normal = posixpath.normpath(path)
+    return None if normal in (".", "") else normal
+
+
+def retarget(url: str, new_name: str) -> str:
+    """*url* pointing at the same folder's *new_name* instead, in the same form.
+
+    Only the last path segment changes (hashed names stay in their folder), so a relative
+    URL stays relative, a rooted one rooted, and the query and fragment are kept.
+    """
+    path, suffix = split_url(url)
+    head, _, _ = path.rpartition("/")
+    base = new_name.rpartition("/")[2]
+    return (f"{head}/" if "/" in path else "") + quote(base, safe="@!$&*+,;=~") + suffix
+
+
+def apply(text: str, refs: Iterable[Reference], replace: Callable[[Reference], str | None]) -> str:
+    """*text* with each reference's URL replaced by ``replace(ref)`` (``None``: unchanged)."""
+    parts: list[str] = []
+    pos = 0
+    for ref in refs:
+        new = replace(ref)
+        if new is None or new == ref.url:
+            continue
+        parts.append(text[pos : ref.start])
+        parts.append(new)
+        pos = ref.end
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)

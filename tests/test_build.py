@@ -1,0 +1,691 @@
+"""deploysync.build: fingerprinting a folder into a deployment of a store."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from build_fixtures import SITE, isolated_build_cache, snapshot, write_tree
+from deploysync import build as build_module
+from deploysync.build import (
+    BuildError,
+    build,
+    compressible,
+    content_type,
+    hashed_name,
+    precompress,
+    strongly_connected,
+)
+from deploysync.manifest import Deployment, InvalidId
+from deploysync.store import FileStore, StoreError
+
+__all__ = ["isolated_build_cache"]
+
+HASH = r"[0-9a-f]{12}"
+
+
+def served(store: FileStore, deployment: Deployment, path: str) -> bytes:
+    return store.read_blob(deployment.assets[path].digest)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    return write_tree(tmp_path / "site", SITE)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+# -- names and the manifest ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("css/app.css", "css/app.0123456789ab.css"),
+        ("app.min.js", "app.min.0123456789ab.js"),
+        ("LICENSE", "LICENSE.0123456789ab"),
+        (".htaccess", ".htaccess.0123456789ab"),
+        ("a/b/my file.png", "a/b/my file.0123456789ab.png"),
+    ],
+)
+def test_hashed_name(path: str, expected: str) -> None:
+    assert hashed_name(path, "0123456789abcdef" * 4) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("a.css", "text/css; charset=utf-8"),
+        ("a.js", "text/javascript; charset=utf-8"),
+        ("a.mjs", "text/javascript; charset=utf-8"),
+        ("a.json", "application/json; charset=utf-8"),
+        ("a.map", "application/json; charset=utf-8"),
+        ("a.svg", "image/svg+xml; charset=utf-8"),
+        ("a.html", "text/html; charset=utf-8"),
+        ("a.png", "image/png"),
+        ("a.woff2", "font/woff2"),
+        ("a.wasm", "application/wasm"),
+        ("LICENSE", "application/octet-stream"),
+    ],
+)
+def test_content_type(path: str, expected: str) -> None:
+    assert content_type(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("a.js", True),
+        ("a.css", True),
+        ("a.svg", True),
+        ("a.json", True),
+        ("a.wasm", True),
+        ("a.ttf", True),
+        ("a.otf", True),
+        ("a.eot", True),
+        ("a.html", True),
+        ("a.xml", True),
+        ("a.png", False),
+        ("a.jpg", False),
+        ("a.woff2", False),
+        ("a.gz", False),
+        ("a.br", False),
+        ("a.zip", False),
+        ("a.webp", False),
+    ],
+)
+def test_compressible(path: str, expected: bool) -> None:
+    assert compressible(path) is expected
+
+
+def test_every_file_becomes_a_hashed_asset(site: Path, store: FileStore) -> None:
+    result = build(site, store)
+    deployment = result.deployment
+    assert result.created
+    assert sorted(deployment.assets) == sorted(SITE)
+    for path, asset in deployment.assets.items():
+        data = served(store, deployment, path)
+        assert asset.digest == hashlib.sha256(data).hexdigest()
+        assert asset.size == len(data)
+        assert (
+            asset.integrity == "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+        )
+        assert asset.content_type == content_type(path)
+        stem, _, ext = path.rpartition(".")
+        if path == "LICENSE":
+            assert re.fullmatch(rf"LICENSE\.{HASH}", asset.name)
+        else:
+            assert re.fullmatch(rf"{re.escape(stem)}\.{HASH}\.{ext}", asset.name), asset.name
+    # A file without references is served as it is, named after its own bytes.
+    bg = deployment.assets["img/bg.png"]
+    assert bg.digest == hashlib.sha256(SITE["img/bg.png"]).hexdigest()  # type: ignore[arg-type]
+    assert bg.name == hashed_name("img/bg.png", bg.digest)
+    assert store.load(deployment.id) == deployment
+    assert store.current() is None
+
+
+def test_css_references_are_rewritten(site: Path, store: FileStore) -> None:
+    deployment = build(site, store).deployment
+    css = served(store, deployment, "css/app.css").decode()
+    names = {path: asset.name for path, asset in deployment.assets.items()}
+    base = names["css/base.css"].rpartition("/")[2]
+    bg = names["img/bg.png"]
+    font = names["fonts/f.woff2"]
+    assert f'@import "{base}";' in css
+    assert f"url(../{bg})" in css
+    assert f'url("../{font}?v=1#iefix")' in css  # the query and fragment are kept
+    assert f"url('/static/{names['img/logo.svg']}')" in css  # rooted stays rooted
+    assert "url(https://cdn.example/x.png)" in css
+    assert f"sourceMappingURL={names['css/app.css.map'].rpartition('/')[2]} */" in css
+    # The acyclic rule: a rewritten file is named after its final bytes.
+    assert deployment.assets["css/app.css"].name == hashed_name(
+        "css/app.css", hashlib.sha256(css.encode()).hexdigest()
+    )
+
+
+def test_js_references_are_rewritten(site: Path, store: FileStore) -> None:
+    deployment = build(site, store).deployment
+    js = served(store, deployment, "js/main.js").decode()
+    names = {path: asset.name.rpartition("/")[2] for path, asset in deployment.assets.items()}
+    assert f'from "./lib/{names["js/lib/helper.js"]}";' in js
+    assert f'import "./{names["js/side.js"]}";' in js
+    assert f'import("./{names["js/lazy.js"]}")' in js
+    assert f'new URL("../img/{names["img/logo.svg"]}", import.meta.url)' in js
+    assert 'import React from "react";' in js  # bare specifier
+    assert 'const notARef = "./lib/helper.js";' in js  # a string that merely looks like a path
+    assert '// import "./commented.js"' in js
+
+
+def test_same_source_gives_the_same_id_in_any_store(site: Path, tmp_path: Path) -> None:
+    first = build(site, tmp_path / "one").deployment
+    again = build(site, tmp_path / "one")
+    other = build(site, tmp_path / "two", cache=False).deployment
+    assert first.id == again.deployment.id == other.id
+    assert not again.created
+    assert first.assets == other.assets
+
+
+def test_a_byte_change_gives_a_new_id_and_keeps_other_urls(site: Path, store: FileStore) -> None:
+    first = build(site, store).deployment
+    (site / "js" / "lazy.js").write_text("export default 2;\n")
+    second = build(site, store)
+    assert second.deployment.id != first.id
+    changed = {p for p in first.assets if first.assets[p] != second.deployment.assets[p]}
+    # The importer of the changed file changes with it; nothing else moves.
+    assert changed == {"js/lazy.js", "js/main.js"}
+    assert second.stored_blobs == 2
+
+
+def test_static_url_is_recorded_and_used(site: Path, store: FileStore) -> None:
+    deployment = build(site, store, static_url="assets").deployment
+    assert deployment.static_url == "/assets/"
+    css = served(store, deployment, "css/app.css").decode()
+    # "/static/img/logo.svg" is outside the /assets/ prefix: not ours, left alone.
+    assert "url('/static/img/logo.svg')" in css
+
+
+def test_deployment_id_option(site: Path, store: FileStore) -> None:
+    result = build(site, store, deployment_id="v1-0_abc", activate=True)
+    assert result.deployment.id == "v1-0_abc"
+    assert store.current() == "v1-0_abc"
+    assert result.activated
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 65, "../etc", "é"])
+def test_malformed_id_is_refused_before_touching_the_store(
+    site: Path, tmp_path: Path, bad: str
+) -> None:
+    with pytest.raises(InvalidId):
+        build(site, tmp_path / "store", deployment_id=bad)
+    assert not (tmp_path / "store").exists()
+
+
+def test_names_with_spaces_and_non_ascii(tmp_path: Path, store: FileStore) -> None:
+    src = write_tree(
+        tmp_path / "src",
+        {
+            "css/app.css": (
+                '.a { background: url("my%20img.png"); }\n'
+                ".b { background: url('../img/café.png'); }\n"
+                ".c { background: url(../img/caf%C3%A9.png); }\n"
+            ),
+            "css/my img.png": b"\x89PNG one",
+            "img/café.png": b"\x89PNG two",
+            "js/entrée.js": 'import "./spaced name.js";\n',
+            "js/spaced name.js": "export {};\n",
+        },
+    )
+    result = build(src, store, strict=True)
+    deployment = result.deployment
+    assert result.warnings == []
+    spaced = deployment.assets["css/my img.png"].name.rpartition("/")[2]
+    cafe = deployment.assets["img/café.png"].name.rpartition("/")[2]
+    assert spaced.startswith("my img.")
+    css = served(store, deployment, "css/app.css").decode()
+    assert f'url("{spaced.replace(" ", "%20")}")' in css
+    quoted_cafe = cafe.replace("é", "%C3%A9")
+    assert f"url('../img/{quoted_cafe}')" in css
+    assert f"url(../img/{quoted_cafe})" in css
+    js = served(store, deployment, "js/entrée.js").decode()
+    assert deployment.assets["js/spaced name.js"].name.rpartition("/")[2].replace(" ", "%20") in js
+
+
+# -- cycles ----------------------------------------------------------------------------------
+
+
+CYCLE: dict[str, str | bytes] = {
+    "js/a.js": 'import { b } from "./b.js";\nexport const a = () => b();\n',
+    "js/b.js": (
+        'import { a } from "./a.js";\nimport { c } from "./c.js";\nexport const b = () => a;\n'
+    ),
+    "js/c.js": "export const c = 1;\n",
+    "js/entry.js": 'import "./a.js";\n',
+    "css/one.css": '@import "two.css";\n.one { background: url(../img/x.png); }\n',
+    "css/two.css": "@import url(three.css);\n",
+    "css/three.css": '@import "one.css";\n',
+    "css/self.css": ".s { background: url(self.css#x); }\n",
+    "img/x.png": b"png",
+}
+
+
+def test_cycles_are_rewritten_consistently(tmp_path: Path, store: FileStore) -> None:
+    src = write_tree(tmp_path / "src", CYCLE)
+    result = build(src, store, strict=True)
+    deployment = result.deployment
+    names = {p: a.name.rpartition("/")[2] for p, a in deployment.assets.items()}
+    a_js = served(store, deployment, "js/a.js").decode()
+    b_js = served(store, deployment, "js/b.js").decode()
+    assert f'from "./{names["js/b.js"]}"' in a_js
+    assert f'from "./{names["js/a.js"]}"' in b_js
+    assert f'from "./{names["js/c.js"]}"' in b_js
+    assert f'import "./{names["js/a.js"]}"' in served(store, deployment, "js/entry.js").decode()
+    one = served(store, deployment, "css/one.css").decode()
+    three = served(store, deployment, "css/three.css").decode()
+    assert f'@import "{names["css/two.css"]}"' in one
+    assert f'@import "{names["css/one.css"]}"' in three
+    assert f"url({names['css/self.css']}#x)" in served(store, deployment, "css/self.css").decode()
+    for path, asset in deployment.assets.items():
+        assert asset.digest == hashlib.sha256(served(store, deployment, path)).hexdigest(), path
+
+
+def test_cycles_are_deterministic_and_follow_their_dependencies(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", CYCLE)
+    first = build(src, tmp_path / "s1").deployment
+    second = build(src, tmp_path / "s2", cache=False).deployment
+    assert first.id == second.id
+    assert first.assets == second.assets
+    # A change below the cycle renames the whole cycle (and what imports it), not others.
+    (src / "js" / "c.js").write_text("export const c = 2;\n")
+    third = build(src, tmp_path / "s1").deployment
+    moved = {p for p in first.assets if first.assets[p].name != third.assets[p].name}
+    assert moved == {"js/a.js", "js/b.js", "js/c.js", "js/entry.js"}
+
+
+def test_strongly_connected_components_in_dependency_order() -> None:
+    edges = {"a": ["b"], "b": ["a", "c"], "c": [], "d": ["d"], "e": ["a", "d"]}
+    components = strongly_connected(sorted(edges), edges)
+    assert components == [["c"], ["a", "b"], ["d"], ["e"]]
+
+
+def test_strongly_connected_handles_deep_graphs_without_recursion() -> None:
+    depth = 20_000  # far beyond the recursion limit
+    nodes = [f"m{i:05d}" for i in range(depth)]
+    edges = {node: [nodes[i + 1]] if i + 1 < depth else [nodes[0]] for i, node in enumerate(nodes)}
+    assert strongly_connected(nodes, edges) == [nodes]
+    edges[nodes[-1]] = []
+    components = strongly_connected(nodes, edges)
+    assert components[0] == [nodes[-1]] and components[-1] == [nodes[0]]
+
+
+def test_a_deep_import_chain_builds(tmp_path: Path, store: FileStore) -> None:
+    depth = 200
+    files: dict[str, str | bytes] = {
+        f"js/m{i}.js": f'import "./m{i + 1}.js";\n' for i in range(depth)
+    }
+    files[f"js/m{depth}.js"] = 'import "./m0.js";\n'  # and one cycle through all of them
+    src = write_tree(tmp_path / "src", files)
+    deployment = build(src, store, strict=True).deployment
+    names = {p: a.name.rpartition("/")[2] for p, a in deployment.assets.items()}
+    for i in range(depth):
+        assert (
+            f'"./{names[f"js/m{i + 1}.js"]}"' in served(store, deployment, f"js/m{i}.js").decode()
+        )
+
+
+# -- warnings and strict mode ----------------------------------------------------------------
+
+
+def test_missing_reference_is_a_warning_naming_file_and_line(
+    tmp_path: Path, store: FileStore
+) -> None:
+    css = "\n" * 11 + ".x { background: url(img/nope.png); }\n"
+    src = write_tree(
+        tmp_path / "src",
+        {"css/app.css": css, "js/a.js": '\n\nimport "./gone.js";\n', "img/ok.png": b"ok"},
+    )
+    seen: list[str] = []
+    result = build(src, store, warn=seen.append)
+    expected = [
+        "css/app.css:12: reference to missing file 'img/nope.png'",
+        "js/a.js:3: reference to missing file './gone.js'",
+    ]
+    assert result.warnings == expected
+    assert seen == expected
+    # The reference is left as written.
+    assert b"url(img/nope.png)" in served(store, result.deployment, "css/app.css")
+
+
+def test_strict_turns_warnings_into_an_error_and_leaves_the_store_unchanged(
+    tmp_path: Path, site: Path, store: FileStore
+) -> None:
+    build(site, store, activate=True)
+    before = snapshot(store.root)
+    (site / "css" / "broken.css").write_text(".x { background: url(nope.png); }\n")
+    with pytest.raises(
+        BuildError, match=r"css/broken\.css:1: reference to missing file 'nope\.png'"
+    ):
+        build(site, store, strict=True)
+    assert snapshot(store.root) == before
+
+
+# -- compression -----------------------------------------------------------------------------
+
+
+def test_precompressed_variants(tmp_path: Path, store: FileStore) -> None:
+    text = "".join(f"function f{i}(a) {{ return a * {i}; }}\n" for i in range(400))
+    src = write_tree(
+        tmp_path / "src",
+        {
+            "app.js": text,
+            "photo.png": os.urandom(4096),
+            "tiny.css": "a{}",
+            "random.ttf": os.urandom(4096),
+        },
+    )
+    deployment = build(src, store).deployment
+    app = deployment.assets["app.js"]
+    assert set(app.encodings) == {"gzip", "br"}
+    gz = store.read_blob(app.digest, "gzip")
+    assert gzip.decompress(gz) == text.encode()
+    assert app.encodings["gzip"] == len(gz) < app.size
+    brotli = pytest.importorskip("brotli")
+    assert brotli.decompress(store.read_blob(app.digest, "br")) == text.encode()
+    assert deployment.assets["photo.png"].encodings == {}  # not a compressible type
+    assert deployment.assets["tiny.css"].encodings == {}  # too small to gain anything
+    assert deployment.assets["random.ttf"].encodings == {}  # compressible type, random bytes
+
+
+def test_gzip_is_reproducible() -> None:
+    data = b"hello world " * 100
+    assert precompress(data)["gzip"] == precompress(data)["gzip"]
+    assert precompress(data)["gzip"][4:8] == b"\0\0\0\0"  # mtime 0
+
+
+def test_no_compress(site: Path, store: FileStore) -> None:
+    deployment = build(site, store, compress=False).deployment
+    assert all(not asset.encodings for asset in deployment.assets.values())
+
+
+def test_stored_content_is_never_compressed_again(
+    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = build(site, store).deployment
+    calls: list[int] = []
+    original = build_module.precompress
+
+    def counting(data: bytes) -> dict[str, bytes]:
+        calls.append(len(data))
+        return original(data)
+
+    monkeypatch.setattr(build_module, "precompress", counting)
+    (site / "js" / "side.js").write_text("console.log('changed side');\n" * 20)
+    second = build(site, store)
+    # The changed file and its importer only; the rest reuses the recorded variants.
+    assert len(calls) == 2
+    assert second.reused_blobs == len(first.assets) - 2
+    assert (
+        second.deployment.assets["img/logo.svg"].encodings == first.assets["img/logo.svg"].encodings
+    )
+
+
+def test_rebuild_does_not_read_unchanged_files(
+    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = build(site, store).deployment
+    # The stat cache distrusts files modified within 2 s of being recorded (they could
+    # change again unseen within the same timestamp tick): age the records instead of waiting.
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.json"))
+    data = json.loads(cache_file.read_text())
+    for entry in data["stat"].values():
+        entry[5] += 10**10  # as if recorded 10 s later than the files' last change
+    cache_file.write_text(json.dumps(data))
+    read: list[str] = []
+    original = build_module._read
+
+    def spy(rel: str, path: Path) -> bytes:
+        read.append(rel)
+        return original(rel, path)
+
+    monkeypatch.setattr(build_module, "_read", spy)
+    again = build(site, store).deployment
+    assert again == first
+    # Only the files whose references are scanned are read; images and fonts are not.
+    assert sorted(read) == sorted(p for p in SITE if p.endswith((".css", ".js")))
+
+
+def test_a_damaged_cache_only_costs_time(site: Path, store: FileStore) -> None:
+    first = build(site, store).deployment
+    for cache_file in Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.json"):
+        cache_file.write_text('{"version": 2, "stat": [1, 2], "refs": "x"}')
+    assert build(site, store).deployment == first
+
+
+# -- Vite ------------------------------------------------------------------------------------
+
+
+VITE_DIST: dict[str, str] = {
+    ".vite/manifest.json": json.dumps(
+        {
+            "index.html": {
+                "file": "assets/index-BXb3a1Zq.js",
+                "name": "index",
+                "src": "index.html",
+                "isEntry": True,
+                "imports": ["_shared-B7PI925R.js"],
+                "dynamicImports": ["src/lazy.ts"],
+                "css": ["assets/index-C1sQ9fXa.css"],
+                "assets": ["assets/logo-Dq7rWm2x.svg"],
+                "integrity": "ignored",
+            },
+            "_shared-B7PI925R.js": {"file": "assets/shared-B7PI925R.js", "name": "shared"},
+            "src/lazy.ts": {
+                "file": "assets/lazy-CcE1qs9a.js",
+                "src": "src/lazy.ts",
+                "isDynamicEntry": True,
+            },
+        }
+    ),
+    "index.html": '<script type="module" src="/assets/index-BXb3a1Zq.js"></script>',
+    "assets/index-BXb3a1Zq.js": 'import "./shared-B7PI925R.js";\nimport("./lazy-CcE1qs9a.js");\n',
+    "assets/shared-B7PI925R.js": "export const s = 1;\n",
+    "assets/lazy-CcE1qs9a.js": 'import "./missing-but-ignored.js";\n',
+    "assets/index-C1sQ9fXa.css": "body { background: url(/favicon.svg); }\n",
+    "assets/logo-Dq7rWm2x.svg": "<svg/>",
+    "favicon.svg": "<svg>fav</svg>",
+    "public.css": '.x { background: url("assets/logo-Dq7rWm2x.svg"); }\n',
+}
+
+
+def test_vite_dist_keeps_vite_names(tmp_path: Path, store: FileStore) -> None:
+    dist = write_tree(tmp_path / "dist", VITE_DIST)
+    result = build(dist, store, strict=True)  # auto-detected from .vite/manifest.json
+    deployment = result.deployment
+    assert ".vite/manifest.json" not in deployment.assets
+    for path in (
+        "assets/index-BXb3a1Zq.js",
+        "assets/shared-B7PI925R.js",
+        "assets/lazy-CcE1qs9a.js",
+        "assets/index-C1sQ9fXa.css",
+        "assets/logo-Dq7rWm2x.svg",
+    ):
+        asset = deployment.assets[path]
+        assert asset.name == path  # no double hashing
+        assert served(store, deployment, path) == VITE_DIST[path].encode()
+    assert re.fullmatch(rf"favicon\.{HASH}\.svg", deployment.assets["favicon.svg"].name)
+    assert re.fullmatch(rf"index\.{HASH}\.html", deployment.assets["index.html"].name)
+    # A non-Vite file pointing at a Vite file gets its (unchanged) name.
+    assert b'url("assets/logo-Dq7rWm2x.svg")' in served(store, deployment, "public.css")
+    vite = deployment.extra["vite"]
+    assert vite["index.html"] == {
+        "file": "assets/index-BXb3a1Zq.js",
+        "name": "index",
+        "src": "index.html",
+        "isEntry": True,
+        "imports": ["_shared-B7PI925R.js"],
+        "dynamicImports": ["src/lazy.ts"],
+        "css": ["assets/index-C1sQ9fXa.css"],
+        "assets": ["assets/logo-Dq7rWm2x.svg"],
+    }
+    assert vite["src/lazy.ts"]["isDynamicEntry"] is True
+    assert store.load(deployment.id).extra == deployment.extra
+
+
+def test_no_vite_treats_the_dist_as_plain_files(tmp_path: Path, store: FileStore) -> None:
+    dist = write_tree(tmp_path / "dist", VITE_DIST)
+    deployment = build(dist, store, vite=False).deployment
+    assert ".vite/manifest.json" in deployment.assets
+    assert deployment.assets["assets/shared-B7PI925R.js"].name != "assets/shared-B7PI925R.js"
+    assert "vite" not in deployment.extra
+
+
+def test_vite_forced_without_manifest_is_an_error(site: Path, store: FileStore) -> None:
+    with pytest.raises(BuildError, match="Vite manifest"):
+        build(site, store, vite=True)
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="does not exist"):
+        build(tmp_path / "nope", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_source_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BuildError, match="is not a folder"):
+        build(tmp_path / "file", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_empty_source(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(BuildError, match="is empty"):
+        build(tmp_path / "empty", tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_fifo_is_refused(site: Path, store: FileStore) -> None:
+    os.mkfifo(site / "css" / "pipe.css")
+    with pytest.raises(BuildError, match=r"'css/pipe\.css' is not a regular file"):
+        build(site, store)
+    assert not store.root.exists()
+
+
+def test_dangling_symlink_is_refused(site: Path, store: FileStore) -> None:
+    (site / "img" / "gone.png").symlink_to(site / "img" / "nothing.png")
+    with pytest.raises(BuildError, match=r"Cannot read 'img/gone\.png'"):
+        build(site, store)
+    assert not store.root.exists()
+
+
+def test_symlink_outside_the_source_is_refused(
+    site: Path, store: FileStore, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (site / "leak.txt").symlink_to(secret)
+    with pytest.raises(BuildError, match=r"'leak\.txt' is a symbolic link leading outside"):
+        build(site, store)
+    assert not store.root.exists()
+
+
+def test_symlinks_inside_the_source_are_followed(site: Path, store: FileStore) -> None:
+    (site / "img" / "alias.png").symlink_to(site / "img" / "bg.png")
+    (site / "again").symlink_to(site / "img")
+    (site / "img" / "loop").symlink_to(site)  # a loop back up: visited once
+    deployment = build(site, store).deployment
+    assert deployment.assets["img/alias.png"].digest == deployment.assets["img/bg.png"].digest
+    assert "again/bg.png" in deployment.assets
+
+
+def test_unwritable_store(site: Path, tmp_path: Path) -> None:
+    (tmp_path / "regular-file").write_text("x")
+    with pytest.raises(StoreError):
+        build(site, tmp_path / "regular-file" / "store")
+    assert (tmp_path / "regular-file").read_text() == "x"
+
+
+# -- crashes ---------------------------------------------------------------------------------
+
+KILLED_BUILD = textwrap.dedent(
+    """
+    import sys
+    from deploysync.build import build
+
+    def progress(done, total):
+        print(done, flush=True)
+
+    build(sys.argv[1], sys.argv[2], progress=progress, activate=True, workers=2)
+    print("done", flush=True)
+    """
+)
+
+
+def _big_tree(root: Path) -> Path:
+    files: dict[str, str | bytes] = {}
+    for i in range(120):
+        files[f"js/m{i:03d}.js"] = (
+            f'import "./m{i + 1:03d}.js";\n' if i < 119 else 'import "./m000.js";\n'
+        ) + "".join(
+            f"export const v{i}_{k} = {k} * 2; // {os.urandom(4).hex()}\n" for k in range(60)
+        )
+        files[f"img/p{i:03d}.png"] = os.urandom(64 * 1024)
+    return write_tree(root, files)
+
+
+def _check_consistent(store_dir: Path) -> list[str]:
+    store = FileStore(store_dir)
+    ids = store.ids()
+    for ident in ids:
+        deployment = store.load(ident)
+        for asset in deployment.assets.values():
+            store.read_blob(asset.digest)  # raises when missing
+            for encoding in asset.encodings:
+                store.read_blob(asset.digest, encoding)
+    current = store.current()
+    assert current is None or current in ids
+    return ids
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_build_leaves_the_store_old_or_complete(
+    tmp_path: Path, site: Path
+) -> None:
+    big = _big_tree(tmp_path / "big")
+    store_dir = tmp_path / "store"
+    old = build(site, store_dir, activate=True).deployment.id
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_BUILD)
+    total_steps = 2 * 240
+    outcomes = []
+    # Kill points spread over reading, compressing and writing, and one near the end.
+    for kill_at in (1, 200, 250, 330, 420, total_steps - 5):
+        with subprocess.Popen(
+            [sys.executable, str(script), str(big), str(store_dir)],
+            stdout=subprocess.PIPE,
+            env=env,
+            text=True,
+        ) as process:
+            assert process.stdout is not None
+            finished = False
+            for line in process.stdout:
+                if line.strip() == "done":
+                    finished = True
+                    break
+                if line.strip().isdigit() and int(line) >= kill_at:
+                    os.kill(process.pid, signal.SIGKILL)
+                    break
+            process.wait(timeout=60)
+        ids = _check_consistent(store_dir)  # every published manifest is complete
+        current = FileStore(store_dir).current()
+        if finished or len(ids) == 2:
+            # The new deployment is complete; killed between publishing and activating,
+            # the old one is still current, which is just as consistent.
+            assert len(ids) == 2 and current in ids
+            outcomes.append("complete")
+            break
+        assert ids == [old] and current == old  # as it was
+        outcomes.append("old")
+    # The early kill points land before the publication, whatever the machine's speed.
+    assert outcomes[:3] == ["old", "old", "old"]
+    # After the crashes, a build still works and makes everything consistent.
+    result = build(big, store_dir, activate=True)
+    assert FileStore(store_dir).current() == result.deployment.id
+    _check_consistent(store_dir)

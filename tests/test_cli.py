@@ -1,0 +1,470 @@
+"""The deploysync command line, driven in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from build_fixtures import SITE, isolated_build_cache, snapshot, write_tree
+from deploysync import cli
+from deploysync.cli import format_list, human_size, main, parse_duration
+from deploysync.manifest import DeploymentInfo
+from deploysync.store import FileStore
+
+__all__ = ["isolated_build_cache"]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    return write_tree(tmp_path / "site", SITE)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code != 0
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("deploysync: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- build -----------------------------------------------------------------------------------
+
+
+def test_build_prints_the_id_last(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    code, out, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert code == 0, err
+    ident = out.splitlines()[-1]
+    assert FileStore(store_dir).ids() == [ident]
+    assert f"{len(SITE)} files" in out
+    assert err == ""  # no warnings, no progress bar off a terminal
+    assert FileStore(store_dir).current() is None
+
+
+def test_build_activate_and_id(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    code, out, _ = run(
+        capsys, "build", str(site), "--store", str(store_dir), "--activate", "--id", "abc123"
+    )
+    assert code == 0
+    assert out.splitlines()[-1] == "abc123"
+    assert FileStore(store_dir).current() == "abc123"
+
+
+def test_build_json_summary(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    code, out, _ = run(
+        capsys, "build", str(site), "--store", str(store_dir), "--json", "--activate"
+    )
+    assert code == 0
+    summary = json.loads(out)  # nothing but the JSON object on stdout
+    last = summary["id"]
+    assert FileStore(store_dir).ids() == [last]
+    assert summary["files"] == len(SITE)
+    assert summary["bytes"] == FileStore(store_dir).load(last).total_size > 0
+    assert summary["stored_blobs"] == len(SITE) and summary["reused_blobs"] == 0
+    assert summary["created"] is True and summary["activated"] is True
+    assert summary["warnings"] == []
+    assert isinstance(summary["seconds"], float)
+    # Again: the same id, nothing new.
+    _, out, _ = run(capsys, "build", str(site), "--store", str(store_dir), "--json")
+    again = json.loads(out)
+    assert again["id"] == summary["id"] and again["created"] is False
+    assert again["reused_blobs"] == len(SITE) and again["stored_blobs"] == 0
+
+
+def test_build_warns_on_stderr_and_strict_fails(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    (site / "css" / "bad.css").write_text("\n.x { background: url(img/nope.png); }\n")
+    code, out, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert code == 0
+    assert err == "deploysync: warning: css/bad.css:2: reference to missing file 'img/nope.png'\n"
+    before = snapshot(store_dir)
+    code, out, err = run(capsys, "build", str(site), "--store", str(store_dir), "--strict")
+    assert_one_line_error(code, err, "css/bad.css:2: reference to missing file 'img/nope.png'")
+    assert out == ""
+    assert snapshot(store_dir) == before
+
+
+def test_build_options(capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path) -> None:
+    code, out, _ = run(
+        capsys,
+        "build",
+        str(site),
+        "--store",
+        str(store_dir),
+        "--static-url",
+        "/assets/",
+        "--no-compress",
+        "--no-vite",
+    )
+    assert code == 0
+    deployment = FileStore(store_dir).load(out.splitlines()[-1])
+    assert deployment.static_url == "/assets/"
+    assert all(not asset.encodings for asset in deployment.assets.values())
+
+
+def test_store_from_the_environment(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOYSYNC_STORE", str(store_dir))
+    code, out, _ = run(capsys, "build", str(site), "--activate")
+    assert code == 0
+    assert FileStore(store_dir).current() == out.splitlines()[-1]
+
+
+def test_no_store_at_all(
+    capsys: pytest.CaptureFixture[str], site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEPLOYSYNC_STORE", raising=False)
+    code, _, err = run(capsys, "build", str(site))
+    assert_one_line_error(code, err, "DEPLOYSYNC_STORE")
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda tmp: tmp / "missing", "does not exist"),
+        (lambda tmp: write_tree(tmp / "f", {"x": "x"}) / "x", "is not a folder"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "is empty"),
+    ],
+)
+def test_bad_source(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    store_dir: Path,
+    make: Callable[[Path], Path],
+    fragment: str,
+) -> None:
+    code, out, err = run(capsys, "build", str(make(tmp_path)), "--store", str(store_dir))
+    assert_one_line_error(code, err, fragment)
+    assert out == ""
+    assert not store_dir.exists()
+
+
+def test_bad_files_in_the_source(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, tmp_path: Path
+) -> None:
+    build_code, _, _ = run(capsys, "build", str(site), "--store", str(store_dir), "--activate")
+    assert build_code == 0
+    before = snapshot(store_dir)
+    os.mkfifo(site / "fifo")
+    code, _, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert_one_line_error(code, err, "'fifo' is not a regular file")
+    (site / "fifo").unlink()
+    (site / "outside").symlink_to(tmp_path)
+    code, _, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert_one_line_error(code, err, "'outside' is a symbolic link leading outside")
+    (site / "outside").unlink()
+    (site / "dangling.png").symlink_to(tmp_path / "nothing")
+    code, _, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert_one_line_error(code, err, "Cannot read 'dangling.png'")
+    assert snapshot(store_dir) == before
+
+
+def test_unwritable_store(capsys: pytest.CaptureFixture[str], site: Path, tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("x")
+    code, _, err = run(capsys, "build", str(site), "--store", str(tmp_path / "plain" / "store"))
+    assert_one_line_error(code, err, "plain")
+
+
+@pytest.mark.parametrize("bad_id", ["a b", "x" * 65, "../x"])
+def test_build_bad_id(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, bad_id: str
+) -> None:
+    code, _, err = run(capsys, "build", str(site), "--store", str(store_dir), "--id", bad_id)
+    assert_one_line_error(code, err, "Invalid deployment id")
+    assert not store_dir.exists()
+
+
+def test_unknown_option_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "build", "--frobnicate")
+    assert_one_line_error(code, err)
+    code, _, err = run(capsys)
+    assert_one_line_error(code, err)
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "build", "--help")
+    assert code == 0
+    assert "--static-url" in out
+
+
+# -- activate, list, prune -------------------------------------------------------------------
+
+
+def _two_deployments(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> tuple[str, str]:
+    _, out, _ = run(capsys, "build", str(site), "--store", str(store_dir), "--activate")
+    first = out.splitlines()[-1]
+    (site / "js" / "lazy.js").write_text("export default 2;\n")
+    time.sleep(0.01)  # distinct creation times order the list
+    _, out, _ = run(capsys, "build", str(site), "--store", str(store_dir), "--activate")
+    return first, out.splitlines()[-1]
+
+
+def test_activate_rolls_back_and_forth(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    first, second = _two_deployments(capsys, site, store_dir)
+    assert FileStore(store_dir).current() == second
+    code, out, _ = run(capsys, "activate", first, "--store", str(store_dir))
+    assert code == 0 and first in out
+    assert FileStore(store_dir).current() == first
+    assert run(capsys, "activate", second, "--store", str(store_dir))[0] == 0
+    assert FileStore(store_dir).current() == second
+
+
+@pytest.mark.parametrize(
+    ("ident", "fragment"), [("unknown1", "Unknown deployment"), ("bad id!", "Invalid")]
+)
+def test_activate_bad_id(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, ident: str, fragment: str
+) -> None:
+    run(capsys, "build", str(site), "--store", str(store_dir), "--activate")
+    before = snapshot(store_dir)
+    code, _, err = run(capsys, "activate", ident, "--store", str(store_dir))
+    assert_one_line_error(code, err, fragment)
+    assert snapshot(store_dir) == before
+
+
+def test_activate_in_a_missing_store_creates_nothing(
+    capsys: pytest.CaptureFixture[str], store_dir: Path
+) -> None:
+    code, _, err = run(capsys, "activate", "abc", "--store", str(store_dir))
+    assert_one_line_error(code, err, "does not exist")
+    assert not store_dir.exists()
+
+
+def test_list_text_and_json(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    first, second = _two_deployments(capsys, site, store_dir)
+    run(capsys, "activate", first, "--store", str(store_dir))
+    code, out, _ = run(capsys, "list", "--store", str(store_dir))
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "CREATED", "ACTIVATED", "FILES", "SIZE"]
+    assert lines[1].split()[0] == second  # newest first
+    assert lines[2].split()[:2] == ["*", first]  # the current one is marked
+    assert "KB" in lines[1] and "(just now)" in lines[1]
+    code, out, _ = run(capsys, "list", "--store", str(store_dir), "--json")
+    data = json.loads(out)
+    assert [d["id"] for d in data] == [second, first]
+    assert [d["current"] for d in data] == [False, True]
+    assert data[0]["files"] == len(SITE) and data[0]["bytes"] > 0
+    assert set(data[0]) == {"id", "created", "activated", "files", "bytes", "current"}
+
+
+def test_list_empty_and_missing(capsys: pytest.CaptureFixture[str], store_dir: Path) -> None:
+    code, _, err = run(capsys, "list", "--store", str(store_dir))
+    assert_one_line_error(code, err, "does not exist")
+    store_dir.mkdir()
+    code, out, _ = run(capsys, "list", "--store", str(store_dir))
+    assert code == 0 and out == "no deployments\n"
+
+
+def test_prune(capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path) -> None:
+    first, second = _two_deployments(capsys, site, store_dir)
+    code, out, _ = run(
+        capsys, "prune", "--store", str(store_dir), "--keep", "1", "--older-than", "1h"
+    )
+    assert code == 0 and "pruned 0 deployments" in out  # both are younger than an hour
+    code, out, _ = run(capsys, "prune", "--store", str(store_dir), "--keep", "1")
+    assert code == 0
+    assert "pruned 1 deployments" in out and first in out
+    assert FileStore(store_dir).ids() == [second]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--keep", "0"], "--keep must be at least 1"),
+        (["--keep", "-3"], "--keep must be at least 1"),
+        (["--keep", "many"], "invalid int value"),
+        (["--keep", "1", "--older-than", "soon"], "invalid duration"),
+        ([], "--keep"),
+    ],
+)
+def test_prune_bad_input_changes_nothing(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, args: list[str], fragment: str
+) -> None:
+    _two_deployments(capsys, site, store_dir)
+    before = snapshot(store_dir)
+    code, _, err = run(capsys, "prune", "--store", str(store_dir), *args)
+    assert_one_line_error(code, err, fragment)
+    assert snapshot(store_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90s", 90),
+        ("30m", 1800),
+        ("12h", 43200),
+        ("7d", 604800),
+        ("2w", 1209600),
+        ("45", 45),
+        ("1.5h", 5400),
+    ],
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "7x", "-1d", "1 d 2h"])
+def test_parse_duration_rejects(text: str) -> None:
+    with pytest.raises(cli.UsageError):
+        parse_duration(text)
+
+
+def test_human_size() -> None:
+    assert [human_size(n) for n in (0, 1023, 1536, 5 * 2**20, 3 * 2**30)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KB",
+        "5.0 MB",
+        "3.0 GB",
+    ]
+
+
+def test_format_list() -> None:
+    now = 1_800_000_000.0
+    text = format_list(
+        [
+            DeploymentInfo("new", now - 30, None, 3, 2048, False),
+            DeploymentInfo("old", now - 7200, now - 3600, 2, 100, True),
+        ],
+        now=now,
+    )
+    lines = text.splitlines()
+    assert lines[1].startswith("   new") and "just now" in lines[1] and lines[1].endswith("2.0 KB")
+    assert lines[2].startswith("*  old") and "2h ago" in lines[2] and "1h ago" in lines[2]
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_is_called_with_the_parsed_options(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[argparse.Namespace] = []
+    fake = types.ModuleType("deploysync.demo")
+
+    def fake_main(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 0
+
+    fake.main = fake_main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "deploysync.demo", fake)
+    code, _, _ = run(
+        capsys, "demo", "--port", "0", "--host", "0.0.0.0", "--every", "5", "--store", "/x"
+    )
+    assert code == 0
+    assert (seen[0].port, seen[0].host, seen[0].every, seen[0].store) == (0, "0.0.0.0", 5.0, "/x")
+
+
+def test_demo_missing_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "deploysync.demo", None)  # makes the import fail
+    code, _, err = run(capsys, "demo")
+    assert_one_line_error(code, err, "demo")
+
+
+def test_entry_point_runs_as_a_program(site: Path, store_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "deploysync.cli", "build", str(site), "--store", str(store_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert FileStore(store_dir).ids() == [done.stdout.splitlines()[-1]]
+    done = subprocess.run(
+        [sys.executable, "-m", "deploysync.cli", "activate", "nope", "--store", str(store_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+class _Terminal:
+    """A stand-in for a terminal's stderr."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.written.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_bar_only_on_a_terminal_after_the_delay(
+    site: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["build", str(site), "--store", str(store_dir), "--no-compress"]) == 0
+    assert terminal.written == []  # a fast build shows no bar
+    monkeypatch.setattr(cli, "PROGRESS_DELAY", 0.0)
+    (site / "new.txt").write_text("new")
+    assert main(["build", str(site), "--store", str(store_dir), "--no-compress"]) == 0
+    shown = "".join(terminal.written)
+    assert "building [" in shown and f"/{2 * (len(SITE) + 1)}" in shown
+    assert shown.endswith("\r\033[K")  # the bar is erased before the summary
+
+
+def test_vite_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path, store_dir: Path) -> None:
+    dist = write_tree(
+        tmp_path / "dist",
+        {
+            ".vite/manifest.json": json.dumps(
+                {"main.js": {"file": "assets/main-AbCd1234.js", "isEntry": True}}
+            ),
+            "assets/main-AbCd1234.js": "export {};\n",
+        },
+    )
+    code, out, _ = run(capsys, "build", str(dist), "--store", str(store_dir))
+    deployment = FileStore(store_dir).load(out.splitlines()[-1])
+    assert (
+        code == 0 and deployment.assets["assets/main-AbCd1234.js"].name == "assets/main-AbCd1234.js"
+    )
+    code, out, _ = run(capsys, "build", str(dist), "--store", str(store_dir), "--no-vite")
+    deployment = FileStore(store_dir).load(out.splitlines()[-1])
+    assert code == 0 and ".vite/manifest.json" in deployment.assets

@@ -10,11 +10,15 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.browser
 
 
+@pytest.mark.parametrize("navigation_api", [True, False], ids=["navigation-api", "history-wrap"])
 def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
-    make_site: MakeSite, tab: Tab
+    make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
     site = make_site(routing="external")
     page = tab.page
+    if not navigation_api:
+        # A browser without the Navigation API: the client wraps history instead.
+        page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
     page.goto(site.url("/spa"))
     client_routed(page)
     mark(page)

@@ -13,7 +13,7 @@ const config = {
   /** seconds between version checks */
   interval: +(data.checkInterval || 0),
   versionUrl: data.versionUrl || "/_deploysync/version",
-  /** prefetch all links on hover, not only in [data-deploysync-prefetch] */
+  /** prefetch every link on hover */
   prefetch: "prefetch" in data,
   staticUrl: "/static/",
 }
@@ -44,7 +44,7 @@ const script = (el) => {
 const submit = (form, sub) => {
   addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
   if (sub?.form != form) sub = null
-  sub?.removeAttribute("disabled") // Turbo disables it while its request runs
+  sub?.removeAttribute("disabled") // Turbo disabled it
   form.requestSubmit(sub)
 }
 
@@ -73,7 +73,7 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       sessionStorage.removeItem(KEY)
     } catch {}
-    // we fled this id and got it again: leave navigation to the browser (no loop)
+    // we fled this id and got it again: browser navigation, no loop
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
     this.external = config.routing == "external" && !this.guard
@@ -165,8 +165,7 @@ class Router {
 
   onMessage = (e) => typeof e.data == "string" && e.data != pageId && this.mark(e.data, "tab")
 
-  // a restore from the back/forward cache, or a page the browser took from its HTTP cache
-  // for back/forward (no-cache does not stop that), is a navigation
+  // back/forward (bfcache, or the HTTP cache despite no-cache) is a navigation
   onShow = (/** @type {PageTransitionEvent} */ e) =>
     (e.persisted || /** @type {any} */ (performance.getEntriesByType("navigation")[0])?.type == "back_forward") &&
     this.check().then((s) => s && this.full(location.href, "reload"))
@@ -235,9 +234,9 @@ class Router {
     const ctl = (this.ctl = new AbortController())
     const hit = !form && this.cache.get(url)
     this.cache.clear()
-    const bar = document.createElement("progress") // after 300 ms
+    const bar = document.createElement("progress")
     bar.id = KEY + "-progress"
-    bar.style.cssText = "position:fixed;inset:0 0 auto;width:100%;height:3px;border:0;z-index:2147483647"
+    bar.style.cssText = "position:fixed;inset:0 0 auto;width:100%;height:3px;border:0;z-index:99999"
     const t = setTimeout(() => document.documentElement.append(bar), 300)
     /** @type {any} */
     let res
@@ -294,7 +293,7 @@ class Router {
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
-  // Navigation API (Baseline 2026): another router's push
+  // another router's push (Navigation API)
   onNavigate = (e) => {
     const url = e.destination.url
     if (this.stale && e.cancelable && e.destination.sameDocument && e.navigationType != "traverse" && !here(url)) {
@@ -329,6 +328,13 @@ class Router {
 if (!(KEY in window)) {
   const router = new Router()
   router.start()
+  const h = /** @type {any} */ (history)
+  // the same without the Navigation API
+  if (!(/** @type {any} */ (window).navigation))
+    for (const m of ["pushState", "replaceState"]) {
+      const f = h[m]
+      h[m] = (/** @type {any[]} */ ...a) => (router.on && router.external && router.stale && a[2] && !here(a[2]) ? router.full(abs(a[2])) : f.apply(h, a))
+    }
   Object.assign(window, {
     [KEY]: {
       get stale() {

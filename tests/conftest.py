@@ -106,6 +106,16 @@ class RedisServer:
             proc.wait(timeout=10)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Builds keep a cache of file digests and scan results; the tests (and every server
+    # or CLI process they start, which inherit the environment) keep theirs apart from
+    # the user's.
+    if "DEPLOYSYNC_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="deploysync-test-cache-")
+        os.environ["DEPLOYSYNC_CACHE_DIR"] = folder
+        config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for the session; its URL is ``redis_server.url``."""

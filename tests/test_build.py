@@ -395,6 +395,25 @@ def test_gzip_is_reproducible() -> None:
     assert precompress(data)["gzip"][4:8] == b"\0\0\0\0"  # mtime 0
 
 
+def test_brotli_quality_is_a_choice_of_size_against_time() -> None:
+    brotli = pytest.importorskip("brotli")
+    text = "".join(f"export const value{i} = compute({i}, 'label {i % 7}');\n" for i in range(3000))
+    data = text.encode()
+    best = precompress(data, brotli_quality=11)["br"]
+    fast = precompress(data, brotli_quality=5)["br"]
+    assert brotli.decompress(best) == brotli.decompress(fast) == data
+    assert len(best) <= len(fast)
+
+
+@pytest.mark.parametrize("quality", [-1, 12])
+def test_brotli_quality_out_of_range_is_refused(
+    quality: int, site: Path, store: FileStore
+) -> None:
+    with pytest.raises(BuildError, match="Brotli quality"):
+        build(site, store, brotli_quality=quality)
+    assert not store.root.exists() or not store.ids()
+
+
 def test_no_compress(site: Path, store: FileStore) -> None:
     deployment = build(site, store, compress=False).deployment
     assert all(not asset.encodings for asset in deployment.assets.values())
@@ -407,9 +426,9 @@ def test_stored_content_is_never_compressed_again(
     calls: list[int] = []
     original = build_module.precompress
 
-    def counting(data: bytes) -> dict[str, bytes]:
+    def counting(data: bytes, brotli_quality: int = 9) -> dict[str, bytes]:
         calls.append(len(data))
-        return original(data)
+        return original(data, brotli_quality)
 
     monkeypatch.setattr(build_module, "precompress", counting)
     (site / "js" / "side.js").write_text("console.log('changed side');\n" * 20)

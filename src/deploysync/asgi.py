@@ -38,9 +38,7 @@ from typing import Any
 
 from . import core
 from .inject import Injector, inject_whole
-from .manifest import DEFAULT_STATIC_URL
-from .serving import NonceOption, Runtime, resolve_nonce
-from .store import Store
+from .serving import Middleware, resolve_nonce
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -53,49 +51,14 @@ PATHSEND = "http.response.pathsend"
 ZEROCOPYSEND = "http.response.zerocopysend"
 
 
-class DeploySync:
+class DeploySync(Middleware[ASGIApp]):
     """Wrap an ASGI *app* with deployment serving and synchronization."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: Store | str | os.PathLike[str],
-        static_url: str = DEFAULT_STATIC_URL,
-        routing: str = "server",
-        check_interval: float = 0,
-        deployment: str | None = None,
-        strict: bool = False,
-        nonce: NonceOption = None,
-        poll_interval: float = 0.5,
-    ) -> None:
-        self.app = app
-        self.runtime = Runtime(
-            store,
-            static_url=static_url,
-            routing=routing,
-            check_interval=check_interval,
-            deployment=deployment,
-            strict=strict,
-            poll_interval=poll_interval,
-        )
-        self.nonce = nonce
-        self._static_path = self.runtime.static_path
-        self._request_snapshot = self.runtime.request_snapshot
-
-    def url(self, logical_path: str) -> str:
-        """The hashed URL of *logical_path* in the current deployment."""
-        return self.runtime.url(logical_path)
 
     def head_tags(self, scope: Scope | None = None) -> str:
         """The ``<head>`` tags for a template that places them itself."""
         if scope is None:
             return self.runtime.head_tags()
         return self.runtime.head_tags(scope.get("root_path", ""), resolve_nonce(self.nonce, scope))
-
-    def close(self) -> None:
-        """Stop watching the store."""
-        self.runtime.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 from . import core
@@ -508,3 +508,48 @@ def resolve_nonce(option: NonceOption, holder: Mapping[str, Any] | Any) -> str |
     if isinstance(value, str) and value:
         return value
     return None
+
+
+AppT = TypeVar("AppT")
+
+
+class Middleware(Generic[AppT]):
+    """What the ASGI and WSGI middleware share: the options, the runtime, ``url()``.
+
+    The adapters add only their ``__call__`` (moving bytes) and ``head_tags``.
+    """
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        store: Store | str | os.PathLike[str],
+        static_url: str = DEFAULT_STATIC_URL,
+        routing: str = "server",
+        check_interval: float = 0,
+        deployment: str | None = None,
+        strict: bool = False,
+        nonce: NonceOption = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.runtime = Runtime(
+            store,
+            static_url=static_url,
+            routing=routing,
+            check_interval=check_interval,
+            deployment=deployment,
+            strict=strict,
+            poll_interval=poll_interval,
+        )
+        self.nonce = nonce
+        self._static_path = self.runtime.static_path
+        self._request_snapshot = self.runtime.request_snapshot
+
+    def url(self, logical_path: str) -> str:
+        """The hashed URL of *logical_path* in the current deployment."""
+        return self.runtime.url(logical_path)
+
+    def close(self) -> None:
+        """Stop watching the store."""
+        self.runtime.close()

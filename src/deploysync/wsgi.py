@@ -23,9 +23,7 @@ from typing import Any, Protocol
 
 from . import core
 from .inject import Injector
-from .manifest import DEFAULT_STATIC_URL
-from .serving import NonceOption, Runtime, resolve_nonce
-from .store import Store
+from .serving import Middleware, resolve_nonce
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -62,39 +60,8 @@ def _str_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
-class DeploySync:
+class DeploySync(Middleware[WSGIApp]):
     """Wrap a WSGI *app* with deployment serving and synchronization."""
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        store: Store | str | os.PathLike[str],
-        static_url: str = DEFAULT_STATIC_URL,
-        routing: str = "server",
-        check_interval: float = 0,
-        deployment: str | None = None,
-        strict: bool = False,
-        nonce: NonceOption = None,
-        poll_interval: float = 0.5,
-    ) -> None:
-        self.app = app
-        self.runtime = Runtime(
-            store,
-            static_url=static_url,
-            routing=routing,
-            check_interval=check_interval,
-            deployment=deployment,
-            strict=strict,
-            poll_interval=poll_interval,
-        )
-        self.nonce = nonce
-        self._static_path = self.runtime.static_path
-        self._request_snapshot = self.runtime.request_snapshot
-
-    def url(self, logical_path: str) -> str:
-        """The hashed URL of *logical_path* in the current deployment."""
-        return self.runtime.url(logical_path)
 
     def head_tags(self, environ: Environ | None = None) -> str:
         """The ``<head>`` tags for a template that places them itself."""
@@ -103,10 +70,6 @@ class DeploySync:
         return self.runtime.head_tags(
             environ.get("SCRIPT_NAME", ""), resolve_nonce(self.nonce, environ)
         )
-
-    def close(self) -> None:
-        """Stop watching the store."""
-        self.runtime.close()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         snapshot = self.runtime.current()

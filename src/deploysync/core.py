@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from .manifest import Deployment, is_valid_id
 
@@ -157,6 +158,21 @@ _WANTED = {
     b"x-deploysync",
     b"x-deployment-id",
 }
+
+
+# The CGI-style environ keys (PEP 3333, Django's ``request.META``) of the headers above.
+ENVIRON_HEADERS = tuple(
+    (f"HTTP_{name.decode().upper().replace('-', '_')}", name) for name in sorted(_WANTED)
+)
+
+
+def environ_headers(environ: Mapping[str, Any]) -> list[tuple[bytes, bytes]]:
+    """The headers the core reads, from a WSGI environ or Django's ``request.META``."""
+    return [
+        (name, str(value).encode("latin-1", "replace"))
+        for key, name in ENVIRON_HEADERS
+        if (value := environ.get(key)) is not None
+    ]
 
 
 def make_request(

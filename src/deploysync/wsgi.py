@@ -41,17 +41,6 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 READ_CHUNK = 256 * 1024
 STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
-# environ key -> the lower-case header name the core reads (PEP 3333 §environ).
-_ENVIRON_HEADERS = (
-    ("HTTP_ACCEPT_ENCODING", b"accept-encoding"),
-    ("HTTP_RANGE", b"range"),
-    ("HTTP_IF_RANGE", b"if-range"),
-    ("HTTP_IF_NONE_MATCH", b"if-none-match"),
-    ("HTTP_X_DEPLOYSYNC", b"x-deploysync"),
-    ("HTTP_X_DEPLOYMENT_ID", b"x-deployment-id"),
-)
-
-
 def _status_line(code: int) -> str:
     return STATUS_LINES.get(code) or f"{code} Unknown"
 
@@ -81,13 +70,8 @@ class DeploySync(Middleware[WSGIApp]):
             path = "\0"  # no asset has this name: a 404 under the prefix
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace") if raw_uri else None
-        headers = [
-            (name, value.encode("latin-1", "replace"))
-            for key, name in _ENVIRON_HEADERS
-            if (value := environ.get(key)) is not None
-        ]
         method = environ.get("REQUEST_METHOD", "GET")
-        request = core.make_request(method, path, headers, raw)
+        request = core.make_request(method, path, core.environ_headers(environ), raw)
         plan = core.decide(request, snapshot, self._static_path)
         if plan is not None:
             return _respond(plan, method, environ, start_response)

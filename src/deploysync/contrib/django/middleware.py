@@ -30,23 +30,22 @@ from django.http import (
     StreamingHttpResponse,
 )
 
-from ...core import FileRange, Plan, Snapshot, decide, edit_response, finish_headers, make_request
+from ...core import (
+    FileRange,
+    Plan,
+    Snapshot,
+    decide,
+    edit_response,
+    environ_headers,
+    finish_headers,
+    make_request,
+)
 from ...inject import Injector
 from .conf import Config, get_config, get_runtime, request_nonce
 
 __all__ = ["DeploySyncMiddleware"]
 
 CHUNK_SIZE = 64 * 1024
-# The request headers the core reads, by their WSGI ``META`` names.
-META_HEADERS = (
-    ("HTTP_ACCEPT_ENCODING", b"accept-encoding"),
-    ("HTTP_RANGE", b"range"),
-    ("HTTP_IF_RANGE", b"if-range"),
-    ("HTTP_IF_NONE_MATCH", b"if-none-match"),
-    ("HTTP_X_DEPLOYSYNC", b"x-deploysync"),
-    ("HTTP_X_DEPLOYMENT_ID", b"x-deployment-id"),
-)
-
 SyncGetResponse = Callable[[HttpRequest], HttpResponseBase]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
@@ -90,12 +89,7 @@ class DeploySyncMiddleware:
         # One snapshot per request: the decision, the headers and the injected tags all
         # name the same deployment even if another is activated meanwhile.
         snapshot = runtime.current()
-        meta = request.META
-        headers = [
-            (name, str(meta[key]).encode("latin-1", "replace"))
-            for key, name in META_HEADERS
-            if key in meta
-        ]
+        headers = environ_headers(request.META)
         core_request = make_request(
             request.method or "GET", request.path_info, headers, raw_path(request)
         )

@@ -1,4 +1,5 @@
-"""The middleware under real servers: uvicorn (ASGI) and gunicorn (WSGI), on 127.0.0.1.
+"""The middleware under real servers: uvicorn (ASGI), gunicorn (WSGI) and granian (ASGI,
+with the pathsend extension), on 127.0.0.1.
 
 Streaming injection with chunks cut inside ``<head>``, large files, and the hot switch: an
 activation made by another process is seen by the running servers without a restart, and
@@ -74,6 +75,27 @@ APP = textwrap.dedent(
 
     asgi = AsgiDeploySync(inner, store=STORE, poll_interval=0.25)
     wsgi = WsgiDeploySync(winner, store=STORE, poll_interval=0.25)
+
+    SENT = []  # message types of the last response under /static/
+
+
+    async def spied(scope, receive, send):
+        # The middleware, with the message types it sends for assets recorded.
+        if scope["type"] != "http" or not scope["path"].startswith(("/static/", "/sent")):
+            return await asgi(scope, receive, send)
+        if scope["path"] == "/sent":
+            body = json.dumps(SENT).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        SENT.clear()
+
+        async def record(message):
+            SENT.append(message["type"])
+            await send(message)
+
+        await asgi(scope, receive, record)
     """
 )
 
@@ -137,7 +159,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     (root / "app" / "served_app.py").write_text(APP)
     env = {**os.environ, "TEST_STORE": str(store), "PYTHONPATH": str(root / "app")}
     env.pop("DEPLOYSYNC_DEPLOYMENT", None)
-    ports = {"asgi": _free_port(), "wsgi": _free_port()}
+    ports = {"asgi": _free_port(), "wsgi": _free_port(), "granian": _free_port()}
     commands = {
         "asgi": [
             sys.executable, "-m", "uvicorn", "served_app:asgi",
@@ -148,6 +170,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             sys.executable, "-m", "gunicorn", "served_app:wsgi",
             "--bind", f"127.0.0.1:{ports['wsgi']}", "--workers", "2",
             "--log-level", "warning", "--chdir", str(root / "app"),
+        ],
+        "granian": [
+            sys.executable, "-m", "granian", "--interface", "asgi", "served_app:spied",
+            "--host", "127.0.0.1", "--port", str(ports["granian"]), "--workers", "1",
+            "--no-ws", "--log-level", "warning",
         ],
     }  # fmt: skip
     logs = {kind: open(root / f"{kind}.log", "wb") for kind in commands}  # noqa: SIM115
@@ -222,13 +249,21 @@ def test_large_asset_and_ranges(servers: Servers, kind: str) -> None:
     assert ranged.content == BIG[1000:2000]
 
 
-def test_uvicorn_pathsend(servers: Servers) -> None:
-    offered = httpx.get(servers.urls["asgi"] + "/extensions", timeout=5).json()
-    if "http.response.pathsend" not in offered:
-        pytest.skip(f"this uvicorn offers no pathsend (extensions: {offered}); chunked reads used")
+def test_a_large_asset_goes_out_by_pathsend_where_the_server_offers_it(servers: Servers) -> None:
     deployment = FileStore(servers.store).load(servers.first)
-    response = httpx.get(servers.urls["asgi"] + deployment.url("big.bin"), timeout=5)
+    base = servers.urls["granian"]
+    response = httpx.get(base + deployment.url("big.bin"), timeout=5)
+    assert response.status_code == 200
     assert response.content == BIG
+    assert httpx.get(base + "/sent", timeout=5).json() == [
+        "http.response.start",
+        "http.response.pathsend",
+    ]
+    # A range is not the whole file: chunked reads, still exact.
+    ranged = httpx.get(base + deployment.url("big.bin"), headers={"Range": "bytes=5-9"}, timeout=5)
+    assert ranged.status_code == 206
+    assert ranged.content == BIG[5:10]
+    assert "http.response.pathsend" not in httpx.get(base + "/sent", timeout=5).json()
 
 
 @dataclass

@@ -661,6 +661,19 @@ def test_store_disappearing_keeps_the_last_good_snapshot(
     assert client.get("/").header("x-deployment-id") == deployed.id
 
 
+def test_a_store_that_reads_as_empty_keeps_the_last_good_snapshot(
+    client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The activation record never shrinks to nothing: an empty store was lost (a Redis
+    # restarted without its data), and serving nothing would break every open page.
+    (store.root / "current.json").unlink()
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        assert not client.mw.runtime.refresh()
+    assert "reads as empty" in caplog.text
+    assert client.get("/").header("x-deployment-id") == deployed.id
+    assert client.get(deployed.url("css/app.css")).body == CSS
+
+
 def test_corrupt_manifest_keeps_the_last_good_snapshot(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

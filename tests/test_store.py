@@ -234,6 +234,20 @@ def test_probe_changes_on_every_activation(
     assert len(set(tokens)) == 4
 
 
+def test_probe_changes_when_a_deployment_is_published_or_deleted(any_store: Store) -> None:
+    # A build that is not activated must reach servers too (a container pinned to it).
+    any_store.ensure_writable()
+    before = any_store.probe()
+    time.sleep(0.01)  # fs: a coarse mtime must not hide a change
+    put(any_store, b"pinned")
+    any_store.publish(deployment_of("pinned", b"pinned"))
+    published = any_store.probe()
+    assert published != before
+    time.sleep(0.01)
+    any_store.delete_deployment("pinned")
+    assert any_store.probe() not in (before, published)
+
+
 def test_wait_for_change_without_change_returns_after_timeout(any_store: Store) -> None:
     any_store.ensure_writable()
     any_store.probe()

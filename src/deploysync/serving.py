@@ -47,9 +47,8 @@ logger = logging.getLogger("deploysync")
 ENV_DEPLOYMENT = "DEPLOYSYNC_DEPLOYMENT"
 # Files up to this size are read into memory once; larger ones are sent from disk.
 MEMORY_LIMIT = 256 * 1024
-# Deployments built without activation change no probe token of the filesystem store
-# (the Redis store's probe covers them); the id list is re-read every this many polls so
-# their assets become servable too.
+# Both stores' probes change when a deployment is published; the store is still re-read
+# every this many polls, a reconciliation for a store whose probe misses a change.
 RESCAN_POLLS = 10
 CLIENT_FILE = Path(__file__).parent / "client" / "deploysync.js"
 # Served while the package carries no client yet (a source checkout mid-build).
@@ -240,6 +239,12 @@ class Runtime:
             return None
         state = (token, ids)
         if state == self._state:
+            return None
+        if not activations and self._state is not None and self.snapshot.current_id is not None:
+            # An activation record never shrinks to nothing: a store that reads as empty
+            # after having a current deployment was lost (a Redis restarted without its
+            # data, a wiped folder). Serving nothing would break every open page.
+            self._report(f"deploysync store {store.location} reads as empty")
             return None
         order = {a.id: a.seq for a in activations}
         current_id = self.pinned or (activations[-1].id if activations else None)

@@ -264,9 +264,15 @@ class FileStore(Store):
         self._write_atomic(self.root / RECORD, json.dumps(data, indent=1).encode(), durable=True)
 
     def probe(self) -> Hashable:
-        # One stat: os.replace gives the record a new inode on every activation.
-        try:
-            st = os.stat(self.root / RECORD)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        # Two stats: os.replace gives the record a new inode on every activation, and
+        # publishing or deleting a manifest changes its folder's mtime, so a build that
+        # is not activated (a container pinned to it) is seen at the next poll too.
+        token: list[object] = []
+        for path in (self.root / RECORD, self._manifests):
+            try:
+                st = os.stat(path)
+            except OSError:
+                token.append(None)
+                continue
+            token.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(token)

@@ -59,6 +59,7 @@ def measure(rounds: int, chromium: str) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     sys.path.insert(0, str(ROOT / "tests" / "browser"))
+    sys.path.insert(0, str(ROOT / "tests"))
     from harness import Site, UvicornThread  # type: ignore[import-not-found]
     from testapp import make_asgi  # type: ignore[import-not-found]
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "multiserver"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_redis import redis_server  # noqa: E402
 from cluster import WRK, AppServer, http_get  # noqa: E402

@@ -99,10 +99,19 @@ def test_html_gets_the_tags_and_headers(client: Client, deployed: Deployment) ->
     assert 'data-routing="server"' in tags
     assert 'data-check-interval="0"' in tags
     assert 'data-version-url="/_deploysync/version"' in tags
+    assert 'data-static-url="/static/"' in tags  # the client tells a failed asset by it
     assert response.header("x-deployment-id") == deployed.id
     assert response.header("cache-control") == "no-cache"
     assert response.header("content-length") == str(len(response.body))
     assert client.spec.calls == 1
+
+
+def test_the_store_defaults_to_the_environment(
+    make: MakeClient, store: FileStore, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOYSYNC_STORE", str(store.root))
+    response = make(store=None).get("/")
+    assert response.header("x-deployment-id") == deployed.id
 
 
 def test_routing_and_interval_reach_the_tag(make: MakeClient, deployed: Deployment) -> None:

@@ -440,6 +440,14 @@ def test_e003_bad_value(deployed: Deployment, configure: Callable[..., None]) ->
     assert check_ids() == ["deploysync.E003"]
 
 
+@pytest.mark.parametrize("value", [0, -1, "1"])
+def test_e003_poll_interval_must_be_positive(
+    deployed: Deployment, configure: Callable[..., None], value: object
+) -> None:
+    configure(POLL_INTERVAL=value)
+    assert check_ids() == ["deploysync.E003"]
+
+
 def test_e003_unknown_key(deployed: Deployment, configure: Callable[..., None]) -> None:
     configure(STOER="typo")
     assert check_ids() == ["deploysync.E003"]

@@ -145,13 +145,15 @@ def test_head_tags() -> None:
         version_url="/app/_deploysync/version",
         routing="client",
         check_interval=30,
+        static_url="/app/assets/",
         nonce='n"<',
     )
     assert html == (
         '<meta name="deployment-id" content="abc">'
         '<script type="module" src="/app/_deploysync/client-0123456789ab.js" data-deploysync'
         ' data-routing="client" data-check-interval="30"'
-        ' data-version-url="/app/_deploysync/version" nonce="n&quot;&lt;"></script>'
+        ' data-version-url="/app/_deploysync/version" data-static-url="/app/assets/"'
+        ' nonce="n&quot;&lt;"></script>'
     )
 
 

@@ -302,7 +302,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="run the demo site that shows a deployment transition")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    _store_option(p)
+    p.add_argument(
+        "--store",
+        metavar="DIR",
+        default=None,
+        help="keep the demo's deployments here (default: a temporary folder)",
+    )
     p.add_argument(
         "--every",
         metavar="SECONDS",

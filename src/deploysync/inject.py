@@ -60,13 +60,15 @@ def head_tags(
     version_url: str,
     routing: str = "server",
     check_interval: float = 0,
+    static_url: str = "/static/",
     nonce: str | None = None,
 ) -> str:
     """The tags that go into ``<head>``: the deployment id and the client script.
 
     The browser client reads ``meta[name=deployment-id]`` and ``script[data-deploysync]``
-    with ``data-routing``, ``data-check-interval`` (seconds, 0: no periodic check) and
-    ``data-version-url``. Template helpers render this so pages carry the tags themselves.
+    with ``data-routing``, ``data-check-interval`` (seconds, 0: no periodic check),
+    ``data-version-url`` and ``data-static-url`` (to tell a failed asset from others).
+    Template helpers render this so pages carry the tags themselves.
     """
     esc = html.escape
     interval = f"{check_interval:g}"
@@ -75,7 +77,8 @@ def head_tags(
         f'<meta name="deployment-id" content="{esc(deployment_id)}">'
         f'<script type="module" src="{esc(script_url)}" data-deploysync'
         f' data-routing="{esc(routing)}" data-check-interval="{interval}"'
-        f' data-version-url="{esc(version_url)}"{nonce_attr}></script>'
+        f' data-version-url="{esc(version_url)}" data-static-url="{esc(static_url)}"'
+        f"{nonce_attr}></script>"
     )
 
 

@@ -71,7 +71,7 @@ class Runtime:
 
     def __init__(
         self,
-        store: Store | str | os.PathLike[str],
+        store: Store | str | os.PathLike[str] | None,
         *,
         static_url: str = DEFAULT_STATIC_URL,
         routing: str = "server",
@@ -194,6 +194,7 @@ class Runtime:
             version_url=root + core.VERSION_PATH,
             routing=self.routing,
             check_interval=self.check_interval,
+            static_url=self.static_url if "://" in self.static_url else root + self.static_url,
             nonce=nonce,
         )
 
@@ -528,7 +529,7 @@ class Middleware(Generic[AppT]):
         self,
         app: AppT,
         *,
-        store: Store | str | os.PathLike[str],
+        store: Store | str | os.PathLike[str] | None = None,
         static_url: str = DEFAULT_STATIC_URL,
         routing: str = "server",
         check_interval: float = 0,

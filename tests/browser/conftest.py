@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from support import CHROMIUM, CHROMIUM_ARGS
+
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from harness import GunicornProcess, MakeSite, Site, Tab, UvicornThread  # noqa: E402
@@ -31,14 +33,6 @@ from testapp import make_asgi  # noqa: E402
 
 HERE = Path(__file__).parent
 CACHE = HERE.parent / ".cache" / "vendor"
-CHROMIUM = os.environ.get("DEPLOYSYNC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # npm package spec -> (file inside the package, name in the deployment)
 VENDOR = {
     "htmx.org@2.0.11": ("package/dist/htmx.min.js", "htmx.min.js"),

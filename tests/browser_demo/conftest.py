@@ -16,14 +16,8 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from support import CHROMIUM, CHROMIUM_ARGS
+
 URL_RE = re.compile(r"running at (http://127\.0\.0\.1:\d+/)")
 
 sync_api = pytest.importorskip("playwright.sync_api")

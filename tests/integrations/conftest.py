@@ -12,7 +12,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,11 @@ import pytest
 from deploysync.build import build
 from deploysync.manifest import Deployment
 from deploysync.store import FileStore
+from support import CHROMIUM, CHROMIUM_ARGS, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 CACHE = REPO / "tests" / ".cache"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # npm packages the examples load, and the file each example uses.
 VENDOR = {
     "htmx": ("htmx.org@2", "htmx.org/dist/htmx.min.js"),
@@ -55,13 +47,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
             if "page" in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.browser)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _require(what: str, found: bool, install: str) -> None:
@@ -165,15 +150,33 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
 def gunicorn(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
-        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-        "--threads", "4", "--graceful-timeout", "2", app,
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--threads",
+        "4",
+        "--graceful-timeout",
+        "2",
+        app,
     ]
 
 
 def uvicorn(app: str) -> Callable[[int], list[str]]:
     return lambda port: [
-        sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning", app,
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        app,
     ]
 
 
@@ -190,8 +193,10 @@ def copy_static(example: str, dest: Path, vendor_files: dict[str, Path] | None =
 def restyle(static: Path, version: str) -> None:
     """Make *static* visibly another version (the stylesheet's colour and label)."""
     css = static / "app.css"
-    css.write_text(css.read_text() + f'\nbody {{ --version: "{version}"; }}\n'
-                   f"body {{ background-color: rgb(255, 240, 200); }}\n")
+    css.write_text(
+        css.read_text() + f'\nbody {{ --version: "{version}"; }}\n'
+        f"body {{ background-color: rgb(255, 240, 200); }}\n"
+    )
 
 
 def deploy(static: Path, store: FileStore, **options: Any) -> Deployment:

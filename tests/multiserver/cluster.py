@@ -19,8 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -28,29 +26,12 @@ from msapp import ASSETS
 
 from deploysync.build import build
 from deploysync.store import Store, open_store
+from support import free_port, http_get
 
 HERE = Path(__file__).parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 DEADLINE = 15.0  # seconds any wait for a server may take
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """Status and body of a GET; any HTTP status is an answer, not an exception."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

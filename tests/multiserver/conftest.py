@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from support import CHROMIUM, CHROMIUM_ARGS
+
 HERE = Path(__file__).parent
 # The browser harness (Tab, helpers) lives beside us; its modules import each other flat.
 BROWSER = HERE.parent / "browser"
@@ -27,15 +29,6 @@ for folder in (HERE, BROWSER):
         sys.path.insert(0, str(folder))
 
 from cluster import NGINX, Cluster  # noqa: E402
-
-CHROMIUM = os.environ.get("DEPLOYSYNC_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def require(what: str, ok: bool) -> None:

@@ -15,7 +15,7 @@ const config = {
   versionUrl: data.versionUrl || "/_deploysync/version",
   /** prefetch every link on hover */
   prefetch: "prefetch" in data,
-  staticUrl: "/static/",
+  staticUrl: data.staticUrl || "/static/",
 }
 const pageId = document.querySelector("meta[name=deployment-id]")?.getAttribute("content")
 const HEADERS = { "X-Deploysync": "navigate", "X-Deployment-Id": pageId || "" }

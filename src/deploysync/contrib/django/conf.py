@@ -113,9 +113,11 @@ def read_config() -> Config:
     numbers = {}
     for key in ("CHECK_INTERVAL", "POLL_INTERVAL"):
         value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        low = 0 if key == "CHECK_INTERVAL" else 1e-3  # the store poll cannot be "never"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low:
+            expected = ">= 0" if key == "CHECK_INTERVAL" else "> 0"
             raise ImproperlyConfigured(
-                f"DEPLOYSYNC[{key!r}] is {value!r}; expected a number of seconds >= 0"
+                f"DEPLOYSYNC[{key!r}] is {value!r}; expected a number of seconds {expected}"
             )
         numbers[key] = float(value)
     nonce = raw["NONCE"]

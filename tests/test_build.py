@@ -708,3 +708,26 @@ def test_sigkill_during_a_build_leaves_the_store_old_or_complete(
     result = build(big, store_dir, activate=True)
     assert FileStore(store_dir).current() == result.deployment.id
     _check_consistent(store_dir)
+
+
+# -- user-supplied ids ------------------------------------------------------------------------
+
+
+def test_an_id_already_naming_other_content_is_refused(site: Path, store: FileStore) -> None:
+    build(site, store, deployment_id="release-1", activate=True)
+    before = snapshot(store.root)
+    (site / "app.css").write_text("body { color: teal }\n")
+    with pytest.raises(BuildError, match=r"'release-1' already exists .* other content"):
+        build(site, store, deployment_id="release-1", activate=True)
+    assert snapshot(store.root) == before
+
+
+def test_rebuilding_the_same_content_under_its_id_changes_nothing(
+    site: Path, store: FileStore
+) -> None:
+    first = build(site, store, deployment_id="release-1").deployment
+    before = snapshot(store.root)
+    again = build(site, store, deployment_id="release-1")
+    assert not again.created
+    assert again.deployment == first
+    assert snapshot(store.root) == before

@@ -466,7 +466,9 @@ class BuildCache:
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(payload, fh, separators=(",", ":"))
+                    # dumps, not dump: one call into the C encoder instead of a write
+                    # per token.
+                    fh.write(json.dumps(payload, separators=(",", ":")))
                 os.replace(tmp, self.path)
             except OSError:
                 os.unlink(tmp)
@@ -824,7 +826,28 @@ def _store(
     unique: dict[str, _File] = {}
     for file in files:
         unique.setdefault(file.digest, file)
+    # What the manifest will name is known before the store is touched: the id (derived
+    # from it, or the user's) and each file's name and digest.
+    content = {(f.path, f.name, f.digest, content_type(f.path)) for f in files}
+    ident = deployment_id or derive_id(
+        static_url,
+        (Asset(path, name, digest, 0, kind, "") for path, name, digest, kind in content),
+        extra,
+    )
     with store.lock():
+        if store.exists(ident):
+            existing = store.load(ident)
+            same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
+            if same != content or existing.static_url != static_url:
+                raise BuildError(
+                    f"Deployment {ident!r} already exists in {store.location} with other"
+                    " content; choose another --id"
+                )
+            # A rebuild of what is published already: nothing to write.
+            step(len(files))
+            if activate:
+                store.activate(ident)
+            return BuildResult(existing, False, 0, len(unique), activated=activate)
         variants: dict[str, Mapping[str, int]] = {}
         new: list[_File] = []
         for digest, file in unique.items():
@@ -878,7 +901,6 @@ def _store(
             )
             for file in files
         ]
-        ident = deployment_id or derive_id(static_url, assets, extra)
         deployment = Deployment(
             id=ident,
             static_url=static_url,

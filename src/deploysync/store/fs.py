@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Hashable, Iterator, Mapping
@@ -54,6 +55,7 @@ class FileStore(Store):
         self.root = Path(root).expanduser().absolute()
         self.location = str(self.root)
         self._objects = self.root / "objects"
+        self._objects_str = str(self._objects)
         self._manifests = self.root / "deployments"
         self._tmp = self.root / "tmp"
         self._thread_lock = threading.RLock()
@@ -141,12 +143,18 @@ class FileStore(Store):
 
     # -- blobs -----------------------------------------------------------------------------
     def blob_variants(self, digest: str) -> Mapping[str, int] | None:
-        if not self._blob(digest).is_file():
+        # Plain strings and os.stat: a build asks this for every file, and pathlib's
+        # object creation cost more than the stats themselves.
+        base = f"{self._objects_str}/{check_digest(digest)[:2]}/{digest}"
+        try:
+            if not stat.S_ISREG(os.stat(base).st_mode):
+                return None
+        except OSError:
             return None
         found = {}
         for encoding in ENCODINGS:
             try:
-                found[encoding] = self._blob(digest, encoding).stat().st_size
+                found[encoding] = os.stat(base + SUFFIXES[encoding]).st_size
             except OSError:
                 continue
         return found

@@ -1,4 +1,5 @@
-"""A real Vite build of ``examples/vite_app`` for the tests (npm, cached in tests/.cache)."""
+"""A real Vite build of ``examples/vite_app`` (a small Vue app) for the tests (npm, cached
+in tests/.cache)."""
 
 from __future__ import annotations
 
@@ -67,13 +68,17 @@ def prepare() -> Path:
                 shutil.copy2(SOURCE / name, CACHE / name)
         shutil.rmtree(CACHE / "src", ignore_errors=True)
         shutil.copytree(SOURCE / "src", CACHE / "src")
-        if not (CACHE / "node_modules" / ".bin" / "vite").exists():
+        modules = CACHE / "node_modules"
+        if not (modules / ".bin" / "vite").exists() or not (modules / "vue").is_dir():
             try:
                 _run([npm, "install", "--no-audit", "--no-fund"], CACHE)
             except RuntimeError:
                 # The newest Vite may need a newer Node than this machine's: Vite 7
                 # runs on Node 20.19+.
-                _run([npm, "install", "--no-audit", "--no-fund", "--no-save", "vite@7"], CACHE)
+                _run(
+                    [npm, "install", "--no-audit", "--no-fund", "--no-save", "vite@7", "vue@3"],
+                    CACHE,
+                )
     return CACHE
 
 

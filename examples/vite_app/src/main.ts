@@ -1,26 +1,51 @@
-// A tiny client-routed app: pushState navigation, one route loaded lazily.
+// A tiny Vue app routed with pushState; the Reports route is its own lazily loaded chunk.
+// Render functions (h) keep it to Vite alone: no single-file components, no plugin.
+import { type Component, createApp, defineComponent, h, ref, shallowRef, watchEffect } from "vue";
 import "./style.css";
-import { heading, VERSION } from "./shared";
+import { VERSION } from "./shared";
 
-async function show(path: string): Promise<void> {
-  const outlet = document.getElementById("outlet");
-  if (!outlet) return;
-  outlet.className = "";
-  delete outlet.dataset.route;
-  if (path === "/reports") {
+const path = ref(location.pathname);
+const route = ref("");
+const view = shallowRef<Component | null>(null);
+
+async function show(next: string): Promise<void> {
+  path.value = next;
+  if (next === "/reports") {
     try {
-      const route = await import("./lazy");
-      route.default(outlet);
+      view.value = (await import("./lazy")).default;
+      route.value = "reports";
     } catch {
       // The chunk of an outdated deployment is gone (deploysync marks the page stale and
       // the next navigation is a full load onto the new version): no error page.
-      outlet.replaceChildren(heading("This page was updated; follow any link to continue."));
-      outlet.dataset.route = "unavailable";
+      view.value = null;
+      route.value = "unavailable";
     }
     return;
   }
-  outlet.replaceChildren(heading(path === "/" ? `Home (${VERSION})` : `Page ${path}`));
-  outlet.dataset.route = path;
+  view.value = null;
+  route.value = next;
+}
+
+function title(): string {
+  if (route.value === "unavailable") return "This page was updated; follow any link to continue.";
+  return path.value === "/" ? `Home (${VERSION})` : `Page ${path.value}`;
+}
+
+const App = defineComponent({
+  setup: () => () => (view.value ? h(view.value) : h("h1", title())),
+});
+
+const outlet = document.getElementById("outlet");
+if (outlet) {
+  createApp(App).mount(outlet);
+  // After the render, so a route's marker never shows before its content.
+  watchEffect(
+    () => {
+      outlet.dataset.route = route.value;
+      outlet.className = route.value === "reports" ? "lazy-route" : "";
+    },
+    { flush: "post" },
+  );
 }
 
 document.addEventListener("click", (event) => {

@@ -698,13 +698,15 @@ def _run(host: str, port: int, store_spec: str | None, every: float | None, say:
         say(f"deploysync demo running at {url}")
         say(f"  store: {store_location}" + (" (temporary, removed on exit)" if temporary else ""))
         say("Open it in a browser and type in the notes, then deploy a new version:")
+        ways = [f"open {url}{OPERATOR_PATH.lstrip('/')} in another window and press Deploy"]
         if terminal is not None:
-            say("  - press Enter here,")
-        say(f"  - or open {url}{OPERATOR_PATH.lstrip('/')} in another window and press Deploy,")
+            ways.insert(0, "press Enter here")
         if every is None:
-            say("  - or start the demo with --every 20 to deploy every 20 seconds.")
+            ways.append("start the demo with --every 20 to deploy every 20 seconds")
         else:
-            say(f"  - or wait: a new version is deployed every {every:g} seconds.")
+            ways.append(f"wait: a new version is deployed every {every:g} seconds")
+        for index, way in enumerate(ways):
+            say(f"  - {'or ' if index else ''}{way}{'.' if index == len(ways) - 1 else ','}")
         say("Press Ctrl-C to stop.")
         stop = threading.Event()
         workers: list[threading.Thread] = []

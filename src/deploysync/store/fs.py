@@ -213,8 +213,9 @@ class FileStore(Store):
             target = self._manifest(deployment.id)
             if target.exists():
                 return False
+            objects = self._objects_str
             for digest in deployment.digests():
-                if self.blob_variants(digest) is None:
+                if not os.path.isfile(f"{objects}/{check_digest(digest)[:2]}/{digest}"):
                     raise StoreError(f"Cannot publish {deployment.id}: blob {digest} is missing")
             self._write_atomic(target, deployment.dumps(), durable=True)
             return True

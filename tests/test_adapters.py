@@ -106,6 +106,17 @@ def test_html_gets_the_tags_and_headers(client: Client, deployed: Deployment) ->
     assert client.spec.calls == 1
 
 
+def test_a_pinned_server_holds_its_deployment_against_prune(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    newer = publish(store, {"css/app.css": b"newer"})
+    store.activate(newer.id)
+    make(deployment=deployed.id)
+    assert store.held() == {deployed.id}
+    assert store.prune(keep=1).deployments == ()
+    assert deployed.id in store.ids()
+
+
 def test_the_store_defaults_to_the_environment(
     make: MakeClient, store: FileStore, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:

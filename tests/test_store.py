@@ -301,6 +301,30 @@ def test_prune_never_removes_current(
     assert any_store.ids() == [v2.id]
 
 
+def test_prune_keeps_what_a_running_server_holds_until_the_hold_lapses(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    # A container pinned to an older deployment holds it: prune must not take its assets.
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    any_store.activate(v2.id)
+    any_store.hold(v1.id, ttl=0.5)
+    assert any_store.held() == {v1.id}
+    assert any_store.prune(keep=1).deployments == ()
+    assert sorted(any_store.ids()) == sorted([v1.id, v2.id])
+    time.sleep(0.7)  # the server stopped renewing: its hold lapses by itself
+    assert any_store.held() == set()
+    assert any_store.prune(keep=1).deployments == (v1.id,)
+
+
+def test_a_hold_refuses_an_invalid_id(any_store: Store) -> None:
+    any_store.ensure_writable()
+    with pytest.raises(ValueError):
+        any_store.hold("../../etc")
+    assert any_store.held() == set()
+
+
 def test_prune_keep_zero_is_refused(any_store: Store, built: Callable[[str], Deployment]) -> None:
     any_store.activate(built("v1").id)
     built("v2")

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
@@ -41,6 +42,7 @@ from .manifest import (
     validate_id,
 )
 from .store import Store, StoreError, open_store
+from .store.base import HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
 
@@ -129,6 +131,19 @@ class Runtime:
         # deployment was built for) surface here, when the middleware is constructed.
         snapshot = self._build(initial=True)
         self.snapshot: Snapshot = snapshot if snapshot is not None else self._empty()
+        self._held_at = 0.0
+        self._hold()
+
+    def _hold(self) -> None:
+        """A pinned server holds its deployment in the store, so prune keeps it while the
+        server runs; renewed by the watcher, it lapses by itself once the server stops."""
+        if self.pinned is None:
+            return
+        try:
+            self.store.hold(self.pinned)
+        except (StoreError, OSError, ValueError) as exc:
+            self._report(f"Cannot hold deployment {self.pinned} in {self.store.location}: {exc}")
+        self._held_at = time.monotonic()
 
     # -- what requests read --------------------------------------------------------------
     def current(self) -> Snapshot:
@@ -418,6 +433,8 @@ class Runtime:
                 if stop.is_set():
                     return
                 polls += 1
+                if self.pinned is not None and time.monotonic() - self._held_at >= HOLD_RENEW:
+                    self._hold()
                 fresh = self.store.probe()
                 if fresh != token or polls >= RESCAN_POLLS:
                     polls = 0

@@ -21,6 +21,10 @@ ENCODINGS = ("br", "gzip")
 # How many activations the record keeps; older ones only matter for ordering, and an id
 # absent from the record counts as older than every id in it.
 HISTORY_LIMIT = 1000
+# How long a server's hold on its pinned deployment lasts without being renewed; servers
+# renew it every HOLD_RENEW seconds, so a stopped server's hold lapses by itself.
+HOLD_TTL = 600.0
+HOLD_RENEW = 60.0
 
 
 class StoreError(DeploySyncError):
@@ -136,6 +140,15 @@ class Store(ABC):
     def lock(self) -> AbstractContextManager[None]:
         """An exclusive lock for writers (builds, activations, prunes) of this store."""
 
+    def hold(self, deployment_id: str, ttl: float = HOLD_TTL) -> None:
+        """Record that a running server renders *deployment_id* (it is pinned to it) for
+        the next *ttl* seconds, so :meth:`prune` keeps it. Renew before it lapses."""
+        return None
+
+    def held(self) -> set[str]:
+        """The ids some running server holds right now."""
+        return set()
+
     def wait_for_change(self, timeout: float) -> None:
         """Block up to *timeout* seconds, returning early when the store learns of an
         activation (a push backend wakes at once; polling backends just sleep)."""
@@ -204,7 +217,8 @@ class Store(ABC):
     def prune(self, keep: int, older_than: float | None = None) -> PruneResult:
         """Delete what only deployments outside the newest *keep* use.
 
-        The current deployment is always kept. With *older_than* (seconds), a deployment
+        The current deployment is always kept, and so is any deployment a running server
+        holds (a server pinned to it, see :meth:`hold`). With *older_than* (seconds), a deployment
         is removed only when it was also created more than that long ago. Blobs that no
         remaining deployment uses (including leftovers of an interrupted build) go too.
         """
@@ -212,12 +226,15 @@ class Store(ABC):
             raise StoreError("--keep must be at least 1")
         with self.lock():
             current = self.current()
+            held = self.held()
             deployments = self.deployments()
             now = time.time()
             doomed = [
                 d
                 for d in deployments[keep:]
-                if d.id != current and (older_than is None or now - d.created > older_than)
+                if d.id != current
+                and d.id not in held
+                and (older_than is None or now - d.created > older_than)
             ]
             kept = [d for d in deployments if d not in doomed]
             used: set[str] = set()

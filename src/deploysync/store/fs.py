@@ -24,14 +24,16 @@ import os
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from ..manifest import Deployment, ManifestError, is_valid_id
+from ..manifest import Deployment, ManifestError, is_valid_id, validate_id
 from .base import (
     ENCODINGS,
     HISTORY_LIMIT,
+    HOLD_TTL,
     Activation,
     DeploymentNotFound,
     Store,
@@ -251,6 +253,30 @@ class FileStore(Store):
     def delete_deployment(self, deployment_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._manifest(deployment_id).unlink()
+
+    # -- holds by running servers -----------------------------------------------------------
+    def hold(self, deployment_id: str, ttl: float = HOLD_TTL) -> None:
+        validate_id(deployment_id)
+        # One file per id holding its expiry; every server pinned to it renews the same
+        # file, and no lock is needed: the latest renewal wins, and each renews in time.
+        expiry = str(time.time() + ttl).encode()
+        (self.root / "holds").mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._write_atomic(self.root / "holds" / deployment_id, expiry)
+
+    def held(self) -> set[str]:
+        folder = self.root / "holds"
+        if not folder.is_dir():
+            return set()
+        now = time.time()
+        found = set()
+        for entry in folder.iterdir():
+            try:
+                if is_valid_id(entry.name) and float(entry.read_bytes()) > now:
+                    found.add(entry.name)
+            except (OSError, ValueError):
+                continue
+        return found
 
     # -- activation ------------------------------------------------------------------------
     def activations(self) -> list[Activation]:

@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from ..manifest import Deployment, ManifestError, is_valid_id
+from ..manifest import Deployment, ManifestError, is_valid_id, validate_id
 from .base import (
     ENCODINGS,
     HISTORY_LIMIT,
+    HOLD_TTL,
     Activation,
     DeploymentNotFound,
     Store,
@@ -481,6 +482,24 @@ class RedisStore(Store):
             pipe.delete(key)
             pipe.incr(self._key("published"))
             pipe.execute()
+
+    # -- holds by running servers -----------------------------------------------------------
+    def hold(self, deployment_id: str, ttl: float = HOLD_TTL) -> None:
+        validate_id(deployment_id)
+        # A key that expires by itself: a stopped server's hold lapses without cleanup.
+        with self._io():
+            self._redis.set(self._key("hold", deployment_id), b"1", px=max(1, int(ttl * 1000)))
+
+    def held(self) -> set[str]:
+        prefix = self._key("hold", "")
+        with self._io():
+            keys = list(self._redis.scan_iter(match=prefix + "*", count=500))
+        found = set()
+        for key in keys:
+            ident = (key.decode() if isinstance(key, bytes) else str(key))[len(prefix) :]
+            if is_valid_id(ident):
+                found.add(ident)
+        return found
 
     # -- activation ------------------------------------------------------------------------
     def activations(self) -> list[Activation]:

@@ -546,6 +546,19 @@ def test_namespaces_are_independent(redis_url: str, site_src: SrcFactory, tmp_pa
 
 
 @pytest.mark.redis
+def test_local_copies_of_unused_blobs_are_trimmed_once_old(redis_store: Any) -> None:
+    kept, dropped = b"still used\n" * 40, b"pruned away\n" * 40
+    paths = {data: Path(redis_store.blob_path(put(redis_store, data))) for data in (kept, dropped)}
+    keep = {digest_of(kept)}
+    # Young copies stay: another worker may have fetched them for a newer deployment.
+    assert redis_store.trim_cache(keep) == 0
+    assert all(path.is_file() for path in paths.values())
+    assert redis_store.trim_cache(keep, older_than=0) == len(dropped)
+    assert paths[kept].is_file()
+    assert not paths[dropped].exists()
+
+
+@pytest.mark.redis
 def test_blob_cache_checks_the_bytes(redis_store: Any) -> None:
     data = b"console.log('hello')\n"
     digest = put(redis_store, data)

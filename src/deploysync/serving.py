@@ -264,8 +264,9 @@ class Runtime:
             return None
         order = {a.id: a.seq for a in activations}
         current_id = self.pinned or (activations[-1].id if activations else None)
-        for gone in set(self._deployments) - ids:
-            del self._deployments[gone]
+        gone = set(self._deployments) - ids
+        for ident in gone:
+            del self._deployments[ident]
         for ident in sorted(ids - set(self._deployments)):
             try:
                 self._deployments[ident] = store.load(ident)
@@ -321,6 +322,14 @@ class Runtime:
             logger.info("deploysync store %s readable again", store.location)
             self._last_error = None
         self._state = state
+        if gone:
+            # A prune removed deployments: their local copies (a remote store's cache)
+            # are of no use any more.
+            keep: set[str] = set()
+            for deployment in self._deployments.values():
+                keep |= deployment.digests()
+            with contextlib.suppress(StoreError, OSError):
+                store.trim_cache(keep)
         return Snapshot(
             current_id=current_id,
             seq=seq,

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import (
+from integration_helpers import (
     EXAMPLES,
     Server,
     copy_static,
@@ -25,6 +24,7 @@ from conftest import (
     wait_for_id,
     wait_until_served,
 )
+
 from deploysync.store import FileStore
 
 SITE = EXAMPLES / "django_turbo"

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import (
+from integration_helpers import (
     EXAMPLES,
     Server,
     copy_static,
@@ -19,6 +19,7 @@ from conftest import (
     wait_for_id,
     wait_until_served,
 )
+
 from deploysync.store import FileStore
 
 

@@ -7,9 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vite_project import vite_build
-
-from conftest import (
+from integration_helpers import (
     EXAMPLES,
     Server,
     network_log,
@@ -18,6 +16,8 @@ from conftest import (
     wait_for_id,
     wait_until_served,
 )
+from vite_project import vite_build
+
 from deploysync import cli
 from deploysync.store import FileStore
 

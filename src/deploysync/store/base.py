@@ -25,6 +25,9 @@ HISTORY_LIMIT = 1000
 # renew it every HOLD_RENEW seconds, so a stopped server's hold lapses by itself.
 HOLD_TTL = 600.0
 HOLD_RENEW = 60.0
+# A local copy younger than this is never trimmed: another worker sharing the cache may
+# have fetched it for a deployment this one has not seen yet.
+CACHE_GRACE = 600.0
 
 
 class StoreError(DeploySyncError):
@@ -148,6 +151,11 @@ class Store(ABC):
     def held(self) -> set[str]:
         """The ids some running server holds right now."""
         return set()
+
+    def trim_cache(self, keep: set[str], older_than: float = CACHE_GRACE) -> int:
+        """Drop local copies of blobs not in *keep* (digests) that are older than
+        *older_than* seconds; return the bytes freed. Only a remote store keeps copies."""
+        return 0
 
     def wait_for_change(self, timeout: float) -> None:
         """Block up to *timeout* seconds, returning early when the store learns of an

@@ -42,6 +42,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..manifest import Deployment, ManifestError, is_valid_id, validate_id
 from .base import (
+    CACHE_GRACE,
+    DIGEST_PATTERN,
     ENCODINGS,
     HISTORY_LIMIT,
     HOLD_TTL,
@@ -340,6 +342,25 @@ class RedisStore(Store):
         if data is None:
             raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing")
         return data
+
+    def trim_cache(self, keep: set[str], older_than: float = CACHE_GRACE) -> int:
+        if not self.cache_dir.is_dir():
+            return 0
+        cutoff = time.time() - older_than
+        freed = 0
+        for folder in self.cache_dir.iterdir():
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                digest = entry.name[:64]
+                if digest in keep or not DIGEST_PATTERN.fullmatch(digest):
+                    continue
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    if st.st_mtime < cutoff:
+                        entry.unlink()
+                        freed += st.st_size
+        return freed
 
     def _cached(self, digest: str, encoding: str | None) -> Path:
         return self.cache_dir / digest[:2] / (digest + (SUFFIXES[encoding] if encoding else ""))

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from support import CHROMIUM, CHROMIUM_ARGS
+from support import CHROMIUM, chromium, watched_page
 
 URL_RE = re.compile(r"running at (http://127\.0\.0\.1:\d+/)")
 
@@ -84,19 +84,11 @@ def demo(tmp_path: Path) -> Iterator[DemoProcess]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    tab = context.new_page()
-    tab.set_default_timeout(10_000)
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    yield tab
-    context.close()
-    assert errors == [], f"JavaScript errors in the page: {errors}"
+    with watched_page(browser, 1280, 800) as tab:
+        yield tab

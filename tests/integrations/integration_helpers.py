@@ -7,7 +7,6 @@ page is open and checks what the user sees.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil
@@ -26,7 +25,7 @@ import pytest
 from deploysync.build import build
 from deploysync.manifest import Deployment
 from deploysync.store import FileStore
-from support import CHROMIUM, CHROMIUM_ARGS, free_port
+from support import CHROMIUM, chromium, free_port, watched_page
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -210,25 +209,14 @@ def deploy(static: Path, store: FileStore, **options: Any) -> Deployment:
 
 @pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[Any]:
-    # Module scope, as tests/browser_demo's: two Playwright instances must never be alive
-    # at once (its sync API refuses to start inside another's event loop).
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1100, "height": 800})
-    tab = context.new_page()
-    tab.set_default_timeout(10_000)
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    yield tab
-    with contextlib.suppress(Exception):
-        context.close()
-    assert errors == [], f"JavaScript errors in the page: {errors}"
+    with watched_page(browser, 1100, 800) as tab:
+        yield tab
 
 
 def page_id(tab: Any) -> str:

@@ -6,8 +6,10 @@ import base64
 import gzip
 import hashlib
 import json
+import marshal
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -441,36 +443,121 @@ def test_stored_content_is_never_compressed_again(
     )
 
 
-def test_rebuild_does_not_read_unchanged_files(
-    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    first = build(site, store).deployment
-    # The stat cache distrusts files modified within 2 s of being recorded (they could
-    # change again unseen within the same timestamp tick): age the records instead of waiting.
-    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.json"))
-    data = json.loads(cache_file.read_text())
+def _age_stat_cache() -> None:
+    """Make the stat cache trust the files as they are now.
+
+    The stat cache distrusts files modified within 2 s of being recorded (they could
+    change again unseen within the same timestamp tick): age the records instead of waiting.
+    """
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    header, _, body = cache_file.read_bytes().partition(b"\n")
+    data = marshal.loads(body)
     for entry in data["stat"].values():
         entry[5] += 10**10  # as if recorded 10 s later than the files' last change
-    cache_file.write_text(json.dumps(data))
+    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     original = build_module._read
 
-    def spy(rel: str, path: Path) -> bytes:
+    def spy(rel: str, path: str) -> bytes:
         read.append(rel)
         return original(rel, path)
 
     monkeypatch.setattr(build_module, "_read", spy)
+    return read
+
+
+def test_rebuild_does_not_read_unchanged_files(
+    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    read = _spy_reads(monkeypatch)
     again = build(site, store).deployment
     assert again == first
-    # Only the files whose references are scanned are read; images and fonts are not.
-    assert sorted(read) == sorted(p for p in SITE if p.endswith((".css", ".js")))
+    assert read == []
+
+
+@pytest.mark.parametrize(
+    ("edited", "expected_reads"),
+    [
+        # A module: it, and the module importing it (rewritten with the new name).
+        ("js/lib/helper.js", ["js/lib/helper.js", "js/main.js"]),
+        # An image: it, and the two files naming it.
+        ("img/logo.svg", ["css/app.css", "img/logo.svg", "js/main.js"]),
+        # A leaf nothing references: only it.
+        ("LICENSE", ["LICENSE"]),
+    ],
+)
+def test_rebuild_after_one_change_reads_only_it_and_its_referrers(
+    site: Path,
+    store: FileStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    edited: str,
+    expected_reads: list[str],
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    with open(site / edited, "a") as fh:
+        fh.write("\n/* changed */\n")
+    read = _spy_reads(monkeypatch)
+    incremental = build(site, store).deployment
+    assert sorted(set(read)) == expected_reads
+    # The same deployment as a build from scratch into another store.
+    cold = build(site, tmp_path / "cold", cache=False).deployment
+    assert incremental.id == cold.id
+    assert incremental.assets == cold.assets
+    for asset in incremental.assets.values():
+        assert store.read_blob(asset.digest) == FileStore(tmp_path / "cold").read_blob(asset.digest)
+
+
+def test_rebuild_into_an_emptied_store_derives_the_cached_bytes_again(
+    site: Path, store: FileStore, tmp_path: Path
+) -> None:
+    # The cache knows the final digest of every rewritten file; with the store gone, their
+    # bytes must be derived again (and checked against those digests) to be stored.
+    first = build(site, store).deployment
+    _age_stat_cache()
+    shutil.rmtree(store.root)
+    again = build(site, store).deployment
+    assert again.id == first.id
+    assert again.assets == first.assets
+    main = first.assets["js/main.js"]
+    assert b"./lib/helper." in store.read_blob(main.digest)
+    assert hashlib.sha256(store.read_blob(main.digest)).hexdigest() == main.digest
 
 
 def test_a_damaged_cache_only_costs_time(site: Path, store: FileStore) -> None:
     first = build(site, store).deployment
-    for cache_file in Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.json"):
+    cache_files = list(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    assert cache_files
+    for cache_file in cache_files:
+        header, _, body = cache_file.read_bytes().partition(b"\n")
+        cache_file.write_bytes(header + b"\n" + body[: len(body) // 2])  # truncated
+    assert build(site, store).deployment == first
+    for cache_file in cache_files:
         cache_file.write_text('{"version": 2, "stat": [1, 2], "refs": "x"}')
     assert build(site, store).deployment == first
+
+
+@pytest.mark.parametrize("junk", [None, 7, "x", [], [1, 2, 3], {"a": 1}, ["a" * 64, -1]])
+def test_cache_entries_of_the_wrong_shape_are_ignored(
+    site: Path, store: FileStore, tmp_path: Path, junk: object
+) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    header, _, body = cache_file.read_bytes().partition(b"\n")
+    data = marshal.loads(body)
+    for section in data.values():
+        for key in section:
+            section[key] = junk
+    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+    assert build(site, store).deployment == first
+    assert build(site, tmp_path / "other").deployment.assets == first.assets
 
 
 # -- Vite ------------------------------------------------------------------------------------

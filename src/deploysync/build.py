@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
+import marshal
 import mimetypes
 import multiprocessing
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -67,7 +70,7 @@ VITE_KEYS = (
     "css",
     "assets",
 )
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
 
 # A precompressed variant is kept only when it saves at least this share of the bytes: a
@@ -124,6 +127,10 @@ class BuildError(DeploySyncError):
     """The source folder cannot be built."""
 
 
+class _CacheMismatch(Exception):
+    """A digest taken from the build cache is not the digest of the bytes it stands for."""
+
+
 @dataclass
 class BuildResult:
     """What a build made: the deployment, whether it is new, and what it cost."""
@@ -162,25 +169,43 @@ def hashed_name(path: str, digest: str) -> str:
     return f"{folder}/{name}" if folder else name
 
 
-def _base_type(path: str) -> str:
-    ext = os.path.splitext(path)[1].lower()
+def _type_key(path: str) -> str:
+    """What the type of the file at *path* depends on: its name's extensions.
+
+    ``js/app.min.js`` -> ``x.min.js``: thousands of files share a handful of keys, so the
+    lookups below are cached per key.
+    """
+    base = path.rpartition("/")[2]
+    stem = base.lstrip(".")
+    dot = stem.find(".")
+    return "x" + stem[dot:] if dot > 0 else base
+
+
+@functools.lru_cache(maxsize=1024)
+def _base_type(key: str) -> str:
+    ext = os.path.splitext(key)[1].lower()
     if ext in _EXTRA_TYPES:
         return _EXTRA_TYPES[ext]
-    guessed, _ = _MIME.guess_type(path, strict=False)
+    guessed, _ = _MIME.guess_type(key, strict=False)
     return guessed or "application/octet-stream"
 
 
-def content_type(path: str) -> str:
-    """The ``Content-Type`` an asset is served with; text types name their charset."""
-    kind = _base_type(path)
+@functools.lru_cache(maxsize=1024)
+def _content_type(key: str) -> str:
+    kind = _base_type(key)
     if kind.startswith("text/") or kind in _CHARSET_TYPES:
         kind += "; charset=utf-8"
     return kind
 
 
+def content_type(path: str) -> str:
+    """The ``Content-Type`` an asset is served with; text types name their charset."""
+    return _content_type(_type_key(path))
+
+
 def compressible(path: str) -> bool:
     """Whether precompressing the file can pay (text, SVG, JSON, wasm, uncompressed fonts)."""
-    kind = _base_type(path)
+    kind = _base_type(_type_key(path))
     return kind.startswith("text/") or kind in _COMPRESSIBLE_TYPES or kind.endswith("+xml")
 
 
@@ -226,7 +251,7 @@ def _gzip(data: bytes) -> bytes:
 # -- collecting the source -------------------------------------------------------------------
 
 
-def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, Path, os.stat_result]]:
+def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.stat_result]]:
     """Every regular file under *root* as ``(logical path, file path, stat)``, sorted.
 
     Symbolic links are followed when they stay inside *root*; one leading outside it,
@@ -234,21 +259,25 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, Path, os
     """
     real_root = os.path.realpath(root)
     skipped = set(skip)
-    found: list[tuple[str, Path, os.stat_result]] = []
+    found: list[tuple[str, str, os.stat_result]] = []
     # Each pending folder carries the real paths of its ancestors: a link back up the
     # tree would loop forever, a link to a sibling folder is just another name for it.
-    pending: list[tuple[str, Path, frozenset[str]]] = [("", root, frozenset((real_root,)))]
+    # Plain strings, not Path objects: a rebuild spends most of its time walking.
+    pending: list[tuple[str, str, frozenset[str]]] = [
+        ("", os.fspath(root), frozenset((real_root,)))
+    ]
     while pending:
         prefix, folder, ancestors = pending.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
         except OSError as exc:
             raise BuildError(f"Cannot read folder '{folder}': {exc.strerror}") from None
         for entry in entries:
             rel = prefix + entry.name
             if rel in skipped:
                 continue
-            path = Path(entry.path)
+            path = entry.path
             if entry.is_symlink():
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
@@ -275,7 +304,7 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, Path, os
     return found
 
 
-def _read(rel: str, path: Path) -> bytes:
+def _read(rel: str, path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
             return fh.read()
@@ -283,39 +312,70 @@ def _read(rel: str, path: Path) -> bytes:
         raise BuildError(f"Cannot read '{rel}': {exc.strerror or exc}") from None
 
 
-@dataclass
+@dataclass(eq=False)
 class _File:
     """One source file on its way to becoming an asset.
 
-    ``data`` stays ``None`` for a file the build cache vouches for (same stat, same
-    digest) until its bytes are needed: an unchanged image already in the store is
-    never read.
+    Everything is read on demand: a file the build cache vouches for (same stat, same
+    digest) is not read at all unless its bytes are needed, so an unchanged image
+    already in the store, or an unchanged module whose final name is cached, costs one
+    stat per build.
     """
 
     path: str
-    location: Path
-    data: bytes | None
+    location: str
     source_digest: str
+    size: int
+    data: bytes | None = None
     fixed_name: bool = False  # already hashed by a bundler (Vite): kept as is
-    text: str | None = None
-    refs: list[rewrite.Reference] = field(default_factory=list)
-    # For each reference resolved to a file of the source: (reference, target path).
-    links: list[tuple[rewrite.Reference, str]] = field(default_factory=list)
+    scanned: bool = False  # a stylesheet or JS module: its references are rewritten
+    # The references found in it, as cached (start, end, url, kind) lists until used.
+    raw_refs: list[list[Any]] | None = None
+    # What each reference resolves to (a logical path, or None when out of reach).
+    targets: list[str | None] = field(default_factory=list)
+    # The references resolved to a file of the source: (index in the references, path).
+    links: list[tuple[int, str]] = field(default_factory=list)
     final: bytes | None = None  # the served bytes, when they differ from the source's
     digest: str = ""
     name: str = ""
-    size: int = 0
+    # The final names of its links, when its digest came from the cache and its final
+    # bytes are only derived if the store lacks them.
+    pending: Mapping[str, str] | None = None
+    _text: str | None = None
+    _refs: list[rewrite.Reference] | None = None
 
-    def served(self) -> bytes:
-        """The bytes to store, read now if the build has not needed them so far."""
-        if self.final is not None:
-            return self.final
+    def source(self) -> bytes:
+        """The source bytes, read now if the build has not needed them so far."""
         if self.data is None:
             data = _read(self.path, self.location)
             if hashlib.sha256(data).hexdigest() != self.source_digest:
                 raise BuildError(f"'{self.path}' changed during the build")
             self.data = data
         return self.data
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.source().decode("utf-8", "surrogateescape")
+        return self._text
+
+    def references(self) -> list[rewrite.Reference]:
+        if self._refs is None:
+            if self.raw_refs is None:
+                scanner = rewrite.scanner_for(self.path)
+                self._refs = scanner(self.text()) if scanner is not None else []
+                self.raw_refs = [[r.start, r.end, r.url, r.kind] for r in self._refs]
+            else:
+                self._refs = [rewrite.Reference(s, e, u, k) for s, e, u, k in self.raw_refs]
+        return self._refs
+
+    def served(self) -> bytes:
+        """The bytes to store."""
+        if self.final is None and self.pending is not None:
+            final = _rewritten(self, self.pending)
+            if hashlib.sha256(final).hexdigest() != self.digest:
+                raise _CacheMismatch(self.path)
+            self.final, self.pending = final, None
+        return self.final if self.final is not None else self.source()
 
 
 # -- Vite ------------------------------------------------------------------------------------
@@ -365,43 +425,61 @@ def default_cache_dir() -> Path:
 # the same timestamp tick unseen (git's "racily clean" entries): such entries are not trusted.
 _RACY_NS = 2_000_000_000
 
+_SECTIONS = ("stat", "scan", "final", "blobs")
+
 
 class BuildCache:
     """What a rebuild of the same folder into the same store can skip.
 
-    * ``stat``: a file's (size, mtime, inode, ctime) -> the sha256 of its bytes, so an
-      unchanged image is neither read nor hashed again (like git's index);
-    * ``refs``: the references found in a CSS or JS file, keyed by the sha256 of its bytes
-      (scanning JavaScript is the one step that runs in Python character by character);
-    * ``integrity``: the SRI value of a stored blob, keyed by its sha256.
+    Sections, each a JSON object:
 
-    Keys are contents or full stat signatures, so an entry can be missing but not wrong.
-    There is one cache file per (source folder, store), rewritten with only the entries
-    the last build used, so it does not grow without bound. A missing, damaged or
-    unwritable cache only costs time.
+    * ``stat``: a file's logical path -> (size, mtime, inode, ctime, sha256 of its bytes,
+      when recorded), so an unchanged file is neither read nor hashed again (like git's
+      index);
+    * ``scan``: a CSS or JS file's logical path -> (sha256, static URL, the references
+      found in it, what each resolves to): scanning JavaScript is the one step that runs
+      in Python character by character;
+    * ``final``: the digest and size of a rewritten file, keyed by a hash of its source's
+      sha256 and the final names it references, so an unchanged module whose imports kept
+      their names is neither read nor rewritten;
+    * ``blobs``: a stored blob's sha256 -> (its stamp, see :meth:`Store.blob_stamp`, its
+      variants, its SRI value).
+
+    Keys are contents, full stat signatures or store stamps, so an entry can be missing
+    but not wrong; the file's header names the package and Python versions, so entries
+    made by other code are not trusted. There is one cache file per (source folder,
+    store), rewritten with only the entries the last build used, so it does not grow
+    without bound (and not rewritten when nothing changed). It holds plain data in
+    :mod:`marshal` form, the format of Python's own ``__pycache__`` (several times faster
+    to read and write than JSON, which matters when a rebuild takes a few tens of
+    milliseconds). A missing, damaged or unwritable cache only costs time.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.stat: dict[str, list[int | str]] = {}
-        self.refs: dict[str, list[rewrite.Reference]] = {}
-        self.integrity: dict[str, str] = {}
-        self.used_stat: dict[str, list[int | str]] = {}
-        self.used_refs: dict[str, list[rewrite.Reference]] = {}
-        self.used_integrity: dict[str, str] = {}
+        self._old: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        self._used: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+        self._changed = False
         if path is None:
             return
         try:
-            data = json.loads(path.read_bytes())
-            if data.get("version") == CACHE_VERSION:
-                self.stat = dict(data["stat"])
-                self.refs = {
-                    digest: [rewrite.Reference(s, e, u, k) for s, e, u, k in refs]
-                    for digest, refs in data["refs"].items()
-                }
-                self.integrity = dict(data["integrity"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self.stat, self.refs, self.integrity = {}, {}, {}
+            raw = path.read_bytes()
+            header = _cache_header()
+            if raw.startswith(header):
+                data = marshal.loads(raw[len(header) :])
+                loaded = {name: data[name] for name in _SECTIONS}
+                if all(isinstance(section, dict) for section in loaded.values()):
+                    self._old = loaded
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+            pass
+
+    @classmethod
+    def empty(cls, path: Path | None) -> BuildCache:
+        """A cache that knows nothing, saved to *path* (replacing what it held)."""
+        cache = cls(None)
+        cache.path = path
+        cache._changed = True
+        return cache
 
     @classmethod
     def open(cls, folder: Path | None, root: Path, store: Store) -> BuildCache:
@@ -410,69 +488,100 @@ class BuildCache:
         key = hashlib.sha256(
             f"{os.path.realpath(root)}\0{store.location}".encode("utf-8", "surrogateescape")
         )
-        return cls(folder / f"build-{key.hexdigest()[:24]}.json")
+        return cls(folder / f"build-{key.hexdigest()[:24]}.cache")
 
-    @staticmethod
-    def _signature(st: os.stat_result) -> list[int | str]:
-        return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-    def known_digest(self, path: Path, st: os.stat_result) -> str | None:
-        """The sha256 recorded for the file at *path* when its stat is unchanged."""
-        entry = self.stat.get(str(path))
-        if entry is None or entry[:4] != self._signature(st):
-            return None
-        recorded_at = entry[5] if len(entry) > 5 else 0
-        if not isinstance(recorded_at, int) or recorded_at - st.st_mtime_ns < _RACY_NS:
-            return None
-        self.used_stat[str(path)] = entry
-        digest = entry[4]
-        return digest if isinstance(digest, str) else None
-
-    def record_digest(self, path: Path, st: os.stat_result, digest: str) -> None:
-        self.used_stat[str(path)] = [*self._signature(st), digest, time.time_ns()]
-
-    def get_refs(self, digest: str) -> list[rewrite.Reference] | None:
-        refs = self.refs.get(digest)
-        if refs is not None:
-            self.used_refs[digest] = refs
-        return refs
-
-    def put_refs(self, digest: str, refs: list[rewrite.Reference]) -> None:
-        self.used_refs[digest] = refs
-
-    def get_integrity(self, digest: str) -> str | None:
-        value = self.integrity.get(digest)
+    def get(self, section: str, key: str) -> Any:
+        """The entry *key* of *section* (kept for the next build), or ``None``."""
+        value = self._old[section].get(key)
         if value is not None:
-            self.used_integrity[digest] = value
+            self._used[section][key] = value
         return value
 
-    def put_integrity(self, digest: str, value: str) -> None:
-        self.used_integrity[digest] = value
+    def put(self, section: str, key: str, value: Any) -> None:
+        self._used[section][key] = value
+        self._changed = True
+
+    def known_digest(self, path: str, st: os.stat_result) -> str | None:
+        """The sha256 recorded for the file at *path* when its stat is unchanged."""
+        entry = self._old["stat"].get(path)
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 6
+            or entry[0] != st.st_size
+            or entry[1] != st.st_mtime_ns
+            or entry[2] != st.st_ino
+            or entry[3] != st.st_ctime_ns
+        ):
+            return None
+        digest, recorded_at = entry[4], entry[5]
+        if not isinstance(recorded_at, int) or recorded_at - st.st_mtime_ns < _RACY_NS:
+            return None
+        if not _is_digest(digest):
+            return None
+        self._used["stat"][path] = entry
+        return str(digest)
+
+    def record_digest(self, path: str, st: os.stat_result, digest: str) -> None:
+        signature = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+        self.put("stat", path, [*signature, digest, time.time_ns()])
 
     def save(self) -> None:
         if self.path is None:
             return
-        payload = {
-            "version": CACHE_VERSION,
-            "stat": self.used_stat,
-            "refs": {
-                digest: [[r.start, r.end, r.url, r.kind] for r in refs]
-                for digest, refs in self.used_refs.items()
-            },
-            "integrity": self.used_integrity,
-        }
+        if not self._changed and all(
+            len(self._used[name]) == len(self._old[name]) for name in _SECTIONS
+        ):
+            return  # the same entries as the file holds: nothing to write
+        payload = _cache_header() + marshal.dumps(self._used)
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
             try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    # dumps, not dump: one call into the C encoder instead of a write
-                    # per token.
-                    fh.write(json.dumps(payload, separators=(",", ":")))
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(payload)
                 os.replace(tmp, self.path)
             except OSError:
                 os.unlink(tmp)
                 raise
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64
+
+
+def _valid_scan(entry: object) -> bool:
+    """Whether a ``scan`` entry of the cache has its shape (a damaged one is ignored)."""
+    if not (isinstance(entry, list) and len(entry) == 4):
+        return False
+    _, _, refs, targets = entry
+    return (
+        isinstance(refs, list)
+        and isinstance(targets, list)
+        and len(refs) == len(targets)
+        and all(
+            isinstance(ref, list)
+            and len(ref) == 4
+            and isinstance(ref[0], int)
+            and isinstance(ref[1], int)
+            and isinstance(ref[2], str)
+            and isinstance(ref[3], str)
+            for ref in refs
+        )
+        and all(target is None or isinstance(target, str) for target in targets)
+    )
+
+
+def _valid_variants(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        type(name) is str and type(size) is int for name, size in value.items()
+    )
+
+
+def _cache_header() -> bytes:
+    from . import __version__
+
+    python = ".".join(map(str, sys.version_info[:2]))
+    return f"deploysync build cache {CACHE_VERSION} {__version__} {python}\n".encode()
 
 
 # -- naming ----------------------------------------------------------------------------------
@@ -531,15 +640,46 @@ def strongly_connected(nodes: Sequence[str], edges: Mapping[str, Sequence[str]])
 
 
 def _rewritten(file: _File, names: Mapping[str, str]) -> bytes:
-    assert file.text is not None
-    targets = {id(ref): target for ref, target in file.links}
+    refs = file.references()
+    targets = {id(refs[index]): target for index, target in file.links}
 
     def replace(ref: rewrite.Reference) -> str | None:
         target = targets.get(id(ref))
         return None if target is None else rewrite.retarget(ref.url, names[target])
 
-    text = rewrite.apply(file.text, file.refs, replace)
-    return file.served() if text is file.text else text.encode("utf-8", "surrogateescape")
+    text = file.text()
+    rewritten = rewrite.apply(text, refs, replace)
+    return file.source() if rewritten is text else rewritten.encode("utf-8", "surrogateescape")
+
+
+def _name_one(file: _File, names: dict[str, str], cache: BuildCache) -> None:
+    """Name a file that references others (outside any cycle), once they are named.
+
+    Its final bytes are a function of its source and the names it references: the
+    cache maps both to the final digest, so the bytes are derived only when the store
+    needs them.
+    """
+    key = hashlib.sha256(
+        "\0".join(
+            [file.source_digest, *(f"{index}:{names[target]}" for index, target in file.links)]
+        ).encode("utf-8", "surrogateescape")
+    ).hexdigest()
+    known = cache.get("final", key)
+    if (
+        isinstance(known, list)
+        and len(known) == 2
+        and _is_digest(known[0])
+        and isinstance(known[1], int)
+    ):
+        file.digest, file.size = known
+        file.pending = names
+    else:
+        file.final = _rewritten(file, names)
+        file.digest = hashlib.sha256(file.final).hexdigest()
+        file.size = len(file.final)
+        cache.put("final", key, [file.digest, file.size])
+    file.name = hashed_name(file.path, file.digest)
+    names[file.path] = file.name
 
 
 def _name_component(members: list[_File], names: dict[str, str]) -> None:
@@ -569,8 +709,8 @@ def _name_component(members: list[_File], names: dict[str, str]) -> None:
         member.size = len(member.final)
 
 
-def _name_all(files: dict[str, _File]) -> None:
-    """Give every file its final bytes, digest and hashed name, dependencies first."""
+def _name_all(files: dict[str, _File], cache: BuildCache) -> None:
+    """Give every file its digest and hashed name, dependencies first."""
     names: dict[str, str] = {}
     for file in files.values():
         if not file.links:
@@ -584,12 +724,7 @@ def _name_all(files: dict[str, _File]) -> None:
     for component in strongly_connected(graph_nodes, edges):
         first = component[0]
         if len(component) == 1 and first not in edges[first]:
-            file = files[first]
-            file.final = _rewritten(file, names)
-            file.digest = hashlib.sha256(file.final).hexdigest()
-            file.size = len(file.final)
-            file.name = hashed_name(file.path, file.digest)
-            names[file.path] = file.name
+            _name_one(files[first], names, cache)
         else:
             _name_component([files[p] for p in component], names)
 
@@ -660,39 +795,53 @@ def build(
         if progress is not None and count:
             progress(done, total_steps)
 
-    warnings: list[str] = []
     fixed = vite_files(vite_manifest)
-    for missing in sorted(fixed - {rel for rel, _, _ in entries}):
-        warnings.append(f"{VITE_MANIFEST}: names missing file '{missing}'")
+    vite_warnings = [
+        f"{VITE_MANIFEST}: names missing file '{missing}'"
+        for missing in sorted(fixed - {rel for rel, _, _ in entries})
+    ]
 
-    # Reading, hashing, compressing and writing all release the GIL: threads keep every
-    # core and the disk busy without the cost of shipping bytes to other processes. Twice
-    # the cores, so that a thread waiting on the disk does not leave a core idle.
-    with ThreadPoolExecutor(max_workers=2 * workers) as pool:
-        files = _load(entries, fixed, build_cache, pool, step)
-    # Between the two pools no thread of ours runs, so scanning may fork worker processes.
-    warnings += _link(files, static_url, build_cache, workers)
+    def attempt(cache: BuildCache) -> tuple[BuildResult, list[str]]:
+        nonlocal done
+        done = 0
+        # Reading, hashing, compressing and writing all release the GIL: threads keep
+        # every core and the disk busy without the cost of shipping bytes to other
+        # processes. Twice the cores, so that a thread waiting on the disk does not leave
+        # a core idle.
+        with ThreadPoolExecutor(max_workers=2 * workers) as pool:
+            files = _load(entries, fixed, cache, pool, step)
+        # Between the two pools no thread of ours runs, so scanning may fork processes.
+        found = vite_warnings + _link(files, static_url, cache, workers)
+        if strict and found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise BuildError(found[0] + more)
+        _name_all(files, cache)
+        with ThreadPoolExecutor(max_workers=2 * workers) as pool:
+            result = _store(
+                list(files.values()),
+                store,
+                pool,
+                static_url=static_url,
+                deployment_id=deployment_id,
+                activate=activate,
+                compress=compress,
+                brotli_quality=brotli_quality,
+                extra={"vite": vite_manifest} if vite else {},
+                cache=cache,
+                step=step,
+            )
+        return result, found
+
+    try:
+        result, warnings = attempt(build_cache)
+    except _CacheMismatch:
+        # An entry of the cache did not hold (damaged, or written by other code): build
+        # again without it. Blobs written meanwhile are right (named by their content).
+        build_cache = BuildCache.empty(build_cache.path)
+        result, warnings = attempt(build_cache)
     if warnings and warn is not None:
         for message in warnings:
             warn(message)
-    if strict and warnings:
-        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
-        raise BuildError(warnings[0] + more)
-    _name_all(files)
-    with ThreadPoolExecutor(max_workers=2 * workers) as pool:
-        result = _store(
-            [files[path] for path in sorted(files)],
-            store,
-            pool,
-            static_url=static_url,
-            deployment_id=deployment_id,
-            activate=activate,
-            compress=compress,
-            brotli_quality=brotli_quality,
-            extra={"vite": vite_manifest} if vite else {},
-            cache=build_cache,
-            step=step,
-        )
     build_cache.save()
     result.warnings = warnings
     result.seconds = time.perf_counter() - started
@@ -700,30 +849,41 @@ def build(
 
 
 def _load(
-    entries: list[tuple[str, Path, os.stat_result]],
+    entries: list[tuple[str, str, os.stat_result]],
     fixed: set[str],
     cache: BuildCache,
     pool: Executor,
     step: Callable[[int], None],
 ) -> dict[str, _File]:
-    """A :class:`_File` per entry: digests from the cache or from reading the file."""
-
-    def load(entry: tuple[str, Path, os.stat_result]) -> _File:
-        rel, path, st = entry
-        is_fixed = rel in fixed
-        scanned = not is_fixed and rewrite.scanner_for(rel) is not None
-        digest = cache.known_digest(path, st)
-        if digest is not None and not scanned:
-            return _File(rel, path, None, digest, fixed_name=is_fixed, size=st.st_size)
-        data = _read(rel, path)
-        digest = hashlib.sha256(data).hexdigest()
-        cache.record_digest(path, st, digest)
-        return _File(rel, path, data, digest, fixed_name=is_fixed, size=len(data))
-
+    """A :class:`_File` per entry, in order: digests from the cache or from reading."""
     files: dict[str, _File] = {}
-    for batch in pool.map(lambda items: [load(item) for item in items], _batches(entries)):
+    unknown: list[_File] = []
+    for rel, location, st in entries:
+        is_fixed = rel in fixed
+        file = _File(
+            rel,
+            location,
+            cache.known_digest(rel, st) or "",
+            st.st_size,
+            fixed_name=is_fixed,
+            scanned=not is_fixed and rewrite.scanner_for(rel) is not None,
+        )
+        files[rel] = file
+        if not file.source_digest:
+            unknown.append(file)
+    step(len(entries) - len(unknown))
+    stats = {rel: st for rel, _, st in entries}
+
+    def load(file: _File) -> _File:
+        data = _read(file.path, file.location)
+        file.data = data
+        file.size = len(data)
+        file.source_digest = hashlib.sha256(data).hexdigest()
+        return file
+
+    for batch in pool.map(lambda items: [load(item) for item in items], _batches(unknown)):
         for file in batch:
-            files[file.path] = file
+            cache.record_digest(file.path, stats[file.path], file.source_digest)
         step(len(batch))
     return files
 
@@ -736,17 +896,17 @@ def _batches(items: Sequence[_T], size: int = 16) -> list[Sequence[_T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def _scan_batch(jobs: list[tuple[str, str]]) -> list[list[tuple[int, int, str, str]]]:
-    """Scan (path, text) pairs in a worker process; plain tuples cross the process boundary."""
+def _scan_batch(jobs: list[tuple[str, str]]) -> list[list[list[Any]]]:
+    """Scan (path, text) pairs in a worker process; plain lists cross the process boundary."""
     results = []
     for path, text in jobs:
         scanner = rewrite.scanner_for(path)
         refs = scanner(text) if scanner is not None else []
-        results.append([(r.start, r.end, r.url, r.kind) for r in refs])
+        results.append([[r.start, r.end, r.url, r.kind] for r in refs])
     return results
 
 
-def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[rewrite.Reference]]:
+def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[list[Any]]]:
     """The references of each (path, text), on several processes when there is much text."""
     total = sum(len(text) for _, text in jobs)
     # Only forked workers are cheap enough, and only a process without other threads may
@@ -754,7 +914,7 @@ def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[rewrite.Refere
     # workers would also re-run a caller's unguarded __main__ script.
     can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
     if workers < 2 or total < PARALLEL_SCAN_BYTES or not can_fork:
-        return [[rewrite.Reference(*r) for r in refs] for refs in _scan_batch(jobs)]
+        return _scan_batch(jobs)
     # Balanced batches, largest first; one batch per worker keeps pickling cheap.
     batches: list[list[int]] = [[] for _ in range(workers)]
     loads = [0] * workers
@@ -762,45 +922,53 @@ def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[rewrite.Refere
         lightest = loads.index(min(loads))
         batches[lightest].append(index)
         loads[lightest] += len(jobs[index][1])
-    results: list[list[rewrite.Reference]] = [[] for _ in jobs]
+    results: list[list[list[Any]]] = [[] for _ in jobs]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as procs:
         scanned = procs.map(_scan_batch, [[jobs[i] for i in batch] for batch in batches])
         for batch, batch_refs in zip(batches, scanned, strict=True):
             for index, refs in zip(batch, batch_refs, strict=True):
-                results[index] = [rewrite.Reference(*r) for r in refs]
+                results[index] = refs
     return results
 
 
 def _link(files: dict[str, _File], static_url: str, cache: BuildCache, workers: int) -> list[str]:
-    """Scan the CSS and JS files and resolve their references; return the warnings."""
-    todo: list[_File] = []
-    for path, file in files.items():
-        if file.fixed_name or rewrite.scanner_for(path) is None:
-            continue
-        assert file.data is not None  # scanned files are always read
-        file.text = file.data.decode("utf-8", "surrogateescape")
-        refs = cache.get_refs(file.source_digest)
-        if refs is None:
-            todo.append(file)
-        else:
-            file.refs = refs
-    if todo:
-        scanned = _scan([(f.path, f.text or "") for f in todo], workers)
-        for file, refs in zip(todo, scanned, strict=True):
-            file.refs = refs
-            cache.put_refs(file.source_digest, refs)
+    """Find what the CSS and JS files reference, resolved to files; return the warnings.
+
+    References and their resolution come from the cache for a file seen before; only
+    new contents are scanned (several at once, on all cores, when there are many).
+    """
+    scanned = [file for file in files.values() if file.scanned]
+    unresolved: list[_File] = []
+    unscanned: list[_File] = []
+    for file in scanned:
+        known = cache.get("scan", file.path)
+        if _valid_scan(known) and known[0] == file.source_digest:
+            file.raw_refs = known[2]
+            if known[1] == static_url:
+                file.targets = known[3]
+                continue
+        unresolved.append(file)
+        if file.raw_refs is None:
+            unscanned.append(file)
+    if unscanned:
+        found = _scan([(file.path, file.text()) for file in unscanned], workers)
+        for file, refs in zip(unscanned, found, strict=True):
+            file.raw_refs = refs
+    for file in unresolved:
+        file.targets = [rewrite.resolve(ref, file.path, static_url) for ref in file.references()]
+        cache.put("scan", file.path, [file.source_digest, static_url, file.raw_refs, file.targets])
 
     warnings: list[str] = []
-    for path, file in files.items():
-        for ref in file.refs:
-            target = rewrite.resolve(ref, path, static_url)
+    for file in scanned:
+        for index, target in enumerate(file.targets):
             if target is None:
                 continue
             if target in files:
-                file.links.append((ref, target))
+                file.links.append((index, target))
             else:
-                line = rewrite.line_of(file.text or "", ref.start)
-                warnings.append(f"{path}:{line}: reference to missing file '{ref.url}'")
+                ref = file.references()[index]
+                line = rewrite.line_of(file.text(), ref.start)
+                warnings.append(f"{file.path}:{line}: reference to missing file '{ref.url}'")
     return warnings
 
 
@@ -826,36 +994,46 @@ def _store(
     unique: dict[str, _File] = {}
     for file in files:
         unique.setdefault(file.digest, file)
+    # Per blob: its variants and SRI value, from the store, the cache or the bytes.
+    variants: dict[str, Mapping[str, int]] = {}
+    signatures: dict[str, str] = {}
     # What the manifest will name is known before the store is touched: the id (derived
     # from it, or the user's) and each file's name and digest.
-    content = {(f.path, f.name, f.digest, content_type(f.path)) for f in files}
+    kinds = [content_type(file.path) for file in files]
     ident = deployment_id or derive_id(
         static_url,
-        (Asset(path, name, digest, 0, kind, "") for path, name, digest, kind in content),
+        (
+            Asset(f.path, f.name, f.digest, 0, kind, "")
+            for f, kind in zip(files, kinds, strict=True)
+        ),
         extra,
     )
     with store.lock():
         if store.exists(ident):
-            existing = store.load(ident)
-            same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
-            if same != content or existing.static_url != static_url:
-                raise BuildError(
-                    f"Deployment {ident!r} already exists in {store.location} with other"
-                    " content; choose another --id"
-                )
-            # A rebuild of what is published already: nothing to write.
-            step(len(files))
-            if activate:
-                store.activate(ident)
-            return BuildResult(existing, False, 0, len(unique), activated=activate)
-        variants: dict[str, Mapping[str, int]] = {}
+            return _existing(store, ident, files, kinds, static_url, activate, cache, step)
         new: list[_File] = []
+        unsigned: list[_File] = []
+        stamps: dict[str, str | None] = {}
         for digest, file in unique.items():
-            found = store.blob_variants(digest)
-            if found is None:
+            stamp = stamps[digest] = store.blob_stamp(digest)
+            if stamp is None:
                 new.append(file)
+                continue
+            known = cache.get("blobs", digest)
+            if not (isinstance(known, list) and len(known) == 3):
+                known = [None, None, None]
+            if known[0] == stamp and _valid_variants(known[1]):
+                variants[digest] = known[1]
             else:
-                variants[digest] = found
+                found = store.blob_variants(digest)
+                if found is None:
+                    new.append(file)
+                    continue
+                variants[digest] = dict(found)
+            if isinstance(known[2], str):
+                signatures[digest] = known[2]
+            else:
+                unsigned.append(file)
 
         def save(file: _File) -> tuple[str, dict[str, int]]:
             data = file.served()
@@ -866,45 +1044,41 @@ def _store(
 
         # Largest first, so the pool does not end on one big file while other cores idle.
         new.sort(key=lambda f: f.size, reverse=True)
-        signatures: dict[str, str] = {}
         saved = pool.map(lambda batch: [save(f) for f in batch], _batches(new, 8))
         for batch, results in zip(_batches(new, 8), saved, strict=True):
             for file, (value, sizes) in zip(batch, results, strict=True):
                 variants[file.digest] = sizes
                 signatures[file.digest] = value
             step(len(batch))
-        unsigned = []
-        for digest, file in unique.items():
-            if digest not in signatures:
-                recorded = cache.get_integrity(digest)
-                if recorded is None:
-                    unsigned.append(file)
-                else:
-                    signatures[digest] = recorded
         for file, value in zip(
             unsigned, pool.map(lambda f: integrity(f.served()), unsigned), strict=True
         ):
             signatures[file.digest] = value
-        for digest, value in signatures.items():
-            cache.put_integrity(digest, value)
+        for digest in unique:
+            known = cache.get("blobs", digest)
+            stamp = stamps.get(digest) or store.blob_stamp(digest)
+            entry = [stamp, variants[digest], signatures[digest]]
+            if known != entry:
+                cache.put("blobs", digest, entry)
         step(len(files) - len(new))
 
-        assets = [
-            Asset(
-                path=file.path,
-                name=file.name,
-                digest=file.digest,
-                size=file.size,
-                content_type=content_type(file.path),
-                integrity=signatures[file.digest],
-                encodings=MappingProxyType(dict(sorted(variants[file.digest].items()))),
-            )
-            for file in files
-        ]
         deployment = Deployment(
             id=ident,
             static_url=static_url,
-            assets=MappingProxyType({a.path: a for a in assets}),
+            assets=MappingProxyType(
+                {
+                    file.path: Asset(
+                        path=file.path,
+                        name=file.name,
+                        digest=file.digest,
+                        size=file.size,
+                        content_type=kind,
+                        integrity=signatures[file.digest],
+                        encodings=MappingProxyType(dict(sorted(variants[file.digest].items()))),
+                    )
+                    for file, kind in zip(files, kinds, strict=True)
+                }
+            ),
             created=time.time(),
             extra=MappingProxyType(dict(extra)),
         )
@@ -914,3 +1088,33 @@ def _store(
         if activate:
             store.activate(ident)
     return BuildResult(deployment, created, len(new), len(unique) - len(new), activated=activate)
+
+
+def _existing(
+    store: Store,
+    ident: str,
+    files: list[_File],
+    kinds: list[str],
+    static_url: str,
+    activate: bool,
+    cache: BuildCache,
+    step: Callable[[int], None],
+) -> BuildResult:
+    """A rebuild of what the store holds already: check it is the same, write nothing."""
+    existing = store.load(ident)
+    same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
+    content = {(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)}
+    if same != content or existing.static_url != static_url:
+        raise BuildError(
+            f"Deployment {ident!r} already exists in {store.location} with other"
+            " content; choose another --id"
+        )
+    # What the next build may need again is kept in the cache.
+    for asset in existing.assets.values():
+        known = cache.get("blobs", asset.digest)
+        if not (isinstance(known, list) and len(known) == 3):
+            cache.put("blobs", asset.digest, [None, dict(asset.encodings), asset.integrity])
+    step(len(files))
+    if activate:
+        store.activate(ident)
+    return BuildResult(existing, False, 0, len(existing.digests()), activated=activate)

@@ -6,6 +6,7 @@ lock, a cheap change probe); listing and pruning are written once here on top of
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from abc import ABC, abstractmethod
@@ -83,6 +84,17 @@ class Store(ABC):
     def blob_variants(self, digest: str) -> Mapping[str, int] | None:
         """``None`` when the blob is absent; else its stored encodings and their sizes
         (``{"gzip": 812}``)."""
+
+    def blob_stamp(self, digest: str) -> str | None:
+        """``None`` when the blob is absent; else a token that stays the same while the
+        stored blob is the same one (not deleted and stored again since).
+
+        A build remembers each blob's variants next to its stamp, so a rebuild checks a
+        stamp instead of asking for every variant again. This default is the variants
+        themselves; a backend with a cheaper token overrides it.
+        """
+        variants = self.blob_variants(digest)
+        return None if variants is None else json.dumps(sorted(variants.items()))
 
     @abstractmethod
     def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:

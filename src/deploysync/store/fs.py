@@ -19,6 +19,7 @@ deployment.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import stat
@@ -44,6 +45,9 @@ from .base import (
 SUFFIXES = {"br": ".br", "gzip": ".gz"}
 RECORD = "current.json"
 
+# Names of temporary files: unique in this process (with the pid, on this machine).
+_serial = itertools.count()
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -63,6 +67,9 @@ class FileStore(Store):
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_file: int | None = None
+        # Blobs found or written while this object holds the lock: no other writer can
+        # remove them before it is released, so publish need not look for them again.
+        self._seen: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FileStore({self.location!r})"
@@ -78,16 +85,25 @@ class FileStore(Store):
         return self._objects / digest[:2] / (digest + suffix)
 
     def _write_atomic(self, target: Path, data: bytes, *, durable: bool = False) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=target.name[:40] + ".")
+        # Plain system calls: a build writes thousands of small files, and a file object
+        # and a second path lookup per file cost as much as the writing.
+        tmp = f"{self._tmp}/{target.name[:40]}.{os.getpid()}.{next(_serial)}.{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o644)  # whatever the umask
                 if durable:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:  # the first file of its folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -130,6 +146,7 @@ class FileStore(Store):
             finally:
                 self._lock_depth -= 1
                 if self._lock_depth == 0 and self._lock_file is not None:
+                    self._seen.clear()
                     os.close(self._lock_file)  # closing releases the flock
                     self._lock_file = None
 
@@ -161,6 +178,19 @@ class FileStore(Store):
                 continue
         return found
 
+    def blob_stamp(self, digest: str) -> str | None:
+        # One stat: put_blob writes the variants before the plain file, delete_blob removes
+        # them before it, and a blob stored again is a new file (new inode and times).
+        try:
+            st = os.stat(f"{self._objects_str}/{check_digest(digest)[:2]}/{digest}")
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if self._lock_depth:
+            self._seen.add(digest)
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
     def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
         # Variants first: a blob whose plain file exists is complete.
         for encoding, payload in variants.items():
@@ -169,6 +199,8 @@ class FileStore(Store):
             self._write_atomic(self._blob(digest, encoding), payload)
         if not self._blob(digest).is_file():
             self._write_atomic(self._blob(digest), data)
+        if self._lock_depth:
+            self._seen.add(digest)
 
     def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
         try:
@@ -193,6 +225,7 @@ class FileStore(Store):
                     yield entry.name
 
     def delete_blob(self, digest: str) -> int:
+        self._seen.discard(digest)
         freed = 0
         # The plain file last: while it exists the blob counts as complete.
         for encoding in (*ENCODINGS, None):
@@ -216,7 +249,7 @@ class FileStore(Store):
             if target.exists():
                 return False
             objects = self._objects_str
-            for digest in deployment.digests():
+            for digest in deployment.digests() - self._seen:
                 if not os.path.isfile(f"{objects}/{check_digest(digest)[:2]}/{digest}"):
                     raise StoreError(f"Cannot publish {deployment.id}: blob {digest} is missing")
             self._write_atomic(target, deployment.dumps(), durable=True)

@@ -3,7 +3,8 @@
 Generates a realistic frontend tree (cached under ``bench/.work/``) and times, each in a
 fresh subprocess:
 
-* ``deploysync build`` with compression, without, and a rebuild after a one-file change;
+* ``deploysync build`` with compression, without, and rebuilds after a one-file change
+  (first build and rebuilds: the median of three runs);
 * Django ``collectstatic`` with ``ManifestStaticFilesStorage`` (JS module rewriting on);
 * whitenoise's ``CompressedManifestStaticFilesStorage`` (the same);
 * the floor: a plain loop that reads, sha256-hashes and writes a hashed copy of each file.
@@ -28,6 +29,7 @@ import os
 import random
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -321,19 +323,36 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(scratch)
 
         def timed(
-            label: str, name: str, source: Path, *extra: str, out: Path | None = None
+            label: str,
+            name: str,
+            source: Path,
+            *extra: str,
+            out: Callable[[int], Path] | None = None,
+            repeat: int = 1,
+            before: Callable[[int], None] | None = None,
         ) -> None:
-            target = out or work / label.replace(" ", "-")
-            result = measure(name, source, target, *extra)
-            if isinstance(result, tuple):
-                results[label], cpu_results[label] = result
-                shown = f"{result[0]:8.2f} s  (CPU {result[1]:7.2f} s)"
-            else:
-                results[label] = result
-                shown = f"FAILED: {result}"
+            """Run a contender *repeat* times (each after ``before(i)``); keep the median."""
+            walls: list[float] = []
+            cpus: list[float] = []
+            for i in range(repeat):
+                if before is not None:
+                    before(i)
+                target = out(i) if out is not None else work / label.replace(" ", "-")
+                result = measure(name, source, target, *extra)
+                if out is None:
+                    shutil.rmtree(target, ignore_errors=True)
+                if isinstance(result, str):
+                    results[label] = result
+                    print(f"  {label:<54} FAILED: {result}", flush=True)
+                    return
+                walls.append(result[0])
+                cpus.append(result[1])
+            results[label] = statistics.median(walls)
+            cpu_results[label] = statistics.median(cpus)
+            shown = f"{results[label]:8.3f} s  (CPU {cpu_results[label]:7.3f} s)"
+            if repeat > 1:
+                shown += "  median of " + ", ".join(f"{w:.3f}" for w in walls)
             print(f"  {label:<54} {shown}", flush=True)
-            if out is None:
-                shutil.rmtree(target, ignore_errors=True)
 
         timed("floor (read, sha256, write)", "floor", src)
         # deploysync builds a working copy, edited in place for the rebuilds as a developer
@@ -341,19 +360,51 @@ def main(argv: list[str] | None = None) -> int:
         tree_copy = work / "tree"
         shutil.copytree(src, tree_copy)
         timed("deploysync build --no-compress", "deploysync", tree_copy, "--no-compress")
+        # Each first build goes to a new store with an empty build cache; the last one is
+        # kept for the rebuilds.
         kept = work / "kept"
-        timed("deploysync build", "deploysync", tree_copy, out=kept)
-        timed("deploysync rebuild, nothing changed", "deploysync", tree_copy, out=kept)
+
+        def first_out(i: int) -> Path:
+            if i:
+                shutil.rmtree(kept, ignore_errors=True)
+            return kept
+
+        timed("deploysync build", "deploysync", tree_copy, out=first_out, repeat=3)
+        timed(
+            "deploysync rebuild, nothing changed",
+            "deploysync",
+            tree_copy,
+            out=lambda i: kept,
+            repeat=3,
+        )
+
         # A leaf change: one stylesheet that nothing imports.
-        edited = tree_copy / "css" / "part-000.css"
-        edited.write_text(edited.read_text() + "\n.changed { color: red; }\n")
-        timed("deploysync rebuild, one CSS file changed", "deploysync", tree_copy, out=kept)
+        def edit_css(i: int) -> None:
+            edited = tree_copy / "css" / "part-000.css"
+            edited.write_text(edited.read_text() + f"\n.changed-{i} {{ color: red; }}\n")
+
+        timed(
+            "deploysync rebuild, one CSS file changed",
+            "deploysync",
+            tree_copy,
+            out=lambda i: kept,
+            repeat=3,
+            before=edit_css,
+        )
+
         # A module in the middle of the import graph: every importer up to the entry
         # points is renamed, rewritten and compressed again.
-        edited = tree_copy / "js" / f"l{shape.levels // 2:02d}" / "m000.js"
-        edited.write_text(edited.read_text() + "\nexport const changed = 1;\n")
+        def edit_js(i: int) -> None:
+            edited = tree_copy / "js" / f"l{shape.levels // 2:02d}" / "m000.js"
+            edited.write_text(edited.read_text() + f"\nexport const changed{i} = 1;\n")
+
         timed(
-            "deploysync rebuild, one mid-graph JS module changed", "deploysync", tree_copy, out=kept
+            "deploysync rebuild, one mid-graph JS module changed",
+            "deploysync",
+            tree_copy,
+            out=lambda i: kept,
+            repeat=3,
+            before=edit_js,
         )
         if not args.skip_django:
             timed("django, defaults (no cycle)", "django", acyclic)

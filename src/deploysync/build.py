@@ -655,15 +655,13 @@ def _rewritten(file: _File, names: Mapping[str, str]) -> bytes:
 def _name_one(file: _File, names: dict[str, str], cache: BuildCache) -> None:
     """Name a file that references others (outside any cycle), once they are named.
 
-    Its final bytes are a function of its source and the names it references: the
-    cache maps both to the final digest, so the bytes are derived only when the store
-    needs them.
+    Its final bytes are a function of its path (which picks the scanner), its source
+    and the names it references: the cache maps these to the final digest, so the bytes
+    are derived only when the store needs them.
     """
-    key = hashlib.sha256(
-        "\0".join(
-            [file.source_digest, *(f"{index}:{names[target]}" for index, target in file.links)]
-        ).encode("utf-8", "surrogateescape")
-    ).hexdigest()
+    parts = [file.path, file.source_digest]
+    parts += [f"{index}:{names[target]}" for index, target in file.links]
+    key = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
     known = cache.get("final", key)
     if (
         isinstance(known, list)

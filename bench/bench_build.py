@@ -269,6 +269,9 @@ def measure(
 ) -> tuple[float, float] | str:
     """(wall, CPU) seconds taken by contender *name* in a fresh interpreter, or its error."""
     command = [sys.executable, __file__, "--run", name, str(src), str(out), *extra]
+    # Start from a quiet disk: what earlier runs wrote or deleted is not charged to this one.
+    os.sync()
+    time.sleep(1)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

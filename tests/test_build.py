@@ -543,6 +543,29 @@ def test_a_damaged_cache_only_costs_time(site: Path, store: FileStore) -> None:
     assert build(site, store).deployment == first
 
 
+@pytest.mark.parametrize("compress_again", [False, True])
+def test_rebuild_after_its_deployment_was_pruned(
+    site: Path, store: FileStore, tmp_path: Path, compress_again: bool
+) -> None:
+    # The cache trusts its entries about blobs only while the deployment it last made is
+    # published: once pruned, its blobs may be gone or stored again differently.
+    first = build(site, store, activate=True).deployment
+    _age_stat_cache()
+    other = write_tree(tmp_path / "other", {"x.css": "body { color: red }\n" * 40})
+    build(other, store, activate=True)
+    store.prune(keep=1)
+    assert not store.exists(first.id)
+    assert not any(store.blob_stamp(a.digest) for a in first.assets.values())
+    again = build(site, store, compress=compress_again).deployment
+    assert again.id == first.id
+    for asset in again.assets.values():
+        assert store.blob_variants(asset.digest) == asset.encodings
+        assert store.read_blob(asset.digest)
+        for encoding in asset.encodings:
+            assert len(store.read_blob(asset.digest, encoding)) == asset.encodings[encoding]
+    assert any(a.encodings for a in again.assets.values()) is compress_again
+
+
 @pytest.mark.parametrize("junk", [None, 7, "x", [], [1, 2, 3], {"a": 1}, ["a" * 64, -1]])
 def test_cache_entries_of_the_wrong_shape_are_ignored(
     site: Path, store: FileStore, tmp_path: Path, junk: object
@@ -552,12 +575,37 @@ def test_cache_entries_of_the_wrong_shape_are_ignored(
     cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
     header, _, body = cache_file.read_bytes().partition(b"\n")
     data = marshal.loads(body)
-    for section in data.values():
-        for key in section:
-            section[key] = junk
+    assert data["base"] == [first.id, store.deployment_stamp(first.id)]
+    for name, section in data.items():
+        if isinstance(section, dict):
+            for key in section:
+                section[key] = junk
+        else:
+            data[name] = junk
     cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
     assert build(site, store).deployment == first
     assert build(site, tmp_path / "other").deployment.assets == first.assets
+
+
+@pytest.mark.parametrize(
+    "packed", [b"", b"\x00garbage", marshal.dumps([[1, 2]]), marshal.dumps([])]
+)
+def test_damaged_packed_references_only_cost_time(
+    site: Path, store: FileStore, packed: bytes
+) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    header, _, body = cache_file.read_bytes().partition(b"\n")
+    data = marshal.loads(body)
+    assert data["scan"]
+    for entry in data["scan"].values():
+        entry[2] = packed
+    # Also force the rewrite of every module, which needs the references.
+    data["final"].clear()
+    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+    shutil.rmtree(store.root)
+    assert build(site, store).deployment.assets == first.assets
 
 
 # -- Vite ------------------------------------------------------------------------------------

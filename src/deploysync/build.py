@@ -46,7 +46,7 @@ from .manifest import (
     Asset,
     Deployment,
     DeploySyncError,
-    derive_id,
+    derive_id_of_rows,
     normalize_static_url,
     validate_id,
 )
@@ -312,7 +312,7 @@ def _read(rel: str, path: str) -> bytes:
         raise BuildError(f"Cannot read '{rel}': {exc.strerror or exc}") from None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _File:
     """One source file on its way to becoming an asset.
 
@@ -329,8 +329,9 @@ class _File:
     data: bytes | None = None
     fixed_name: bool = False  # already hashed by a bundler (Vite): kept as is
     scanned: bool = False  # a stylesheet or JS module: its references are rewritten
-    # The references found in it, as cached (start, end, url, kind) lists until used.
-    raw_refs: list[list[Any]] | None = None
+    # The references found in it as the cache keeps them: a list of (start, end, url,
+    # kind) lists in marshal form, loaded only when a rewrite needs them.
+    packed_refs: bytes | None = None
     # What each reference resolves to (a logical path, or None when out of reach).
     targets: list[str | None] = field(default_factory=list)
     # The references resolved to a file of the source: (index in the references, path).
@@ -360,13 +361,19 @@ class _File:
 
     def references(self) -> list[rewrite.Reference]:
         if self._refs is None:
-            if self.raw_refs is None:
+            if self.packed_refs is None:
                 scanner = rewrite.scanner_for(self.path)
-                self._refs = scanner(self.text()) if scanner is not None else []
-                self.raw_refs = [[r.start, r.end, r.url, r.kind] for r in self._refs]
+                self.set_references(scanner(self.text()) if scanner is not None else [])
             else:
-                self._refs = [rewrite.Reference(s, e, u, k) for s, e, u, k in self.raw_refs]
+                self._refs = _unpack_refs(self.packed_refs)
+                if self._refs is None or (self.targets and len(self.targets) != len(self._refs)):
+                    raise _CacheMismatch(self.path)
+        assert self._refs is not None
         return self._refs
+
+    def set_references(self, refs: list[rewrite.Reference]) -> None:
+        self._refs = refs
+        self.packed_refs = marshal.dumps([[r.start, r.end, r.url, r.kind] for r in refs])
 
     def served(self) -> bytes:
         """The bytes to store."""
@@ -443,7 +450,10 @@ class BuildCache:
       sha256 and the final names it references, so an unchanged module whose imports kept
       their names is neither read nor rewritten;
     * ``blobs``: a stored blob's sha256 -> (its stamp, see :meth:`Store.blob_stamp`, its
-      variants, its SRI value).
+      variants, its SRI value), for exactly the blobs of ``base``;
+    * ``base``: the deployment the last build made or found, with its stamp (see
+      :meth:`Store.deployment_stamp`). While it stays published its blobs stay stored,
+      so the next build trusts the ``blobs`` entries without a look at each blob.
 
     Keys are contents, full stat signatures or store stamps, so an entry can be missing
     but not wrong; the file's header names the package and Python versions, so entries
@@ -460,6 +470,8 @@ class BuildCache:
         self._old: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         self._used: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         self._changed = False
+        self.base: list[str] | None = None
+        self._old_base: object = None
         if path is None:
             return
         try:
@@ -470,6 +482,9 @@ class BuildCache:
                 loaded = {name: data[name] for name in _SECTIONS}
                 if all(isinstance(section, dict) for section in loaded.values()):
                     self._old = loaded
+                    base = data.get("base")
+                    if isinstance(base, list) and all(type(part) is str for part in base):
+                        self.base = self._old_base = base
         except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
             pass
 
@@ -528,11 +543,13 @@ class BuildCache:
     def save(self) -> None:
         if self.path is None:
             return
-        if not self._changed and all(
-            len(self._used[name]) == len(self._old[name]) for name in _SECTIONS
+        if (
+            not self._changed
+            and self.base == self._old_base
+            and all(len(self._used[name]) == len(self._old[name]) for name in _SECTIONS)
         ):
             return  # the same entries as the file holds: nothing to write
-        payload = _cache_header() + marshal.dumps(self._used)
+        payload = _cache_header() + marshal.dumps({**self._used, "base": self.base})
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
@@ -550,25 +567,34 @@ def _is_digest(value: object) -> bool:
 
 
 def _valid_scan(entry: object) -> bool:
-    """Whether a ``scan`` entry of the cache has its shape (a damaged one is ignored)."""
+    """Whether a ``scan`` entry of the cache has its shape (a damaged one is ignored; the
+    packed references are checked when unpacked)."""
     if not (isinstance(entry, list) and len(entry) == 4):
         return False
     _, _, refs, targets = entry
     return (
-        isinstance(refs, list)
+        isinstance(refs, bytes)
         and isinstance(targets, list)
-        and len(refs) == len(targets)
-        and all(
-            isinstance(ref, list)
-            and len(ref) == 4
-            and isinstance(ref[0], int)
-            and isinstance(ref[1], int)
-            and isinstance(ref[2], str)
-            and isinstance(ref[3], str)
-            for ref in refs
-        )
-        and all(target is None or isinstance(target, str) for target in targets)
+        and all(target is None or type(target) is str for target in targets)
     )
+
+
+def _unpack_refs(packed: bytes) -> list[rewrite.Reference] | None:
+    """The references packed by :meth:`_File.set_references`; ``None`` when damaged."""
+    try:
+        rows = marshal.loads(packed)
+        refs = [rewrite.Reference(start, end, url, kind) for start, end, url, kind in rows]
+    except (ValueError, EOFError, TypeError):
+        return None
+    for ref in refs:
+        if not (
+            type(ref.start) is int
+            and type(ref.end) is int
+            and type(ref.url) is str
+            and type(ref.kind) is str
+        ):
+            return None
+    return refs
 
 
 def _valid_variants(value: object) -> bool:
@@ -941,20 +967,21 @@ def _link(files: dict[str, _File], static_url: str, cache: BuildCache, workers: 
     for file in scanned:
         known = cache.get("scan", file.path)
         if _valid_scan(known) and known[0] == file.source_digest:
-            file.raw_refs = known[2]
+            file.packed_refs = known[2]
             if known[1] == static_url:
                 file.targets = known[3]
                 continue
         unresolved.append(file)
-        if file.raw_refs is None:
+        if file.packed_refs is None:
             unscanned.append(file)
     if unscanned:
         found = _scan([(file.path, file.text()) for file in unscanned], workers)
         for file, refs in zip(unscanned, found, strict=True):
-            file.raw_refs = refs
+            file.set_references([rewrite.Reference(s, e, u, k) for s, e, u, k in refs])
     for file in unresolved:
         file.targets = [rewrite.resolve(ref, file.path, static_url) for ref in file.references()]
-        cache.put("scan", file.path, [file.source_digest, static_url, file.raw_refs, file.targets])
+        entry = [file.source_digest, static_url, file.packed_refs, file.targets]
+        cache.put("scan", file.path, entry)
 
     warnings: list[str] = []
     for file in scanned:
@@ -998,28 +1025,38 @@ def _store(
     # What the manifest will name is known before the store is touched: the id (derived
     # from it, or the user's) and each file's name and digest.
     kinds = [content_type(file.path) for file in files]
-    ident = deployment_id or derive_id(
-        static_url,
-        (
-            Asset(f.path, f.name, f.digest, 0, kind, "")
-            for f, kind in zip(files, kinds, strict=True)
-        ),
-        extra,
-    )
+    rows = ((f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True))
+    ident = deployment_id or derive_id_of_rows(static_url, rows, extra)
     with store.lock():
         if store.exists(ident):
             return _existing(store, ident, files, kinds, static_url, activate, cache, step)
         new: list[_File] = []
         unsigned: list[_File] = []
-        stamps: dict[str, str | None] = {}
+        stamps: dict[str, str | None] = {}  # of the blobs whose cache entry is rewritten
+        # The cache holds entries for exactly the blobs of its base deployment: while
+        # that is published, they are stored as the entries say.
+        base = cache.base
+        trusted = base is not None and store.deployment_stamp(base[0]) == base[-1]
         for digest, file in unique.items():
-            stamp = stamps[digest] = store.blob_stamp(digest)
-            if stamp is None:
-                new.append(file)
-                continue
             known = cache.get("blobs", digest)
             if not (isinstance(known, list) and len(known) == 3):
                 known = [None, None, None]
+            complete = (
+                _valid_variants(known[1])
+                and isinstance(known[2], str)
+                and known[2].startswith("sha384-")
+            )
+            if trusted and complete:
+                variants[digest], signatures[digest] = known[1], known[2]
+                continue
+            stamp = store.blob_stamp(digest)
+            if stamp is None:
+                new.append(file)
+                continue
+            if known[0] == stamp and complete:
+                variants[digest], signatures[digest] = known[1], known[2]
+                continue
+            stamps[digest] = stamp
             if known[0] == stamp and _valid_variants(known[1]):
                 variants[digest] = known[1]
             else:
@@ -1027,7 +1064,7 @@ def _store(
                 if found is None:
                     new.append(file)
                     continue
-                variants[digest] = dict(found)
+                variants[digest] = dict(sorted(found.items()))
             if isinstance(known[2], str):
                 signatures[digest] = known[2]
             else:
@@ -1038,7 +1075,7 @@ def _store(
             wanted = compress and compressible(file.path)
             encoded = precompress(data, brotli_quality) if wanted else {}
             store.put_blob(file.digest, data, encoded)
-            return integrity(data), {name: len(payload) for name, payload in encoded.items()}
+            return integrity(data), {name: len(data) for name, data in sorted(encoded.items())}
 
         # Largest first, so the pool does not end on one big file while other cores idle.
         new.sort(key=lambda f: f.size, reverse=True)
@@ -1052,12 +1089,10 @@ def _store(
             unsigned, pool.map(lambda f: integrity(f.served()), unsigned), strict=True
         ):
             signatures[file.digest] = value
-        for digest in unique:
-            known = cache.get("blobs", digest)
-            stamp = stamps.get(digest) or store.blob_stamp(digest)
-            entry = [stamp, variants[digest], signatures[digest]]
-            if known != entry:
-                cache.put("blobs", digest, entry)
+        for file in new:
+            stamps[file.digest] = store.blob_stamp(file.digest)
+        for digest, stamp in stamps.items():
+            cache.put("blobs", digest, [stamp, variants[digest], signatures[digest]])
         step(len(files) - len(new))
 
         deployment = Deployment(
@@ -1072,7 +1107,7 @@ def _store(
                         size=file.size,
                         content_type=kind,
                         integrity=signatures[file.digest],
-                        encodings=MappingProxyType(dict(sorted(variants[file.digest].items()))),
+                        encodings=MappingProxyType(variants[file.digest]),  # sorted already
                     )
                     for file, kind in zip(files, kinds, strict=True)
                 }
@@ -1080,9 +1115,11 @@ def _store(
             created=time.time(),
             extra=MappingProxyType(dict(extra)),
         )
-        created = store.publish(deployment)
+        # Every blob was found under the lock (trusted, stamped) or written just now.
+        created = store.publish(deployment, present=unique.keys())
         if not created:
             deployment = store.load(ident)
+        cache.base = _base(store, ident)
         if activate:
             store.activate(ident)
     return BuildResult(deployment, created, len(new), len(unique) - len(new), activated=activate)
@@ -1107,12 +1144,20 @@ def _existing(
             f"Deployment {ident!r} already exists in {store.location} with other"
             " content; choose another --id"
         )
-    # What the next build may need again is kept in the cache.
+    # What the next build may need again is kept in the cache, as the manifest has it.
     for asset in existing.assets.values():
         known = cache.get("blobs", asset.digest)
-        if not (isinstance(known, list) and len(known) == 3):
-            cache.put("blobs", asset.digest, [None, dict(asset.encodings), asset.integrity])
+        stored = [dict(asset.encodings), asset.integrity]
+        if not (isinstance(known, list) and len(known) == 3 and known[1:] == stored):
+            cache.put("blobs", asset.digest, [None, *stored])
+    cache.base = _base(store, ident)
     step(len(files))
     if activate:
         store.activate(ident)
     return BuildResult(existing, False, 0, len(existing.digests()), activated=activate)
+
+
+def _base(store: Store, ident: str) -> list[str] | None:
+    """The ``base`` of the build cache after a build that made or found *ident*."""
+    stamp = store.deployment_stamp(ident)
+    return None if stamp is None else [ident, stamp]

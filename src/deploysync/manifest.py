@@ -208,10 +208,20 @@ def derive_id(
     The creation time is left out, so building the same input twice (in any store) gives
     the same id.
     """
-    digest = hashlib.sha256()
-    digest.update(f"deploysync/{MANIFEST_VERSION}\n{static_url}\n".encode())
-    for asset in sorted(assets, key=lambda a: a.path):
-        digest.update(f"{asset.path}\0{asset.name}\0{asset.digest}\0{asset.content_type}\n".encode())
+    rows = ((a.path, a.name, a.digest, a.content_type) for a in assets)
+    return derive_id_of_rows(static_url, rows, extra)
+
+
+def derive_id_of_rows(
+    static_url: str,
+    rows: Iterable[tuple[str, str, str, str]],
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """:func:`derive_id` from (path, name, digest, content type) rows, in any order."""
+    lines = "".join(
+        f"{path}\0{name}\0{digest}\0{kind}\n" for path, name, digest, kind in sorted(rows)
+    )
+    digest = hashlib.sha256(f"deploysync/{MANIFEST_VERSION}\n{static_url}\n{lines}".encode())
     if extra:
         digest.update(json.dumps(extra, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()[:16]

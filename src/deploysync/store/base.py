@@ -10,7 +10,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -120,15 +120,29 @@ class Store(ABC):
 
     # -- manifests -------------------------------------------------------------------------
     @abstractmethod
-    def publish(self, deployment: Deployment) -> bool:
+    def publish(self, deployment: Deployment, *, present: Collection[str] = ()) -> bool:
         """Make *deployment* visible, atomically; its blobs must be stored already.
 
-        Returns ``False`` when a deployment with that id already exists (it is kept as is).
+        *present*: digests the caller found or wrote in the store while holding the lock
+        (no other writer can have removed them since); a backend need not look for them
+        again. Returns ``False`` when a deployment with that id already exists (it is kept
+        as is).
         """
 
     @abstractmethod
     def load(self, deployment_id: str) -> Deployment:
         """The deployment; ``DeploymentNotFound`` when absent."""
+
+    def deployment_stamp(self, deployment_id: str) -> str | None:
+        """A token that stays the same while the published deployment is the same one
+        (not removed and published again since); ``None`` when absent or when the backend
+        has no cheap token.
+
+        While a deployment stays published, every blob it uses stays in the store: a
+        build that knows the blobs of the deployment it made last trusts them without
+        asking the store about each one.
+        """
+        return None
 
     @abstractmethod
     def ids(self) -> list[str]:

@@ -26,7 +26,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -67,9 +67,6 @@ class FileStore(Store):
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_file: int | None = None
-        # Blobs found or written while this object holds the lock: no other writer can
-        # remove them before it is released, so publish need not look for them again.
-        self._seen: set[str] = set()
 
     def __repr__(self) -> str:
         return f"FileStore({self.location!r})"
@@ -146,7 +143,6 @@ class FileStore(Store):
             finally:
                 self._lock_depth -= 1
                 if self._lock_depth == 0 and self._lock_file is not None:
-                    self._seen.clear()
                     os.close(self._lock_file)  # closing releases the flock
                     self._lock_file = None
 
@@ -187,8 +183,6 @@ class FileStore(Store):
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        if self._lock_depth:
-            self._seen.add(digest)
         return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
     def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
@@ -199,8 +193,6 @@ class FileStore(Store):
             self._write_atomic(self._blob(digest, encoding), payload)
         if not self._blob(digest).is_file():
             self._write_atomic(self._blob(digest), data)
-        if self._lock_depth:
-            self._seen.add(digest)
 
     def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
         try:
@@ -225,7 +217,6 @@ class FileStore(Store):
                     yield entry.name
 
     def delete_blob(self, digest: str) -> int:
-        self._seen.discard(digest)
         freed = 0
         # The plain file last: while it exists the blob counts as complete.
         for encoding in (*ENCODINGS, None):
@@ -243,17 +234,25 @@ class FileStore(Store):
             raise DeploymentNotFound(f"Unknown deployment {deployment_id[:80]!r}")
         return self._manifests / f"{deployment_id}.json"
 
-    def publish(self, deployment: Deployment) -> bool:
+    def publish(self, deployment: Deployment, *, present: Collection[str] = ()) -> bool:
         with self.lock():
             target = self._manifest(deployment.id)
             if target.exists():
                 return False
             objects = self._objects_str
-            for digest in deployment.digests() - self._seen:
+            for digest in deployment.digests().difference(present):
                 if not os.path.isfile(f"{objects}/{check_digest(digest)[:2]}/{digest}"):
                     raise StoreError(f"Cannot publish {deployment.id}: blob {digest} is missing")
             self._write_atomic(target, deployment.dumps(), durable=True)
             return True
+
+    def deployment_stamp(self, deployment_id: str) -> str | None:
+        # Manifests are written once (publish refuses an existing id) and removed whole.
+        try:
+            st = os.stat(self._manifest(deployment_id))
+        except (OSError, DeploymentNotFound):
+            return None
+        return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_size}"
 
     def load(self, deployment_id: str) -> Deployment:
         path = self._manifest(deployment_id)

@@ -1,7 +1,7 @@
 """Benchmark: ``deploysync build`` against Django's and whitenoise's manifest storages.
 
-Generates a realistic frontend tree (cached under ``bench/.work/``) and times, each in a
-fresh subprocess:
+Generates a realistic frontend tree (cached in ``$DEPLOYSYNC_BENCH_DIR``, default
+``/tmp/deploysync-bench``) and times, each in a fresh subprocess:
 
 * ``deploysync build`` with compression, without, and rebuilds after a one-file change
   (first build and rebuilds: the median of three runs);
@@ -38,7 +38,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORK = HERE / ".work"
+# The generated trees and every contender's output live outside the checkout: a folder
+# that an editor, an indexer or a sync agent watches makes every file operation slower
+# (measured here: a first build took 3.3 s in the checkout, 1.3 s in /tmp).
+WORK = Path(os.environ.get("DEPLOYSYNC_BENCH_DIR") or tempfile.gettempdir()) / "deploysync-bench"
 TREE_VERSION = 5
 
 
@@ -330,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, float | str] = {}
     cpu_results: dict[str, float] = {}
+    WORK.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=WORK) as scratch:
         work = Path(scratch)
 
@@ -351,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                 # Outputs stay until the end: deleting 100 MB right before a run makes
                 # the file system slower for it (ext4 frees and discards blocks lazily).
                 target = out(i) if out is not None else work / f"{label}-{i}".replace(" ", "-")
+                # Every contender reads its source from the page cache, not from the disk
+                # (this machine's memory manager evicts files not read for a while).
+                _read_all(source)
                 result = measure(name, source, target, *extra)
                 if isinstance(result, str):
                     results[label] = result
@@ -369,9 +376,6 @@ def main(argv: list[str] | None = None) -> int:
         # or a CI checkout would be (the build cache recognises unchanged files by stat).
         tree_copy = work / "tree"
         shutil.copytree(src, tree_copy)
-        # Every contender reads its source from the page cache, not from the disk.
-        for tree in (tree_copy, acyclic):
-            _read_all(tree)
         timed("floor (read, sha256, write)", "floor", tree_copy)
         timed("deploysync build --no-compress", "deploysync", tree_copy, "--no-compress")
         # Each first build goes to a new store with an empty build cache; the last one is

@@ -392,34 +392,30 @@ def main(argv: list[str] | None = None) -> int:
             repeat=3,
         )
 
-        # A leaf change: one stylesheet that nothing imports.
-        def edit_css(i: int) -> None:
-            edited = tree_copy / "css" / "part-000.css"
-            edited.write_text(edited.read_text() + f"\n.changed-{i} {{ color: red; }}\n")
+        # A leaf change: one stylesheet that nothing imports. Then a module in the middle
+        # of the import graph: every importer up to the entry points is renamed,
+        # rewritten and compressed again.
+        edits = [
+            ("one CSS file changed", tree_copy / "css" / "part-000.css", ".changed-{} {{}}"),
+            (
+                "one mid-graph JS module changed",
+                tree_copy / "js" / f"l{shape.levels // 2:02d}" / "m000.js",
+                "export const changed{} = 1;",
+            ),
+        ]
+        for what, edited, line in edits:
 
-        timed(
-            "deploysync rebuild, one CSS file changed",
-            "deploysync",
-            tree_copy,
-            out=lambda i: kept,
-            repeat=3,
-            before=edit_css,
-        )
+            def edit(i: int, edited: Path = edited, line: str = line) -> None:
+                edited.write_text(edited.read_text() + "\n" + line.format(i) + "\n")
 
-        # A module in the middle of the import graph: every importer up to the entry
-        # points is renamed, rewritten and compressed again.
-        def edit_js(i: int) -> None:
-            edited = tree_copy / "js" / f"l{shape.levels // 2:02d}" / "m000.js"
-            edited.write_text(edited.read_text() + f"\nexport const changed{i} = 1;\n")
-
-        timed(
-            "deploysync rebuild, one mid-graph JS module changed",
-            "deploysync",
-            tree_copy,
-            out=lambda i: kept,
-            repeat=3,
-            before=edit_js,
-        )
+            timed(
+                f"deploysync rebuild, {what}",
+                "deploysync",
+                tree_copy,
+                out=lambda i: kept,
+                repeat=3,
+                before=edit,
+            )
         if not args.skip_django:
             timed("django, defaults (no cycle)", "django", acyclic)
             timed("django, 100 passes (no cycle)", "django", acyclic, "100")

@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -443,18 +445,27 @@ def test_stored_content_is_never_compressed_again(
     )
 
 
+def _edit_cache(edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply *edit* to the data of the (one) build cache file."""
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    header, _, body = cache_file.read_bytes().partition(b"\n")
+    data = marshal.loads(body)
+    edit(data)
+    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+
+
 def _age_stat_cache() -> None:
     """Make the stat cache trust the files as they are now.
 
     The stat cache distrusts files modified within 2 s of being recorded (they could
     change again unseen within the same timestamp tick): age the records instead of waiting.
     """
-    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
-    header, _, body = cache_file.read_bytes().partition(b"\n")
-    data = marshal.loads(body)
-    for entry in data["stat"].values():
-        entry[5] += 10**10  # as if recorded 10 s later than the files' last change
-    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+
+    def age(data: dict[str, Any]) -> None:
+        for entry in data["stat"].values():
+            entry[5] += 10**10  # as if recorded 10 s later than the files' last change
+
+    _edit_cache(age)
 
 
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -572,17 +583,17 @@ def test_cache_entries_of_the_wrong_shape_are_ignored(
 ) -> None:
     first = build(site, store).deployment
     _age_stat_cache()
-    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
-    header, _, body = cache_file.read_bytes().partition(b"\n")
-    data = marshal.loads(body)
-    assert data["base"] == [first.id, store.deployment_stamp(first.id)]
-    for name, section in data.items():
-        if isinstance(section, dict):
-            for key in section:
-                section[key] = junk
-        else:
-            data[name] = junk
-    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+
+    def spoil(data: dict[str, Any]) -> None:
+        assert data["base"] == [first.id, store.deployment_stamp(first.id)]
+        for name, section in data.items():
+            if isinstance(section, dict):
+                for key in section:
+                    section[key] = junk
+            else:
+                data[name] = junk
+
+    _edit_cache(spoil)
     assert build(site, store).deployment == first
     assert build(site, tmp_path / "other").deployment.assets == first.assets
 
@@ -595,15 +606,15 @@ def test_damaged_packed_references_only_cost_time(
 ) -> None:
     first = build(site, store).deployment
     _age_stat_cache()
-    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
-    header, _, body = cache_file.read_bytes().partition(b"\n")
-    data = marshal.loads(body)
-    assert data["scan"]
-    for entry in data["scan"].values():
-        entry[2] = packed
-    # Also force the rewrite of every module, which needs the references.
-    data["final"].clear()
-    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+
+    def spoil(data: dict[str, Any]) -> None:
+        assert data["scan"]
+        for entry in data["scan"].values():
+            entry[2] = packed
+        # Also force the rewrite of every module, which needs the references.
+        data["final"].clear()
+
+    _edit_cache(spoil)
     shutil.rmtree(store.root)
     assert build(site, store).deployment.assets == first.assets
 

@@ -19,6 +19,8 @@ from ..manifest import Deployment, DeploymentInfo, DeploySyncError, validate_id
 
 DIGEST_PATTERN = re.compile(r"[0-9a-f]{64}")
 ENCODINGS = ("br", "gzip")
+# How a stored variant's name (a file, a key) ends.
+SUFFIXES = {"br": ".br", "gzip": ".gz"}
 # How many activations the record keeps; older ones only matter for ordering, and an id
 # absent from the record counts as older than every id in it.
 HISTORY_LIMIT = 1000

@@ -35,6 +35,7 @@ from .base import (
     ENCODINGS,
     HISTORY_LIMIT,
     HOLD_TTL,
+    SUFFIXES,
     Activation,
     DeploymentNotFound,
     Store,
@@ -42,7 +43,6 @@ from .base import (
     check_digest,
 )
 
-SUFFIXES = {"br": ".br", "gzip": ".gz"}
 RECORD = "current.json"
 
 # Names of temporary files: unique in this process (with the pid, on this machine).

@@ -47,6 +47,7 @@ from .base import (
     ENCODINGS,
     HISTORY_LIMIT,
     HOLD_TTL,
+    SUFFIXES,
     Activation,
     DeploymentNotFound,
     Store,
@@ -57,7 +58,6 @@ from .base import (
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "the redis store needs `pip install deploysync[redis]`"
-SUFFIXES = {"br": ".br", "gzip": ".gz"}
 #: The writers' lock expires this long after its holder stops renewing it (a crash).
 LOCK_TTL_MS = 30_000
 LOCK_RENEW_EVERY = LOCK_TTL_MS / 3000

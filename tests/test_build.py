@@ -877,3 +877,52 @@ def test_rebuilding_the_same_content_under_its_id_changes_nothing(
     assert not again.created
     assert again.deployment == first
     assert snapshot(store.root) == before
+
+
+def test_prepared_blobs_are_written_in_order_with_a_bounded_lead() -> None:
+    # The pool prepares blobs while one thread writes them: the pool may not run more
+    # than `ahead` results past the writer, so a slow disk does not fill the memory.
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * item
+
+    taken = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for result in build_module._in_order(pool, work, range(50), ahead=3):
+            with lock:
+                lead = len(started) - len(taken)
+            assert lead <= 4  # the result being taken and at most 3 more
+            taken.append(result)
+    assert taken == [n * n for n in range(50)]
+
+
+def test_a_failing_preparation_stops_the_build_with_the_store_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = write_tree(tmp_path / "src", {f"f{n}.css": f"a{{n:{n}}}" * 40 for n in range(40)})
+    store = tmp_path / "store"
+    calls = 0
+    real = build_module.precompress
+
+    def failing(data: bytes, quality: int = 9) -> dict[str, bytes]:
+        nonlocal calls
+        calls += 1
+        if calls == 20:
+            raise OSError(28, "No space left on device")
+        return real(data, quality)
+
+    monkeypatch.setattr(build_module, "precompress", failing)
+    with pytest.raises(OSError):
+        build(src, store, cache=False)
+    assert FileStore(store).list() == []
+    monkeypatch.setattr(build_module, "precompress", real)
+    assert build(src, store, cache=False).deployment.assets.keys() == {
+        f"f{n}.css" for n in range(40)
+    }

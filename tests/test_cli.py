@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -192,6 +195,109 @@ def test_unwritable_store(capsys: pytest.CaptureFixture[str], site: Path, tmp_pa
     (tmp_path / "plain").write_text("x")
     code, _, err = run(capsys, "build", str(site), "--store", str(tmp_path / "plain" / "store"))
     assert_one_line_error(code, err, "plain")
+
+
+NOBODY = 65534
+
+
+def run_without_privileges(*argv: str) -> tuple[int, str, str]:
+    """The command line in a forked child that file permissions apply to.
+
+    Tests run as root here, and root reads and writes through any mode bits: the child
+    becomes ``nobody`` (uid and gid 65534) first. Everything it needs is imported before
+    the fork, since the interpreter's own files may not be readable by nobody.
+    """
+    if os.geteuid() != 0:
+        script = "import sys; from deploysync.cli import main; sys.exit(main(sys.argv[1:]))"
+        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+        return proc.returncode, proc.stdout, proc.stderr
+    # What the child runs must be loaded already: cli imports the package's modules, and
+    # a build of many scripts forks scanning processes.
+    importlib.import_module("concurrent.futures.process")
+    for name in ("synchronize", "popen_fork", "queues", "connection"):
+        importlib.import_module(f"multiprocessing.{name}")
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.close(out_r)
+            os.close(err_r)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            sys.stdout = os.fdopen(out_w, "w")
+            sys.stderr = os.fdopen(err_w, "w")
+            os.environ["HOME"] = "/nonexistent"
+            code = main(list(argv))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException as exc:  # reported to the parent, then exit
+            os.write(err_w, f"child failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out_file, os.fdopen(err_r) as err_file:
+        out, err = out_file.read(), err_file.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A folder that user nobody can reach (pytest's own are private to root)."""
+    folder = Path(tempfile.mkdtemp(prefix="deploysync-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    subprocess.run(["chmod", "-R", "u+rwx", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_unreadable_file_is_a_one_line_error(shared_dir: Path) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
+    store = shared_dir / "store"
+    store.mkdir()
+    if os.geteuid() == 0:
+        os.chown(store, NOBODY, NOBODY)
+    code, out, err = run_without_privileges("build", str(site), "--store", str(store))
+    assert code == 0, err
+    before = snapshot(store)
+    (site / "css" / "app.css").chmod(0o000)
+    code, out, err = run_without_privileges("build", str(site), "--store", str(store))
+    assert_one_line_error(code, err, "Cannot read 'css/app.css'", "Permission denied")
+    assert out == ""
+    assert snapshot(store) == before
+
+
+def test_store_folder_without_write_permission_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], shared_dir: Path
+) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
+    store = shared_dir / "store"
+    code, first, err = run(capsys, "build", str(site), "--store", str(store), "--activate")
+    assert code == 0, err
+    (site / "extra.css").write_text("body{margin:0}")
+    (site / "extra.css").chmod(0o644)
+    code, _, err = run(capsys, "build", str(site), "--store", str(store))
+    assert code == 0, err
+    subprocess.run(["chmod", "-R", "a+rX,go-w", str(store)], check=True)
+    before = snapshot(store)
+    (site / "more.css").write_text("p{margin:0}")
+    (site / "more.css").chmod(0o644)
+    code, out, err = run_without_privileges("build", str(site), "--store", str(store))
+    assert_one_line_error(code, err, "not writable")
+    assert out == ""
+    assert snapshot(store) == before
+    # Moving back to the first deployment needs to write too.
+    ident = first.splitlines()[-1]
+    code, out, err = run_without_privileges("activate", ident, "--store", str(store))
+    assert_one_line_error(code, err)
+    assert snapshot(store) == before
 
 
 @pytest.mark.parametrize("bad_id", ["a b", "x" * 65, "../x"])

@@ -293,6 +293,12 @@ def test_store_folder_without_write_permission_is_a_one_line_error(
     assert_one_line_error(code, err, "not writable")
     assert out == ""
     assert snapshot(store) == before
+    # A folder that is not a store yet, and that nobody may write to, stays empty.
+    bare = shared_dir / "bare"
+    bare.mkdir(mode=0o755)
+    code, out, err = run_without_privileges("build", str(site), "--store", str(bare))
+    assert_one_line_error(code, err, f"Store directory '{bare}' is not writable")
+    assert list(bare.iterdir()) == []
     # Moving back to the first deployment needs to write too.
     ident = first.splitlines()[-1]
     code, out, err = run_without_privileges("activate", ident, "--store", str(store))

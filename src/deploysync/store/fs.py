@@ -109,11 +109,16 @@ class FileStore(Store):
     # -- writers' setup --------------------------------------------------------------------
     def ensure_writable(self) -> None:
         try:
-            for folder in (self.root, self._objects, self._manifests, self._tmp):
-                folder.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             reason = exc.strerror
             raise StoreError(f"Cannot create store directory '{self.root}': {reason}") from None
+        try:
+            for folder in (self._objects, self._manifests, self._tmp):
+                folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror
+            raise StoreError(f"Store directory '{self.root}' is not writable: {reason}") from None
         if not os.access(self.root, os.W_OK | os.X_OK) or not os.access(self._tmp, os.W_OK):
             raise StoreError(f"Store directory '{self.root}' is not writable")
         try:

@@ -209,8 +209,8 @@ def run_without_privileges(*argv: str) -> tuple[int, str, str]:
     the fork, since the interpreter's own files may not be readable by nobody.
     """
     if os.geteuid() != 0:
-        script = "import sys; from deploysync.cli import main; sys.exit(main(sys.argv[1:]))"
-        proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True)
+        command = [sys.executable, "-m", "deploysync.cli", *argv]
+        proc = subprocess.run(command, capture_output=True, text=True)
         return proc.returncode, proc.stdout, proc.stderr
     # What the child runs must be loaded already: cli imports the package's modules, and
     # a build of many scripts forks scanning processes.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from starlette.templating import Jinja2Templates
 
 from deploysync.build import build
 from deploysync.contrib.starlette import DeploySync, install_templates
-from deploysync.manifest import Deployment
+from deploysync.manifest import Deployment, DeploySyncError
 from deploysync.serving import Runtime, UnknownAsset
 from deploysync.store import FileStore
 
@@ -267,3 +269,56 @@ def test_hot_switch_seen_by_templates(
             pytest.fail("the new deployment was not picked up within 5 s")
         time.sleep(0.1)
     assert f'content="{v2.id}"' in client.get("/manual").text
+
+
+def test_a_static_url_mismatch_stops_uvicorn_at_start_up(
+    tmp_path: Path, store: FileStore, deployed: Deployment
+) -> None:
+    # Starlette builds its middleware inside the lifespan, where uvicorn's default
+    # (--lifespan auto) would take the error for "lifespan unsupported" and serve 500s.
+    (tmp_path / "mismatched.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from deploysync.contrib.starlette import DeploySync\n"
+        "app = FastAPI()\n"
+        f"app.add_middleware(DeploySync, store={str(store.root)!r}, static_url='/assets/')\n"
+    )
+    command = [sys.executable, "-m", "uvicorn", "mismatched:app", "--host", "127.0.0.1"]
+    done = subprocess.run(
+        [*command, "--port", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "was built for the static URL '/static/'" in done.stderr
+    assert "Application startup failed" in done.stderr
+
+
+def test_a_configuration_error_fails_the_lifespan(store: FileStore, deployed: Deployment) -> None:
+    app = Starlette(middleware=[Middleware(DeploySync, store=str(store.root), static_url="/x/")])
+    sent: list[dict[str, Any]] = []
+
+    async def lifespan() -> None:
+        messages = iter([{"type": "lifespan.startup"}])
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    in_own_loop(lifespan)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert "static URL" in sent[0]["message"]
+
+    async def request() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/", "root_path": ""}
+        await app({**scope, "headers": [], "query_string": b""}, receive, send)
+
+    with pytest.raises(DeploySyncError, match="static URL"):
+        in_own_loop(request)

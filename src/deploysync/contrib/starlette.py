@@ -28,6 +28,7 @@ from jinja2.runtime import Context
 from markupsafe import Markup
 
 from .. import asgi
+from ..manifest import DeploySyncError
 from ..serving import Runtime, resolve_nonce
 from ..vite import vite_tags as render_vite_tags
 
@@ -38,12 +39,40 @@ SCOPE_KEY = "deploysync"
 
 
 class DeploySync(asgi.DeploySync):
-    """The ASGI middleware, discoverable from the request (``scope["deploysync"]``)."""
+    """The ASGI middleware, discoverable from the request (``scope["deploysync"]``).
+
+    Starlette builds its middleware when the app first runs, inside the lifespan, where
+    uvicorn's default (``--lifespan auto``) would take a configuration error for "lifespan
+    unsupported" and serve anyway, every request failing. So such an error fails the
+    start-up instead (``lifespan.startup.failed``, with the one-line reason), and any
+    request that reaches a server regardless raises it.
+    """
+
+    def __init__(self, app: asgi.ASGIApp, **options: Any) -> None:
+        self._error: DeploySyncError | None = None
+        try:
+            super().__init__(app, **options)
+        except DeploySyncError as exc:
+            self.app = app
+            self._error = exc
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
+        if self._error is not None:
+            await _refuse(self._error, scope, receive, send)
+            return
         if scope["type"] == "http":
             scope[SCOPE_KEY] = self
         await super().__call__(scope, receive, send)
+
+
+async def _refuse(
+    error: DeploySyncError, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send
+) -> None:
+    if scope["type"] != "lifespan":
+        raise error
+    message = await receive()
+    if message["type"] == "lifespan.startup":
+        await send({"type": "lifespan.startup.failed", "message": str(error)})
 
 
 Source = asgi.DeploySync | Runtime

@@ -35,6 +35,7 @@ from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
 from deploysync.build import build  # noqa: E402
+from deploysync.contrib.django.conf import get_runtime  # noqa: E402
 from deploysync.manifest import Deployment, DeploySyncError  # noqa: E402
 from deploysync.store import FileStore  # noqa: E402
 
@@ -140,9 +141,7 @@ def django_setup() -> None:
             ],
             STORAGES={
                 "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-                "staticfiles": {
-                    "BACKEND": "deploysync.contrib.django.storage.DeploySyncStorage"
-                },
+                "staticfiles": {"BACKEND": "deploysync.contrib.django.storage.DeploySyncStorage"},
             },
         )
         django.setup()
@@ -156,9 +155,7 @@ def store(tmp_path: Path) -> FileStore:
 
 
 @pytest.fixture
-def configure(
-    tmp_path: Path, store: FileStore
-) -> Iterator[Callable[..., None]]:
+def configure(tmp_path: Path, store: FileStore) -> Iterator[Callable[..., None]]:
     """``configure(**DEPLOYSYNC options, django_settings={...})`` for the current test."""
     overrides: list[Any] = []
     CALLS.clear()
@@ -276,6 +273,36 @@ def test_if_none_match_gives_304(deployed: Deployment) -> None:
     url = deployed.url("js/app.js")
     etag = Client().get(url)["ETag"]
     assert Client().get(url, headers={"If-None-Match": etag}).status_code == 304
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_conditional_get_middleware_cannot_keep_an_old_page(
+    deployed: Deployment,
+    configure: Callable[..., None],
+    site_src: Callable[..., Path],
+    store: FileStore,
+    mode: str,
+) -> None:
+    # ConditionalGetMiddleware at the end of MIDDLEWARE tags the page before the tags are
+    # injected and answers 304 itself: after a deploy it would keep the old page.
+    inner = "django.middleware.http.ConditionalGetMiddleware"
+    configure(django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, inner]})
+
+    def get(headers: dict[str, str] | None = None) -> Any:
+        if mode == "async":
+            return aget("/async", headers=headers)
+        return Client().get("/", headers=headers)
+
+    first = get()
+    etag = first["ETag"]
+    assert etag.endswith(f'.ds-{deployed.id}"')
+    assert get({"If-None-Match": etag}).status_code == 304
+    second = build(site_src("v2"), store, activate=True).deployment
+    get_runtime().refresh()
+    after = get({"If-None-Match": etag})
+    assert after.status_code == 200
+    assert f'content="{second.id}"'.encode() in after.content
+    assert after["ETag"].endswith(f'.ds-{second.id}"')
 
 
 def test_stale_navigation_409_without_calling_the_view(deployed: Deployment) -> None:

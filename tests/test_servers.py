@@ -28,6 +28,7 @@ from deploysync.store import FileStore
 pytestmark = pytest.mark.slow
 
 BIG = bytes(range(256)) * 1200  # 300 KiB: sent from disk, not memory
+FILE_PAGE = b"<!doctype html><html><head><title>f</title></head><body>file</body></html>"
 
 APP = textwrap.dedent(
     """
@@ -57,6 +58,18 @@ APP = textwrap.dedent(
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
+            return
+        if scope["path"] == "/file-page":
+            # What Starlette's FileResponse does: pathsend when the server offers it.
+            name = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page.html")
+            size = str(os.path.getsize(name)).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html"), (b"content-length", size)]})
+            if "http.response.pathsend" in (scope.get("extensions") or {}):
+                await send({"type": "http.response.pathsend", "path": name})
+            else:
+                with open(name, "rb") as fh:
+                    await send({"type": "http.response.body", "body": fh.read()})
             return
         chunks = page(asgi.url("css/app.css"))
         await send({"type": "http.response.start", "status": 200,
@@ -157,7 +170,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     first = _build(root / "src1", store, b"body{color:red}\n", activate=True)
     (root / "app").mkdir()
     (root / "app" / "served_app.py").write_text(APP)
-    env = {**os.environ, "TEST_STORE": str(store), "PYTHONPATH": str(root / "app")}
+    (root / "app" / "page.html").write_bytes(FILE_PAGE)
+    path = os.pathsep.join(filter(None, [str(root / "app"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TEST_STORE": str(store), "PYTHONPATH": path}
     env.pop("DEPLOYSYNC_DEPLOYMENT", None)
     ports = {"asgi": _free_port(), "wsgi": _free_port(), "granian": _free_port()}
     commands = {
@@ -364,3 +379,16 @@ def test_hot_switch_without_restart(servers: Servers) -> None:
     for kind in KINDS:
         assert httpx.get(servers.urls[kind] + old_css, timeout=5).status_code == 200
         assert httpx.get(servers.urls[kind] + new_css, timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["asgi", "granian"])
+def test_a_page_sent_as_a_file_gets_its_tags(servers: Servers, kind: str) -> None:
+    # granian offers pathsend: the page is then a path, not bytes, until the middleware
+    # reads it.
+    offered = httpx.get(servers.urls[kind] + "/extensions", timeout=5).json()
+    assert ("http.response.pathsend" in offered) == (kind == "granian")
+    response = httpx.get(servers.urls[kind] + "/file-page", timeout=5)
+    assert response.status_code == 200
+    assert response.content.startswith(b'<!doctype html><html><head><meta name="deployment-id"')
+    assert response.content.endswith(b"<title>f</title></head><body>file</body></html>")
+    assert response.headers["content-length"] == str(len(response.content))

@@ -77,7 +77,13 @@ class DeploySync(Middleware[ASGIApp]):
         if plan is not None:
             await send_plan(plan, scope, send)
             return
-        responder = _Responder(self, scope, send, snapshot)
+        conditional = None
+        if request.if_none_match is not None:
+            conditional = core.app_conditional(request.if_none_match, snapshot.current_id)
+            if conditional is not None:
+                headers = core.conditional_headers(scope["headers"], conditional)
+                scope = {**scope, "headers": headers}
+        responder = _Responder(self, scope, send, snapshot, conditional)
         token = self._request_snapshot.set(snapshot)
         try:
             await self.app(scope, receive, responder.send)
@@ -92,10 +98,28 @@ class _Responder:
     Written flat (few calls per response): it runs for every response of the app.
     """
 
-    __slots__ = ("edit", "injector", "mw", "passthrough", "scope", "snapshot", "start", "upstream")
+    __slots__ = (
+        "conditional",
+        "edit",
+        "injector",
+        "mw",
+        "passthrough",
+        "scope",
+        "snapshot",
+        "start",
+        "upstream",
+    )
 
-    def __init__(self, mw: DeploySync, scope: Scope, send: Send, snapshot: core.Snapshot) -> None:
+    def __init__(
+        self,
+        mw: DeploySync,
+        scope: Scope,
+        send: Send,
+        snapshot: core.Snapshot,
+        conditional: core.Conditional | None = None,
+    ) -> None:
         self.mw = mw
+        self.conditional = conditional
         self.scope = scope
         self.upstream = send
         self.snapshot = snapshot
@@ -117,6 +141,7 @@ class _Responder:
                 message.get("headers") or (),
                 snapshot.current_id,
                 snapshot.id_header,
+                self.conditional,
             )
             if edit is None:
                 self.passthrough = True
@@ -134,6 +159,11 @@ class _Responder:
             await self.upstream(message)
             return
         injector = self.injector
+        if kind == PATHSEND and injector is None:
+            # The server would send the file itself (granian offers this): read it, so
+            # the page gets its tags like any other.
+            message = {"type": "http.response.body", "body": await _read_file(message["path"])}
+            kind = "http.response.body"
         if kind == "http.response.body":
             more = message.get("more_body", False)
             if injector is None:
@@ -224,6 +254,19 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
                 )
         else:
             await _send_chunks(part, more, send)
+
+
+async def _read_file(path: str) -> bytes:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): read inline, files are local
+        return _read_bytes(path)
+    return await loop.run_in_executor(None, _read_bytes, path)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 async def _send_chunks(part: core.FileRange, more: bool, send: Send) -> None:

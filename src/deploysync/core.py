@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -370,6 +370,83 @@ def if_none_match_hits(value: bytes, etag: bytes) -> bool:
     return False
 
 
+# The entity tag of an injected document names the deployment it was injected for: the
+# app's own tag describes the page without the tags, and the same page must not be
+# revalidated as unchanged after a deploy (a 304 would keep the old id in the browser).
+_DOCUMENT_TAG = b".ds-"
+_DOCUMENT_TAG_RE = re.compile(rb"\.ds-([A-Za-z0-9_-]{1,64})\Z")
+
+
+def document_etag(etag: bytes, current_id: str) -> bytes:
+    """The app's *etag* of an HTML page, for the page as injected for *current_id*."""
+    etag = etag.strip()
+    if len(etag) < 2 or not etag.endswith(b'"'):
+        return etag  # not an entity tag: left as the app wrote it
+    return etag[:-1] + _DOCUMENT_TAG + current_id.encode() + b'"'
+
+
+@dataclass(slots=True)
+class Conditional:
+    """The conditional headers of a request for the app, with the document tags resolved.
+
+    ``if_none_match``: the value the app sees (``None``: remove the header); ``current``:
+    a tag of the current deployment's page was given back its app form (a 304 then gets
+    the document tag again); ``stale``: a tag of another deployment's page was removed,
+    and ``If-Modified-Since`` must go too, or the app could answer 304 by date.
+    """
+
+    if_none_match: bytes | None
+    current: bool
+    stale: bool
+
+
+def app_conditional(value: bytes, current_id: str | None) -> Conditional | None:
+    """How ``If-None-Match: value`` reaches the app; ``None``: unchanged (the common case)."""
+    if _DOCUMENT_TAG not in value or len(value) > MAX_HEADER_VALUE:
+        return None
+    kept: list[bytes] = []
+    current = stale = False
+    pos, end = 0, len(value)
+    while pos < end:
+        match = _ETAG_RE.match(value, pos)
+        if match is None:
+            return None  # malformed: the app judges it as it is
+        weak, opaque = match.group(1) or b"", match.group(2)
+        pos = match.end()
+        found = _DOCUMENT_TAG_RE.search(opaque)
+        if found is None:
+            kept.append(weak + b'"' + opaque + b'"')
+        elif found.group(1).decode() == current_id:
+            kept.append(weak + b'"' + opaque[: found.start()] + b'"')
+            current = True
+        else:
+            stale = True
+    return Conditional(b", ".join(kept) or None, current, stale)
+
+
+def conditional_headers(headers: Iterable[Header], conditional: Conditional) -> list[Header]:
+    """The request's *headers* (ASGI form) with the conditional ones as the app must see them."""
+    stale = conditional.stale
+    out = [
+        (name, value)
+        for name, value in headers
+        if name != b"if-none-match" and not (stale and name == b"if-modified-since")
+    ]
+    if conditional.if_none_match is not None:
+        out.append((b"if-none-match", conditional.if_none_match))
+    return out
+
+
+def conditional_environ(environ: MutableMapping[str, Any], conditional: Conditional) -> None:
+    """The same edit on a WSGI environ (or Django's ``request.META``), in place."""
+    if conditional.if_none_match is None:
+        environ.pop("HTTP_IF_NONE_MATCH", None)
+    else:
+        environ["HTTP_IF_NONE_MATCH"] = conditional.if_none_match.decode("latin-1")
+    if conditional.stale:
+        environ.pop("HTTP_IF_MODIFIED_SINCE", None)
+
+
 def if_range_allows(value: bytes, etag: bytes) -> bool:
     """RFC 9110 §13.1.5: a Range is honoured only if the validator matches *strongly*.
 
@@ -499,7 +576,7 @@ def choose_variant(file: StaticFile, accept_encoding: bytes | None) -> Variant:
 
 # -- static files -------------------------------------------------------------------------------
 
-_ENCODED_SEPARATORS = re.compile(rb"%(?:2f|5c|00|25)", re.I)
+_ENCODED_SEPARATORS = re.compile(rb"%(?:2f|5c|00)", re.I)
 
 
 def is_safe_name(name: str) -> bool:
@@ -510,7 +587,7 @@ def is_safe_name(name: str) -> bool:
     """
     if not name or name.startswith("/") or len(name) > 1024:
         return False
-    if "\\" in name or "%" in name or ":" in name[:3]:
+    if "\\" in name or ":" in name[:3]:
         return False
     if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
         return False
@@ -618,8 +695,9 @@ def decide(
     method = request.method
     if method != "GET" and method != "HEAD":
         return METHOD_NOT_ALLOWED
-    # An encoded "/", "\", NUL or "%" (double encoding) is refused even when its decoded
-    # form names a file: the request did not name that file, it smuggled a separator.
+    # An encoded "/", "\" or NUL is refused even when its decoded form names a file: the
+    # request did not name that file, it smuggled a separator. (An encoded "%" is a name
+    # with "%" in it: names are looked up, never decoded twice or joined to a path.)
     raw = request.raw_path
     if file is None or (raw is not None and b"%" in raw and _ENCODED_SEPARATORS.search(raw)):
         return NOT_FOUND_HEAD if method == "HEAD" else NOT_FOUND
@@ -651,18 +729,23 @@ def edit_response(
     headers: Iterable[tuple[bytes, bytes]],
     current_id: str | None,
     id_header: tuple[Header, ...] = (),
+    conditional: Conditional | None = None,
 ) -> ResponseEdit | None:
     """Decide how an app's response is changed; ``None``: it passes through untouched.
 
     HTML documents get ``X-Deployment-Id``, ``Cache-Control: no-cache`` when the app set
-    none, and (for a body that can be rewritten) the injection. A response carrying
+    none, and (for a body that can be rewritten) the injection. Their ``ETag`` names the
+    deployment too (:func:`document_etag`); without one, ``Last-Modified`` is dropped, as
+    a date cannot tell one deployment's page from another's. A response carrying
     ``X-Deploysync: off`` opts out: the header is removed and nothing else changes.
-    *headers* may have names in any case.
+    *conditional* is what :func:`app_conditional` made of the request. *headers* may
+    have names in any case.
     """
     content_type = b""
     opt_out = has_cache_control = False
     encoded = False
     content_length: int | None = None
+    etag_at = modified_at = ranges_at = -1
     out: list[Header] = []
     for name, value in headers:
         lname = name.lower()
@@ -684,23 +767,51 @@ def edit_response(
             continue  # re-added below, exact
         elif lname == b"x-deployment-id":
             continue  # the middleware's own header wins
+        elif lname == b"etag":
+            etag_at = len(out)
+        elif lname == b"last-modified":
+            modified_at = len(out)
+        elif lname == b"accept-ranges":
+            ranges_at = len(out)
         out.append((name, value))
     if opt_out:
         return ResponseEdit(_with_length(out, content_length), False)
     if current_id is None or status < 200:
         return None
+    restored = conditional is not None and conditional.current
     # text/html, with or without parameters, any case (RFC 9110 §8.3.1).
     mime = content_type[:10].lower()
     if not (mime == b"text/html" or (mime[:9] == b"text/html" and mime[9:] in b"; \t")):
+        if status == 304 and restored and etag_at >= 0:
+            # The page the browser holds is still current: its tag keeps the suffix.
+            name, value = out[etag_at]
+            out[etag_at] = (name, document_etag(value, current_id))
+            return ResponseEdit(_with_length(out, content_length), False)
         return None
     if not has_cache_control:
         # The document must be revalidated so a deploy is seen at the next load;
         # assets stay immutable.
         out.append((b"cache-control", NO_CACHE))
     out.extend(id_header or ((b"x-deployment-id", current_id.encode()),))
-    inject = method != "HEAD" and status not in (204, 304) and not encoded
+    # A part of the app's bytes (206) or a body the app compressed is left as it is.
+    whole = status != 206 and not encoded
+    inject = whole and method != "HEAD" and status not in (204, 304)
+    if whole and (status != 304 or restored):
+        # What the browser keeps is the page with this deployment's tags in it.
+        if etag_at >= 0:
+            name, value = out[etag_at]
+            out[etag_at] = (name, document_etag(value, current_id))
+        # Ranges would be of the app's bytes, not of the page sent.
+        dropped = {ranges_at if status != 304 else -1, modified_at if etag_at < 0 else -1}
+        dropped.discard(-1)
+        if dropped:
+            out = [header for index, header in enumerate(out) if index not in dropped]
     if inject:
         return ResponseEdit(out, True, content_length)
+    if method == "HEAD" and whole and status not in (204, 304):
+        # The length of the injected page is known only from its body (RFC 9110 §9.3.2
+        # lets a HEAD answer omit such a field): better none than the app's.
+        return ResponseEdit(out, False)
     return ResponseEdit(_with_length(out, content_length), False)
 
 

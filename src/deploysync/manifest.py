@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MANIFEST_VERSION = 1
@@ -42,6 +43,16 @@ def validate_id(value: str) -> str:
         shown = value if len(value) <= 80 else value[:77] + "..."
         raise InvalidId(f"Invalid deployment id {shown!r}: ids match [A-Za-z0-9_-]{{1,64}}")
     return value
+
+
+# What a URL path keeps as it is besides letters, digits, "-._~" and "/" (RFC 3986 pchar).
+URL_PATH_SAFE = "/@!$&*+,;="
+
+
+def url_path(name: str) -> str:
+    """A file's *name* as a URL path: spaces, ``#``, ``?``, ``%`` and non-ASCII encoded
+    (a name that is not UTF-8 keeps its bytes, as :func:`os.fsencode` gives them)."""
+    return quote(name, safe=URL_PATH_SAFE, errors="surrogateescape")
 
 
 def normalize_static_url(static_url: str) -> str:
@@ -121,7 +132,7 @@ class Deployment:
 
     def url(self, path: str) -> str:
         """The hashed URL of the logical *path*; ``KeyError`` when it is not in the deployment."""
-        return self.static_url + self.assets[path.lstrip("/")].name
+        return self.static_url + url_path(self.assets[path.lstrip("/")].name)
 
     @property
     def total_size(self) -> int:

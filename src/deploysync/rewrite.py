@@ -22,7 +22,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain, islice
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
+
+from .manifest import url_path
 
 #: ``kind`` of a reference resolved like a URL: ``img/x.png`` is relative.
 URL = "url"
@@ -471,7 +473,7 @@ def retarget(url: str, new_name: str) -> str:
     path, suffix = split_url(url)
     head, _, _ = path.rpartition("/")
     base = new_name.rpartition("/")[2]
-    return (f"{head}/" if "/" in path else "") + quote(base, safe="@!$&*+,;=~") + suffix
+    return (f"{head}/" if "/" in path else "") + url_path(base) + suffix
 
 
 def apply(text: str, refs: Iterable[Reference], replace: Callable[[Reference], str | None]) -> str:

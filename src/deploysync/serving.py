@@ -39,6 +39,7 @@ from .manifest import (
     Deployment,
     DeploySyncError,
     normalize_static_url,
+    url_path,
     validate_id,
 )
 from .store import Store, StoreError, open_store
@@ -180,7 +181,7 @@ class Runtime:
                 f"Asset {logical_path!r} is not in deployment {snapshot.current_id!r}"
                 f" of {self.store.location}"
             )
-        return self.static_url + key
+        return self.static_url + url_path(key)
 
     def snippet(self, snapshot: Snapshot, root_path: str = "", nonce: str | None = None) -> bytes:
         """The injected ``<head>`` tags of *snapshot* for a request mounted at *root_path*."""
@@ -241,7 +242,11 @@ class Runtime:
     def _report(self, message: str) -> None:
         if message != self._last_error:
             self._last_error = message
-            logger.error("%s; still serving the last good deployment", message)
+            serving = getattr(self, "snapshot", None)  # not yet while constructed
+            if serving is not None and serving.current_id is not None:
+                logger.error("%s; still serving deployment %s", message, serving.current_id)
+            else:
+                logger.error("%s; no deployment is served until it can be read", message)
 
     def _build(self, initial: bool) -> Snapshot | None:
         """A new snapshot, or ``None`` when nothing changed or the store cannot be read."""
@@ -312,7 +317,7 @@ class Runtime:
         for stale in set(self._files) - used:
             del self._files[stale]
         urls = (
-            {path: self.static_url + asset.name for path, asset in current.assets.items()}
+            {path: self.static_url + url_path(asset.name) for path, asset in current.assets.items()}
             if current is not None
             else {}
         )

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
-from .manifest import Deployment, DeploySyncError
+from .manifest import Deployment, DeploySyncError, url_path
 
 __all__ = ["ViteError", "imported_chunks", "vite_manifest", "vite_tags", "vite_urls"]
 
@@ -77,7 +77,7 @@ def _url(deployment: Deployment, file: str) -> str:
     try:
         return deployment.url(file)
     except KeyError:
-        return deployment.static_url + file.lstrip("/")
+        return deployment.static_url + url_path(file.lstrip("/"))
 
 
 def vite_urls(entry: str, deployment: Deployment) -> tuple[str, list[str], list[str]]:

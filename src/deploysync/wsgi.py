@@ -41,6 +41,7 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 READ_CHUNK = 256 * 1024
 STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
+
 def _status_line(code: int) -> str:
     return STATUS_LINES.get(code) or f"{code} Unknown"
 
@@ -62,12 +63,14 @@ class DeploySync(Middleware[WSGIApp]):
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         snapshot = self.runtime.current()
-        # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1.
+        # PEP 3333: PATH_INFO holds the raw bytes decoded as latin-1. Bytes that are not
+        # UTF-8 decode as the build names such files (os.fsdecode): anything else under
+        # the prefix is a 404 of ours.
         path = environ.get("PATH_INFO") or "/"
         try:
-            path = path.encode("latin-1").decode("utf-8")
-        except UnicodeError:
-            path = "\0"  # no asset has this name: a 404 under the prefix
+            path = path.encode("latin-1").decode("utf-8", "surrogateescape")
+        except UnicodeError:  # not latin-1: not from a server following PEP 3333
+            path = "\0"
         raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         raw = raw_uri.split("?", 1)[0].encode("latin-1", "replace") if raw_uri else None
         method = environ.get("REQUEST_METHOD", "GET")
@@ -75,7 +78,12 @@ class DeploySync(Middleware[WSGIApp]):
         plan = core.decide(request, snapshot, self._static_path)
         if plan is not None:
             return _respond(plan, method, environ, start_response)
-        response = _Response(self, environ, start_response, snapshot)
+        conditional = None
+        if request.if_none_match is not None:
+            conditional = core.app_conditional(request.if_none_match, snapshot.current_id)
+            if conditional is not None:
+                core.conditional_environ(environ, conditional)
+        response = _Response(self, environ, start_response, snapshot, conditional)
         token = self._request_snapshot.set(snapshot)
         try:
             result = self.app(environ, response.start_response)
@@ -128,6 +136,7 @@ class _Response:
     """Per-request state: the app's start_response, held until the body decides."""
 
     __slots__ = (
+        "conditional",
         "edit",
         "environ",
         "held",
@@ -141,9 +150,15 @@ class _Response:
     )
 
     def __init__(
-        self, mw: DeploySync, environ: Environ, upstream: StartResponse, snapshot: core.Snapshot
+        self,
+        mw: DeploySync,
+        environ: Environ,
+        upstream: StartResponse,
+        snapshot: core.Snapshot,
+        conditional: core.Conditional | None = None,
     ) -> None:
         self.mw = mw
+        self.conditional = conditional
         self.environ = environ
         self.upstream = upstream
         self.snapshot = snapshot
@@ -170,7 +185,9 @@ class _Response:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
         snapshot = self.snapshot
         method = self.environ.get("REQUEST_METHOD", "GET")
-        edit = core.edit_response(method, code, raw, snapshot.current_id, snapshot.id_header)
+        edit = core.edit_response(
+            method, code, raw, snapshot.current_id, snapshot.id_header, self.conditional
+        )
         self.held = False
         self.injector = None
         if edit is None or not edit.inject:

@@ -31,9 +31,12 @@ from django.http import (
 )
 
 from ...core import (
+    Conditional,
     FileRange,
     Plan,
     Snapshot,
+    app_conditional,
+    conditional_environ,
     decide,
     edit_response,
     environ_headers,
@@ -68,22 +71,24 @@ class DeploySyncMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        snapshot, config, plan = self._decide(request)
+        snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
             return plan_response(plan, async_body=False)
         response = self.get_response(request)
         assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
-        return self._edit(request, response, snapshot, config)
+        return self._edit(request, response, snapshot, config, conditional)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        snapshot, config, plan = self._decide(request)
+        snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
             return plan_response(plan, async_body=True)
         response = await self.get_response(request)
-        return self._edit(request, response, snapshot, config)
+        return self._edit(request, response, snapshot, config, conditional)
 
     # -- request ---------------------------------------------------------------------------
-    def _decide(self, request: HttpRequest) -> tuple[Snapshot, Config, Plan | None]:
+    def _decide(
+        self, request: HttpRequest
+    ) -> tuple[Snapshot, Config, Plan | None, Conditional | None]:
         config = get_config()
         runtime = get_runtime()
         # One snapshot per request: the decision, the headers and the injected tags all
@@ -93,7 +98,14 @@ class DeploySyncMiddleware:
         core_request = make_request(
             request.method or "GET", request.path_info, headers, raw_path(request)
         )
-        return snapshot, config, decide(core_request, snapshot, runtime.static_path)
+        plan = decide(core_request, snapshot, runtime.static_path)
+        conditional = None
+        if plan is None and core_request.if_none_match is not None:
+            # The views (and ConditionalGetMiddleware) compare the page's own tag.
+            conditional = app_conditional(core_request.if_none_match, snapshot.current_id)
+            if conditional is not None:
+                conditional_environ(request.META, conditional)
+        return snapshot, config, plan, conditional
 
     # -- response --------------------------------------------------------------------------
     def _edit(
@@ -102,6 +114,7 @@ class DeploySyncMiddleware:
         response: HttpResponseBase,
         snapshot: Snapshot,
         config: Config,
+        conditional: Conditional | None,
     ) -> HttpResponseBase:
         current = [
             (name.encode("latin-1"), value.encode("latin-1"))
@@ -113,6 +126,7 @@ class DeploySyncMiddleware:
             current,
             snapshot.current_id,
             snapshot.id_header,
+            conditional,
         )
         if edit is None:
             return response
@@ -172,12 +186,7 @@ def plan_response(plan: Plan, *, async_body: bool) -> HttpResponseBase:
     response: HttpResponseBase
     if all(isinstance(part, bytes) for part in parts):
         response = HttpResponse(b"".join(part for part in parts if isinstance(part, bytes)))
-    elif (
-        not async_body
-        and len(parts) == 1
-        and isinstance(parts[0], FileRange)
-        and parts[0].whole
-    ):
+    elif not async_body and len(parts) == 1 and isinstance(parts[0], FileRange) and parts[0].whole:
         # A whole file: FileResponse lets the WSGI server use wsgi.file_wrapper/sendfile.
         response = FileResponse(open(parts[0].path, "rb"))  # noqa: SIM115 - closed by Django
         response.block_size = CHUNK_SIZE

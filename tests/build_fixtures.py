@@ -50,6 +50,12 @@ def snapshot(root: Path) -> dict[str, str]:
     return found
 
 
+def files_of(root: Path) -> dict[str, str]:
+    """The files of :func:`snapshot`: an empty folder under objects/ holds nothing (a
+    deleted blob leaves its folder, as prune does)."""
+    return {path: kind for path, kind in snapshot(root).items() if kind != "dir"}
+
+
 SITE: dict[str, str | bytes] = {
     "css/app.css": (
         '@import "base.css";\n'

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from build_fixtures import SITE, isolated_build_cache, snapshot, write_tree
+from build_fixtures import SITE, files_of, isolated_build_cache, snapshot, write_tree
 from deploysync import build as build_module
 from deploysync.build import (
     BuildError,
@@ -31,7 +31,7 @@ from deploysync.build import (
     precompress,
     strongly_connected,
 )
-from deploysync.manifest import Deployment, InvalidId
+from deploysync.manifest import Deployment, DeploySyncError, InvalidId, normalize_static_url
 from deploysync.store import FileStore, StoreError
 
 __all__ = ["isolated_build_cache"]
@@ -200,6 +200,74 @@ def test_static_url_is_recorded_and_used(site: Path, store: FileStore) -> None:
     css = served(store, deployment, "css/app.css").decode()
     # "/static/img/logo.svg" is outside the /assets/ prefix: not ours, left alone.
     assert "url('/static/img/logo.svg')" in css
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("static", "/static/"),
+        ("/assets", "/assets/"),
+        ("/app/assets/", "/app/assets/"),
+        ("/", "/"),
+        ("/v1.2/a-b_c~d/", "/v1.2/a-b_c~d/"),
+        ("https://cdn.example.com", "https://cdn.example.com/"),
+        ("https://cdn.example.com:8443/s", "https://cdn.example.com:8443/s/"),
+        ("http://[::1]:8000/static/", "http://[::1]:8000/static/"),
+    ],
+)
+def test_static_url_is_normalized(given: str, expected: str) -> None:
+    assert normalize_static_url(given) == expected
+    assert normalize_static_url(expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        ("", "must not be empty"),
+        ("/a?b/", "cannot contain '?'"),
+        ("/static/?v=1", "cannot contain '?'"),
+        ("/static#top", "cannot contain '#'"),
+        ("https://cdn.example/s?x", "cannot contain '?'"),
+        ("/a/../b/", "cannot be '..'"),
+        ("..", "cannot be '..'"),
+        ("/./", "cannot be '.'"),
+        ("/static/.", "cannot be '.'"),
+        ("/a//b/", "cannot contain '//'"),
+        ("https://cdn.example//s/", "cannot contain '//'"),
+        ("//cdn.example/s/", "starts a host name"),
+        ("/my static/", "' ' cannot be part"),
+        ("/my%20static/", "'%' cannot be part"),
+        ("/stätic/", "'ä' cannot be part"),
+        ("/a\\b/", "'\\\\' cannot be part"),
+        ('/a"b/', "'\"' cannot be part"),
+        ("/a<b>/", "'<' cannot be part"),
+        ("ftp://cdn.example/s/", "http(s)://"),
+        ("https:///s/", "http(s)://"),
+        ("https://cdn example/s/", "http(s)://"),
+        ("http://[::1/s/", "Invalid IPv6 URL"),
+    ],
+)
+def test_a_static_url_no_asset_could_be_served_under_is_refused(
+    given: str, reason: str, site: Path, store: FileStore
+) -> None:
+    with pytest.raises(DeploySyncError) as caught:
+        normalize_static_url(given)
+    assert reason in str(caught.value)
+    if given:
+        assert str(caught.value).startswith(f"Invalid static URL {given!r}: ")
+    with pytest.raises(DeploySyncError):
+        build(site, store, static_url=given)
+    assert not store.root.exists()
+
+
+def test_the_middleware_refuses_a_static_url_no_asset_could_be_served_under(
+    site: Path, store: FileStore
+) -> None:
+    from deploysync.wsgi import DeploySync
+
+    build(site, store, activate=True)
+    with pytest.raises(DeploySyncError, match=r"Invalid static URL '/a\?b/'"):
+        DeploySync(lambda environ, start_response: [], store=store, static_url="/a?b/")
 
 
 def test_deployment_id_option(site: Path, store: FileStore) -> None:
@@ -877,6 +945,32 @@ def test_rebuilding_the_same_content_under_its_id_changes_nothing(
     assert not again.created
     assert again.deployment == first
     assert snapshot(store.root) == before
+
+
+def test_a_failure_after_blobs_were_written_leaves_the_store_as_it_was(
+    tmp_path: Path, site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build(site, store, activate=True)
+    before = files_of(store.root)
+    src = write_tree(tmp_path / "src", {f"f{n}.css": f"a{{n:{n}}}" * 40 for n in range(40)})
+    written: list[str] = []
+    real_put, real_precompress = store.put_blob, build_module.precompress
+
+    def put_blob(digest: str, data: bytes, variants: Any) -> None:
+        real_put(digest, data, variants)
+        written.append(digest)
+
+    def precompress(data: bytes, quality: int = 9) -> dict[str, bytes]:
+        if len(written) >= 10:
+            raise KeyboardInterrupt  # Ctrl-C: the same as any other failure
+        return real_precompress(data, quality)
+
+    monkeypatch.setattr(store, "put_blob", put_blob)
+    monkeypatch.setattr(build_module, "precompress", precompress)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, store, cache=False, workers=1)
+    assert len(written) >= 10
+    assert files_of(store.root) == before
 
 
 def test_prepared_blobs_are_written_in_order_with_a_bounded_lead() -> None:

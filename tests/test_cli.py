@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from build_fixtures import SITE, isolated_build_cache, snapshot, write_tree
+from build_fixtures import SITE, files_of, isolated_build_cache, snapshot, write_tree
+from deploysync import build as build_module
 from deploysync import cli
 from deploysync.cli import format_list, human_size, main, parse_duration
 from deploysync.manifest import DeploymentInfo
@@ -311,6 +313,131 @@ def test_store_folder_without_write_permission_is_a_one_line_error(
     assert snapshot(store) == before
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "site"],
+        ["activate", "abc"],
+        ["list"],
+        ["list", "--json"],
+        ["prune", "--keep", "1"],
+    ],
+)
+def test_an_empty_store_is_no_store(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    # Not the current directory: the flag and the variable say the same.
+    write_tree(tmp_path / "site", SITE)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    monkeypatch.setenv("DEPLOYSYNC_STORE", str(tmp_path / "from-the-environment"))
+    code, out, err = run(capsys, *argv, "--store", "")
+    assert_one_line_error(code, err, "No store given: pass --store or set DEPLOYSYNC_STORE")
+    assert code == 1 and out == ""
+    monkeypatch.setenv("DEPLOYSYNC_STORE", "")
+    assert run(capsys, *argv) == (code, out, err)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("static_url", "fragment"),
+    [
+        ("/a?b/", "cannot contain '?'"),
+        ("/assets#x/", "cannot contain '#'"),
+        ("/static/../other/", "cannot be '..'"),
+        ("./static/", "cannot be '.'"),
+        ("/my assets/", "' ' cannot be part of a URL path prefix"),
+        ("/my%20assets/", "'%' cannot be part of a URL path prefix"),
+        ("//cdn.example/static/", "starts a host name"),
+        ("ftp://cdn.example/static/", "http(s)://"),
+    ],
+)
+def test_a_static_url_that_cannot_be_a_prefix_is_refused(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, static_url: str, fragment: str
+) -> None:
+    code, out, err = run(
+        capsys, "build", str(site), "--store", str(store_dir), "--static-url", static_url
+    )
+    assert_one_line_error(code, err, f"Invalid static URL {static_url!r}", fragment)
+    assert code == 1 and out == ""
+    assert not store_dir.exists()
+
+
+@pytest.mark.parametrize("folder", ["objects", "deployments", "tmp"])
+def test_a_store_folder_that_is_not_writable_is_named_before_anything_is_written(
+    capsys: pytest.CaptureFixture[str], shared_dir: Path, folder: str
+) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    subprocess.run(["chmod", "-R", "a+rX", str(site)], check=True)
+    store = shared_dir / "store"
+    code, _, err = run(capsys, "build", str(site), "--store", str(store), "--activate")
+    assert code == 0, err
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(store)], check=True)
+    (store / folder).chmod(0o555)
+    before = snapshot(store)
+    (site / "more.css").write_text("p{margin:0}")
+    (site / "more.css").chmod(0o644)
+    code, out, err = run_without_privileges("build", str(site), "--store", str(store))
+    assert_one_line_error(code, err, f"Store directory '{store / folder}' is not writable")
+    assert out == ""
+    assert snapshot(store) == before
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_new_blob(
+    capsys: pytest.CaptureFixture[str],
+    site: Path,
+    store_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run(capsys, "build", str(site), "--store", str(store_dir), "--activate")[0] == 0
+    before = files_of(store_dir)
+    (site / "more.css").write_text("p{margin:0}")
+    real = os.replace
+
+    def full_disk(source: str, target: str | os.PathLike[str]) -> None:
+        if str(target).endswith(".json"):
+            raise OSError(28, "No space left on device", source)
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    code, out, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert_one_line_error(code, err, f"'{store_dir / 'deployments'}", "No space left on device")
+    assert "/tmp/" not in err.replace(str(store_dir), "")  # not the temporary file
+    assert out == ""
+    assert files_of(store_dir) == before
+
+
+def test_brotli_quality_without_brotli_is_a_warning(
+    capsys: pytest.CaptureFixture[str],
+    site: Path,
+    store_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(build_module, "_brotli", None)  # as without the brotli extra
+    code, out, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert code == 0 and err == ""
+    (site / "more.css").write_text("p { margin: 0 }\n" * 40)
+    for extra in ([], ["--json"]):
+        code, out, err = run(
+            capsys, "build", str(site), "--store", str(store_dir), "--brotli-quality", "11", *extra
+        )
+        assert code == 0
+        assert err == (
+            "deploysync: warning: --brotli-quality has no effect without brotli"
+            " (pip install 'deploysync[brotli]'): only .gz variants were made\n"
+        )
+        ident = json.loads(out)["id"] if extra else out.splitlines()[-1]
+        assets = FileStore(store_dir).load(ident).assets
+        assert dict(assets["more.css"].encodings).keys() == {"gzip"}
+    argv = ["build", str(site), "--store", str(store_dir), "--brotli-quality", "11"]
+    code, out, err = run(capsys, *argv, "--no-compress")
+    assert code == 0 and err == ""
+
+
 @pytest.mark.parametrize("bad_id", ["a b", "x" * 65, "../x"])
 def test_build_bad_id(
     capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, bad_id: str
@@ -440,6 +567,90 @@ def test_prune_bad_input_changes_nothing(
     assert snapshot(store_dir) == before
 
 
+def _corrupt(manifest: Path, how: str) -> None:
+    if how == "unreadable":
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(manifest.parent.parent)])
+        manifest.chmod(0o000)
+    elif how == "truncated":
+        manifest.write_bytes(manifest.read_bytes()[:40])
+    else:
+        manifest.write_text('{"version": 1, "id": "x", "assets": []}')
+
+
+def _run_as_needed(
+    how: str, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str, str]:
+    # Root reads a file of mode 000: only another user sees it as unreadable.
+    return run_without_privileges(*argv) if how == "unreadable" else run(capsys, *argv)
+
+
+@pytest.mark.parametrize("how", ["unreadable", "truncated", "malformed"])
+def test_prune_refuses_while_a_manifest_cannot_be_read(
+    capsys: pytest.CaptureFixture[str], shared_dir: Path, how: str
+) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    store = shared_dir / "store"
+    _, second = _two_deployments(capsys, site, store)
+    _corrupt(store / "deployments" / f"{second}.json", how)  # the current one
+    before = snapshot(store)
+    code, out, err = _run_as_needed(how, capsys, "prune", "--store", str(store), "--keep", "1")
+    assert_one_line_error(code, err, f"deployment '{second}' cannot be read", "nothing was deleted")
+    assert code == 1 and out == ""
+    assert snapshot(store) == before
+    assert FileStore(store).ids() != []
+
+
+@pytest.mark.parametrize("how", ["unreadable", "truncated"])
+def test_list_shows_a_deployment_that_cannot_be_read_and_fails(
+    capsys: pytest.CaptureFixture[str], shared_dir: Path, how: str
+) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    store = shared_dir / "store"
+    first, second = _two_deployments(capsys, site, store)
+    _corrupt(store / "deployments" / f"{second}.json", how)
+    code, out, err = _run_as_needed(how, capsys, "list", "--store", str(store))
+    assert_one_line_error(code, err, f"Deployment '{second}' cannot be read")
+    assert code == 1
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert rows[0][:3] == ["*", second, "?"] and rows[0][-2:] == ["?", "?"]
+    assert rows[1][0] == first
+    code, out, err = _run_as_needed(how, capsys, "list", "--store", str(store), "--json")
+    assert_one_line_error(code, err, f"Deployment '{second}' cannot be read")
+    data = json.loads(out)
+    assert [d["id"] for d in data] == [second, first]
+    assert data[0]["current"] is True and data[0]["files"] is None and data[0]["error"]
+    assert "error" not in data[1]
+
+
+def test_prune_reports_blobs_it_could_not_delete(
+    capsys: pytest.CaptureFixture[str], shared_dir: Path
+) -> None:
+    site = write_tree(shared_dir / "site", SITE)
+    store = shared_dir / "store"
+    first, second = _two_deployments(capsys, site, store)
+    only_first = FileStore(store).load(first).digests() - FileStore(store).load(second).digests()
+    count = len(only_first)
+    assert count > 0
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(store)], check=True)
+    for folder in (store / "objects").iterdir():
+        folder.chmod(0o555)
+    code, out, err = run_without_privileges("prune", "--store", str(store), "--keep", "1")
+    assert_one_line_error(code, err, "Cannot delete", "Permission denied", f"{count} of {count}")
+    assert code == 1
+    assert out == f"pruned 1 deployments, 0 blobs, 0 B\n  {first}\n"
+    assert set(FileStore(store).all_blobs()) >= only_first
+    code, out, err = run_without_privileges("prune", "--store", str(store), "--keep", "1")
+    assert_one_line_error(code, err, "Cannot delete")
+    assert out == "pruned 0 deployments, 0 blobs, 0 B\n"
+    for folder in (store / "objects").iterdir():
+        folder.chmod(0o755)
+    code, out, err = run_without_privileges("prune", "--store", str(store), "--keep", "1")
+    assert (code, err) == (0, "")
+    assert out.startswith(f"pruned 0 deployments, {count} blobs, ")
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
@@ -506,6 +717,48 @@ def test_demo_is_called_with_the_parsed_options(
     )
     assert code == 0
     assert (seen[0].port, seen[0].host, seen[0].every, seen[0].store) == (0, "0.0.0.0", 5.0, "/x")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--every", "0"], "invalid --every 0: use a number of seconds above 0"),
+        (["--every", "-1"], "invalid --every -1: use a number of seconds above 0"),
+        (["--every", "inf"], "invalid --every inf: use a number of seconds above 0"),
+        (["--port", "70000"], "invalid port 70000: use 0 to 65535"),
+        (["--port", "-1"], "invalid port -1: use 0 to 65535"),
+    ],
+)
+def test_demo_bad_values_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    demo = importlib.import_module("deploysync.demo")
+    monkeypatch.setattr(demo, "_run", lambda *args: pytest.fail("the demo started"))
+    code, out, err = run(capsys, "demo", *argv)
+    assert (code, out, err) == (2, "", f"deploysync: error: {message}\n")
+
+
+def test_demo_errors_read_like_the_other_commands(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    demo = importlib.import_module("deploysync.demo")
+    with monkeypatch.context() as patched:
+        patched.setattr(demo, "_run", lambda *args: pytest.fail("the demo started"))
+        code, out, err = run(capsys, "demo", "--store", "")
+    assert_one_line_error(code, err, "No store given")
+    assert code == 1 and out == ""
+    assert list(tmp_path.iterdir()) == []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run(capsys, "demo", "--port", str(port))
+    assert_one_line_error(code, err, f"port {port} on 127.0.0.1 is already in use")
+    assert code == 1 and out == ""
 
 
 def test_demo_missing_is_one_line(

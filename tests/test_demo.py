@@ -302,21 +302,21 @@ def namespace(**values: Any) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("values", "status", "message"),
     [
-        ({"every": 0}, "invalid --every 0"),
-        ({"every": -2.5}, "invalid --every -2.5"),
-        ({"port": 70000}, "invalid port 70000"),
-        ({"host": "no-such-host.invalid", "port": 0}, "cannot listen on host"),
+        ({"every": 0}, 2, "invalid --every 0"),
+        ({"every": -2.5}, 2, "invalid --every -2.5"),
+        ({"port": 70000}, 2, "invalid port 70000"),
+        ({"host": "no-such-host.invalid", "port": 0}, 1, "cannot listen on host"),
     ],
 )
 def test_bad_options_are_one_line_errors(
-    values: dict[str, Any], message: str, capsys: pytest.CaptureFixture[str]
+    values: dict[str, Any], status: int, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(namespace(**values)) == 1
+    assert main(namespace(**values)) == status
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("deploysync demo: " + message) and err.count("\n") == 1
+    assert err.startswith("deploysync: error: " + message) and err.count("\n") == 1
 
 
 def test_an_unusable_store_is_a_one_line_error(
@@ -327,7 +327,7 @@ def test_an_unusable_store_is_a_one_line_error(
     assert main(namespace(port=0, store=str(not_a_folder))) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("deploysync demo: ") and str(not_a_folder) in err
+    assert err.startswith("deploysync: error: ") and str(not_a_folder) in err
     assert err.count("\n") == 1
 
 
@@ -417,4 +417,4 @@ def test_the_deploysync_demo_command_runs_it(capsys: pytest.CaptureFixture[str])
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1
-    assert err.startswith(f"deploysync demo: port {port} on 127.0.0.1 is already in use;")
+    assert err.startswith(f"deploysync: error: port {port} on 127.0.0.1 is already in use;")

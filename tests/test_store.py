@@ -20,7 +20,14 @@ import pytest
 
 from deploysync.build import build
 from deploysync.manifest import Asset, Deployment, InvalidId, ManifestError
-from deploysync.store import DeploymentNotFound, FileStore, Store, StoreError, open_store
+from deploysync.store import (
+    DeploymentNotFound,
+    FileStore,
+    PruneError,
+    Store,
+    StoreError,
+    open_store,
+)
 
 SrcFactory = Callable[..., Path]
 
@@ -172,8 +179,12 @@ def test_corrupt_manifest_is_a_manifest_error(any_store: Store) -> None:
     corrupt_manifest(any_store, "bad", b'{"version": 1, "id": "good"}')
     with pytest.raises(ManifestError):
         any_store.load("bad")
-    # One broken manifest does not break listing the others.
-    assert [info.id for info in any_store.list()] == ["good"]
+    # One broken manifest does not break listing the others; it is listed first, unknown.
+    infos = any_store.list()
+    assert [info.id for info in infos] == ["bad", "good"]
+    assert (infos[0].created, infos[0].files, infos[0].bytes) == (None, None, None)
+    assert infos[0].error is not None and "Malformed manifest" in infos[0].error
+    assert infos[1].error is None and infos[1].files == 1
 
 
 # -- activation -----------------------------------------------------------------------------
@@ -325,6 +336,54 @@ def test_a_hold_refuses_an_invalid_id(any_store: Store) -> None:
     assert any_store.held() == set()
 
 
+@pytest.mark.parametrize("raw", [b"{not json", b'{"version": 1, "id": "x"}', b""])
+def test_prune_refuses_while_a_manifest_cannot_be_read(
+    any_store: Store, built: Callable[[str], Deployment], raw: bytes
+) -> None:
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    any_store.activate(v2.id)
+    put(any_store, b"left by an interrupted build")
+    corrupt_manifest(any_store, v2.id, raw)  # the current one: its blobs look unused
+    before = snapshot(any_store)
+    with pytest.raises(StoreError, match=f"deployment '{v2.id}' cannot be read") as caught:
+        any_store.prune(keep=1)
+    assert "nothing was deleted" in str(caught.value) and "\n" not in str(caught.value)
+    assert snapshot(any_store) == before
+    assert sorted(any_store.ids()) == sorted([v1.id, v2.id])
+
+
+def test_a_blob_that_cannot_be_deleted_stops_prune_and_is_not_counted(
+    any_store: Store, built: Callable[[str], Deployment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v1 = built("v1")
+    time.sleep(0.01)
+    v2 = built("v2")
+    any_store.activate(v2.id)
+    unused = sorted(v1.digests() - v2.digests())
+    assert len(unused) >= 2
+    real = any_store.delete_blob
+
+    def delete_blob(digest: str) -> int:
+        if digest == unused[1]:
+            raise StoreError(f"Cannot delete blob {digest}: Permission denied")
+        return real(digest)
+
+    monkeypatch.setattr(any_store, "delete_blob", delete_blob)
+    with pytest.raises(PruneError, match="Permission denied") as caught:
+        any_store.prune(keep=1)
+    assert f"{len(unused) - 1} of {len(unused)} unused blobs not deleted" in str(caught.value)
+    result = caught.value.result
+    assert result.deployments == (v1.id,)
+    assert result.blobs == 1
+    freed = next(a for a in v1.assets.values() if a.digest == unused[0])
+    assert result.bytes == freed.size + sum(freed.encodings.values())
+    assert set(any_store.all_blobs()) == v2.digests() | set(unused[1:])
+    monkeypatch.undo()
+    assert any_store.prune(keep=1).blobs == len(unused) - 1
+
+
 def test_prune_keep_zero_is_refused(any_store: Store, built: Callable[[str], Deployment]) -> None:
     any_store.activate(built("v1").id)
     built("v2")
@@ -440,6 +499,53 @@ def test_invalid_ids_and_digests_are_rejected(any_store: Store, tmp_path: Path) 
 
 
 # -- build into either backend --------------------------------------------------------------
+@pytest.mark.parametrize("failing", ["put_blob", "publish"])
+def test_a_failed_build_deletes_the_blobs_it_wrote(
+    any_store: Store, site_src: SrcFactory, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    old = build(site_src("v1"), any_store, activate=True).deployment
+    before = snapshot(any_store)
+    real_put = any_store.put_blob
+    written: list[str] = []
+
+    def put_blob(digest: str, data: bytes, variants: Any) -> None:
+        real_put(digest, data, variants)
+        written.append(digest)
+        if failing == "put_blob" and len(written) == 2:
+            raise StoreError("Cannot write: No space left on device")
+
+    def publish(deployment: Deployment, **kwargs: Any) -> bool:
+        raise StoreError("Cannot write: No space left on device")
+
+    monkeypatch.setattr(any_store, "put_blob", put_blob)
+    if failing == "publish":
+        monkeypatch.setattr(any_store, "publish", publish)
+    with pytest.raises(StoreError, match="No space"):
+        build(site_src("v2"), any_store, cache=False)
+    assert len(written) == 2  # v2 brings two new blobs; both were written, then deleted
+    assert snapshot(any_store) == before
+    assert any_store.current() == old.id
+
+
+def test_a_build_published_despite_an_error_keeps_its_blobs(
+    any_store: Store, site_src: SrcFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The manifest went in, but the answer was lost (a dropped connection).
+    old = build(site_src("v1"), any_store, activate=True).deployment
+    real = any_store.publish
+
+    def publish(deployment: Deployment, **kwargs: Any) -> bool:
+        real(deployment, **kwargs)
+        raise StoreError("Cannot reach the store: Connection reset by peer")
+
+    monkeypatch.setattr(any_store, "publish", publish)
+    with pytest.raises(StoreError, match="Connection reset"):
+        build(site_src("v2"), any_store, cache=False)
+    (new,) = set(any_store.ids()) - {old.id}
+    for asset in any_store.load(new).assets.values():
+        assert any_store.read_blob(asset.digest)
+
+
 def test_build_then_load(any_store: Store, site_src: SrcFactory) -> None:
     first = build(site_src("v1"), any_store, activate=True)
     assert first.created
@@ -723,6 +829,34 @@ def test_default_blob_cache_must_be_private(
         assert Path(store.blob_path(digest)).read_bytes() == b"x"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("redis://127.0.0.1:1/0?foo=bar", "unknown parameter 'foo'"),
+        ("redis://127.0.0.1:1/0?db=1&socket_keepalive_typo=1", "unknown parameter"),
+        ("redis://127.0.0.1:1/x", "the database 'x' is not a number"),
+        ("redis://:secret@127.0.0.1:1/1/2", "the database '1/2' is not a number"),
+        ("redis://127.0.0.1:1/0?db=x", "Invalid value for 'db'"),
+    ],
+)
+def test_an_invalid_redis_url_is_refused_at_once_in_one_line(
+    url: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("redis")
+    with pytest.raises(StoreError) as caught:
+        open_store(url)
+    message = str(caught.value)
+    assert message.startswith("Invalid Redis URL ") and reason in message
+    assert "secret" not in message
+    main = cli_main()
+    assert main is not None
+    capsys.readouterr()
+    assert main(["list", "--store", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("deploysync: error: Invalid Redis URL ") and reason in err
 
 
 def test_redis_store_without_redis_py_says_what_to_install(

@@ -215,6 +215,11 @@ def integrity(data: bytes) -> str:
     return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
+def brotli_available() -> bool:
+    """Whether the ``brotli`` extra is installed: without it only gzip variants are made."""
+    return _brotli is not None
+
+
 def precompress(data: bytes, brotli_quality: int = DEFAULT_BROTLI_QUALITY) -> dict[str, bytes]:
     """The precompressed variants of *data* worth keeping (``{"gzip": ..., "br": ...}``)."""
     size = len(data)
@@ -1099,56 +1104,74 @@ def _store(
                 prepared.append((file, data, encoded, integrity(data)))
             return prepared
 
-        # The pool prepares (reads, rewrites, compresses); this thread writes. Files made
-        # by several threads at once contend in the kernel: measured here, 1,200 small
-        # files took 36 ms from one thread and 60-70 ms from four, and a whole first build
-        # spent 1.8-3.0 s of system time instead of 5.1 s.
-        # Largest first, so the pool does not end on one big file while other cores idle.
-        new.sort(key=lambda f: f.size, reverse=True)
-        for batch in _in_order(pool, prepare, _batches(new, 8), ahead=2 * workers):
-            for file, data, encoded, value in batch:
-                store.put_blob(file.digest, data, encoded)
-                variants[file.digest] = {name: len(encoded[name]) for name in sorted(encoded)}
+        # The blobs this build writes: absent before, used by nothing else until the
+        # manifest naming them is published, so a failure before that deletes them.
+        written: list[str] = []
+        try:
+            # The pool prepares (reads, rewrites, compresses); this thread writes. Files
+            # made by several threads at once contend in the kernel: measured here, 1,200
+            # small files took 36 ms from one thread and 60-70 ms from four, and a whole
+            # first build spent 1.8-3.0 s of system time instead of 5.1 s.
+            # Largest first, so the pool does not end on one big file while cores idle.
+            new.sort(key=lambda f: f.size, reverse=True)
+            for batch in _in_order(pool, prepare, _batches(new, 8), ahead=2 * workers):
+                for file, data, encoded, value in batch:
+                    written.append(file.digest)  # a failing write may leave a part
+                    store.put_blob(file.digest, data, encoded)
+                    variants[file.digest] = {name: len(encoded[name]) for name in sorted(encoded)}
+                    signatures[file.digest] = value
+                step(len(batch))
+            for file, value in zip(
+                unsigned, pool.map(lambda f: integrity(f.served()), unsigned), strict=True
+            ):
                 signatures[file.digest] = value
-            step(len(batch))
-        for file, value in zip(
-            unsigned, pool.map(lambda f: integrity(f.served()), unsigned), strict=True
-        ):
-            signatures[file.digest] = value
-        for file in new:
-            stamps[file.digest] = store.blob_stamp(file.digest)
-        for digest, stamp in stamps.items():
-            cache.put("blobs", digest, [stamp, variants[digest], signatures[digest]])
-        step(len(files) - len(new))
+            for file in new:
+                stamps[file.digest] = store.blob_stamp(file.digest)
+            for digest, stamp in stamps.items():
+                cache.put("blobs", digest, [stamp, variants[digest], signatures[digest]])
+            step(len(files) - len(new))
 
-        deployment = Deployment(
-            id=ident,
-            static_url=static_url,
-            assets=MappingProxyType(
-                {
-                    file.path: Asset(
-                        path=file.path,
-                        name=file.name,
-                        digest=file.digest,
-                        size=file.size,
-                        content_type=kind,
-                        integrity=signatures[file.digest],
-                        encodings=MappingProxyType(variants[file.digest]),  # sorted already
-                    )
-                    for file, kind in zip(files, kinds, strict=True)
-                }
-            ),
-            created=time.time(),
-            extra=MappingProxyType(dict(extra)),
-        )
-        # Every blob was found under the lock (trusted, stamped) or written just now.
-        created = store.publish(deployment, present=unique.keys())
+            deployment = Deployment(
+                id=ident,
+                static_url=static_url,
+                assets=MappingProxyType(
+                    {
+                        file.path: Asset(
+                            path=file.path,
+                            name=file.name,
+                            digest=file.digest,
+                            size=file.size,
+                            content_type=kind,
+                            integrity=signatures[file.digest],
+                            encodings=MappingProxyType(variants[file.digest]),  # sorted already
+                        )
+                        for file, kind in zip(files, kinds, strict=True)
+                    }
+                ),
+                created=time.time(),
+                extra=MappingProxyType(dict(extra)),
+            )
+            # Every blob was found under the lock (trusted, stamped) or written just now.
+            created = store.publish(deployment, present=unique.keys())
+        except BaseException:
+            _discard(store, ident, written)
+            raise
         if not created:
             deployment = store.load(ident)
         cache.base = _base(store, ident)
         if activate:
             store.activate(ident)
     return BuildResult(deployment, created, len(new), len(unique) - len(new), activated=activate)
+
+
+def _discard(store: Store, ident: str, digests: Iterable[str]) -> None:
+    """Delete the blobs a failed build wrote, unless its manifest was published after all
+    (a connection lost after the publication went through)."""
+    with contextlib.suppress(DeploySyncError, OSError):  # the build's own error matters
+        if store.exists(ident):
+            return
+        for digest in digests:
+            store.delete_blob(digest)
 
 
 def _existing(

@@ -15,9 +15,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
-from .build import DEFAULT_BROTLI_QUALITY, build
+from .build import DEFAULT_BROTLI_QUALITY, brotli_available, build
 from .manifest import DEFAULT_STATIC_URL, DeploymentInfo, DeploySyncError, validate_id
-from .store import ENV_VAR, DeploymentNotFound, Store, StoreError, open_store
+from .store import (
+    ENV_VAR,
+    DeploymentNotFound,
+    PruneError,
+    PruneResult,
+    Store,
+    StoreError,
+    open_store,
+)
 
 PROG = "deploysync"
 # A progress bar appears only for builds that last longer than this (seconds).
@@ -119,7 +127,9 @@ def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             activate=args.activate,
             strict=args.strict,
             compress=args.compress,
-            brotli_quality=args.brotli_quality,
+            brotli_quality=(
+                DEFAULT_BROTLI_QUALITY if args.brotli_quality is None else args.brotli_quality
+            ),
             progress=bar,
             warn=warn,
             vite=args.vite,
@@ -127,6 +137,11 @@ def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if args.brotli_quality is not None and args.compress and not brotli_available():
+        err.write(
+            f"{PROG}: warning: --brotli-quality has no effect without brotli"
+            " (pip install 'deploysync[brotli]'): only .gz variants were made\n"
+        )
     deployment = result.deployment
     if args.json:
         # Pure JSON, so `deploysync build --json | jq .id` works: the id is in the object.
@@ -169,11 +184,18 @@ def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(json.dumps([info.to_json() for info in infos], indent=2) + "\n")
     else:
         out.write(format_list(infos))
+    # Listed all the same (prune refuses to run), and the exit status says it.
+    unreadable = [info for info in infos if info.error is not None]
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+        first = unreadable[0]
+        raise StoreError(f"Deployment {first.id!r}{more} cannot be read: {first.error}")
     return 0
 
 
 def format_list(infos: Sequence[DeploymentInfo], now: float | None = None) -> str:
-    """The text table of ``deploysync list``: ``*`` marks the current deployment."""
+    """The text table of ``deploysync list``: ``*`` marks the current deployment, ``?``
+    what an unreadable manifest hides."""
     if not infos:
         return "no deployments\n"
     rows = [("", "ID", "CREATED", "ACTIVATED", "FILES", "SIZE")]
@@ -182,10 +204,10 @@ def format_list(infos: Sequence[DeploymentInfo], now: float | None = None) -> st
             (
                 "*" if info.current else "",
                 info.id,
-                human_time(info.created, now),
+                "?" if info.created is None else human_time(info.created, now),
                 human_time(info.activated, now),
-                str(info.files),
-                human_size(info.bytes),
+                "?" if info.files is None else str(info.files),
+                "?" if info.bytes is None else human_size(info.bytes),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -202,14 +224,22 @@ def cmd_prune(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     older_than = parse_duration(args.older_than) if args.older_than is not None else None
     store = open_store(args.store)
     _require_store(store)
-    result = store.prune(args.keep, older_than)
+    try:
+        result = store.prune(args.keep, older_than)
+    except PruneError as exc:
+        _write_pruned(exc.result, out)  # what it did before it failed
+        raise
+    _write_pruned(result, out)
+    return 0
+
+
+def _write_pruned(result: PruneResult, out: TextIO) -> None:
     out.write(
         f"pruned {len(result.deployments)} deployments, {result.blobs} blobs, "
         f"{human_size(result.bytes)}\n"
     )
     for ident in result.deployments:
         out.write(f"  {ident}\n")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -261,7 +291,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--brotli-quality",
         type=int,
-        default=DEFAULT_BROTLI_QUALITY,
+        default=None,
         metavar="N",
         help=f"brotli 0-11 (default {DEFAULT_BROTLI_QUALITY}; 11: ~5%% smaller, 50x slower)",
     )

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import html
 import json
+import math
 import os
 import select
 import shutil
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+# The exit status of a malformed command line, as for every deploysync command.
+USAGE_ERROR = 2
 OPERATOR_PATH = "/_demo/operator"
 CSS = "css/site.css"
 JS = "js/app.js"
@@ -562,9 +565,10 @@ class _Console:
             print(line, file=self.out, flush=True)
 
 
-def _error(message: str) -> int:
-    print(f"deploysync demo: {message}", file=sys.stderr, flush=True)
-    return 1
+def _error(message: str, status: int = 1) -> int:
+    """Report *message* as every deploysync command does, in one line; return *status*."""
+    print(f"deploysync: error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def _bind(host: str, port: int) -> DemoServer:
@@ -660,10 +664,13 @@ def main(args: argparse.Namespace | None = None) -> int:
     port = int(args.port)
     host = str(args.host)
     every = None if args.every is None else float(args.every)
+    # Values argparse parsed but the demo cannot use: a malformed command line (2).
     if not 0 <= port <= 65535:
-        return _error(f"invalid port {port}: use 0 to 65535")
-    if every is not None and every <= 0:
-        return _error(f"invalid --every {every:g}: use a number of seconds above 0")
+        return _error(f"invalid port {port}: use 0 to 65535", USAGE_ERROR)
+    if every is not None and not 0 < every < math.inf:
+        return _error(f"invalid --every {every:g}: use a number of seconds above 0", USAGE_ERROR)
+    if args.store is not None and not str(args.store):
+        return _error("No store given: --store is empty (leave it out for a temporary one)")
     say = _Console(sys.stdout)
     try:
         return _run(host, port, args.store, every, say)

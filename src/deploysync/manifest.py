@@ -13,11 +13,18 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MANIFEST_VERSION = 1
 DEFAULT_STATIC_URL = "/static/"
+# What a static URL's path may hold: RFC 3986 path characters (pchar) other than
+# percent-escapes, since servers match the decoded request path against the prefix.
+_PATH_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@"
+)
+# The host (and port) of an absolute static URL.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
 
 class DeploySyncError(Exception):
@@ -56,14 +63,45 @@ def url_path(name: str) -> str:
 
 
 def normalize_static_url(static_url: str) -> str:
-    """``"static"`` -> ``"/static/"``; an absolute URL (a CDN) keeps its scheme and host."""
+    """``"static"`` -> ``"/static/"``; an absolute URL (a CDN) keeps its scheme and host.
+
+    Raises :class:`DeploySyncError` for a prefix no asset URL could be served under.
+    """
     if not static_url:
         raise DeploySyncError("The static URL prefix must not be empty")
-    if "://" not in static_url and not static_url.startswith("/"):
-        static_url = "/" + static_url
-    if not static_url.endswith("/"):
-        static_url += "/"
-    return static_url
+    bad = f"Invalid static URL {static_url!r}:"
+    for char in "?#":
+        if char in static_url:
+            raise DeploySyncError(f"{bad} a prefix cannot contain {char!r}")
+    base, path = "", static_url
+    if "://" in static_url:
+        try:
+            parts = urlsplit(static_url)
+        except ValueError as exc:  # an unclosed IPv6 bracket
+            raise DeploySyncError(f"{bad} {exc}") from None
+        if parts.scheme not in ("http", "https") or not _HOST.fullmatch(parts.netloc):
+            raise DeploySyncError(f"{bad} use a path or an http(s):// URL with a host")
+        base, path = f"{parts.scheme}://{parts.netloc}", parts.path
+    elif static_url.startswith("//"):
+        raise DeploySyncError(f"{bad} '//' starts a host name; write https://HOST/PATH")
+    if not path.startswith("/"):
+        path = "/" + path
+    if not path.endswith("/"):
+        path += "/"
+    # Browsers resolve '.' and '..' away, and servers merge '//': the request would
+    # never carry the prefix the page names.
+    if "//" in path:
+        raise DeploySyncError(f"{bad} a path cannot contain '//'")
+    for segment in path[1:-1].split("/") if path != "/" else ():
+        if segment in (".", ".."):
+            raise DeploySyncError(f"{bad} a path segment cannot be {segment!r}")
+        for char in segment:
+            if char not in _PATH_CHARS:
+                raise DeploySyncError(
+                    f"{bad} {char!r} cannot be part of a URL path prefix"
+                    " (use letters, digits and -._~!$&'()*+,;=:@)"
+                )
+    return base + path
 
 
 # A string as JSON text, the way json.dumps(value, ensure_ascii=False) writes it.
@@ -240,17 +278,22 @@ def derive_id_of_rows(
 
 @dataclass(frozen=True, slots=True)
 class DeploymentInfo:
-    """What ``deploysync list`` shows of a deployment."""
+    """What ``deploysync list`` shows of a deployment.
+
+    ``error`` says why its manifest cannot be read; ``created``, ``files`` and ``bytes``
+    are then unknown (``None``).
+    """
 
     id: str
-    created: float
+    created: float | None
     activated: float | None
-    files: int
-    bytes: int
+    files: int | None
+    bytes: int | None
     current: bool
+    error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "created": self.created,
             "activated": self.activated,
@@ -258,3 +301,6 @@ class DeploymentInfo:
             "bytes": self.bytes,
             "current": self.current,
         }
+        if self.error is not None:
+            data["error"] = self.error
+        return data

@@ -7,6 +7,7 @@ import os
 from .base import (
     Activation,
     DeploymentNotFound,
+    PruneError,
     PruneResult,
     Store,
     StoreError,
@@ -18,6 +19,7 @@ __all__ = [
     "Activation",
     "DeploymentNotFound",
     "FileStore",
+    "PruneError",
     "PruneResult",
     "Store",
     "StoreError",
@@ -31,15 +33,16 @@ ENV_VAR = "DEPLOYSYNC_STORE"
 def open_store(spec: str | os.PathLike[str] | Store | None = None) -> Store:
     """A store from a directory path, a ``redis://`` URL, or a store object.
 
-    ``None`` reads ``DEPLOYSYNC_STORE``.
+    ``None`` reads ``DEPLOYSYNC_STORE``. An empty spec is no store, not the current
+    directory.
     """
     if isinstance(spec, Store):
         return spec
     if spec is None:
-        spec = os.environ.get(ENV_VAR) or None
-        if spec is None:
-            raise StoreError(f"No store given: pass --store or set {ENV_VAR}")
+        spec = os.environ.get(ENV_VAR, "")
     text = os.fspath(spec)
+    if not text:
+        raise StoreError(f"No store given: pass --store or set {ENV_VAR}")
     if text.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisStore
 

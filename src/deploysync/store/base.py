@@ -74,6 +74,14 @@ class PruneResult:
     bytes: int
 
 
+class PruneError(StoreError):
+    """A prune that could not delete every unused blob; ``result`` is what it did."""
+
+    def __init__(self, message: str, result: PruneResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class Store(ABC):
     """Where deployments live. Implementations must make :meth:`publish` and
     :meth:`activate` atomic: a reader sees the old state or the complete new one."""
@@ -118,7 +126,8 @@ class Store(ABC):
 
     @abstractmethod
     def delete_blob(self, digest: str) -> int:
-        """Delete a blob and its variants; return the bytes freed."""
+        """Delete a blob and its variants; return the bytes freed. An absent blob frees
+        nothing; ``StoreError`` when a part of it cannot be deleted."""
 
     # -- manifests -------------------------------------------------------------------------
     @abstractmethod
@@ -133,7 +142,8 @@ class Store(ABC):
 
     @abstractmethod
     def load(self, deployment_id: str) -> Deployment:
-        """The deployment; ``DeploymentNotFound`` when absent."""
+        """The deployment; ``DeploymentNotFound`` when absent, ``ManifestError`` when its
+        manifest cannot be read (unreadable, malformed)."""
 
     def deployment_stamp(self, deployment_id: str) -> str | None:
         """A token that stays the same while the published deployment is the same one
@@ -224,21 +234,42 @@ class Store(ABC):
 
     def deployments(self) -> list[Deployment]:
         """Every readable deployment, newest first (by creation time, then id)."""
+        return self._read_all()[0]
+
+    def _read_all(self) -> tuple[list[Deployment], dict[str, str]]:
+        """Every readable deployment, newest first, and each unreadable one's id -> why."""
         found = []
+        unreadable = {}
         for ident in self.ids():
             try:
                 found.append(self.load(ident))
-            except (DeploymentNotFound, StoreError, ValueError):
-                continue
+            except DeploymentNotFound:
+                continue  # unpublished since ids() listed it
+            except ValueError as exc:  # ManifestError: unreadable, not JSON, malformed
+                unreadable[ident] = " ".join(str(exc).split())
         found.sort(key=lambda d: (d.created, d.id), reverse=True)
-        return found
+        return found, dict(sorted(unreadable.items()))
 
     def list(self) -> list[DeploymentInfo]:
-        """What ``deploysync list`` shows, newest first."""
+        """What ``deploysync list`` shows: the deployments whose manifest cannot be read
+        first (with the reason in ``error``), then the others, newest first."""
         record = self.activations()
         current = record[-1].id if record else None
         activated = {a.id: a.at for a in record}
-        return [
+        deployments, unreadable = self._read_all()
+        infos = [
+            DeploymentInfo(
+                id=ident,
+                created=None,
+                activated=activated.get(ident),
+                files=None,
+                bytes=None,
+                current=ident == current,
+                error=reason,
+            )
+            for ident, reason in unreadable.items()
+        ]
+        infos.extend(
             DeploymentInfo(
                 id=d.id,
                 created=d.created,
@@ -247,8 +278,9 @@ class Store(ABC):
                 bytes=d.total_size,
                 current=d.id == current,
             )
-            for d in self.deployments()
-        ]
+            for d in deployments
+        )
+        return infos
 
     def prune(self, keep: int, older_than: float | None = None) -> PruneResult:
         """Delete what only deployments outside the newest *keep* use.
@@ -257,13 +289,24 @@ class Store(ABC):
         holds (a server pinned to it, see :meth:`hold`). With *older_than* (seconds), a deployment
         is removed only when it was also created more than that long ago. Blobs that no
         remaining deployment uses (including leftovers of an interrupted build) go too.
+
+        A deployment whose manifest cannot be read makes it refuse (``StoreError``) before
+        deleting anything: the blobs it uses are unknown. A blob that cannot be deleted
+        stops it with :class:`PruneError`, which carries what was deleted until then.
         """
         if keep < 1:
             raise StoreError("--keep must be at least 1")
         with self.lock():
             current = self.current()
             held = self.held()
-            deployments = self.deployments()
+            deployments, unreadable = self._read_all()
+            if unreadable:
+                ident, reason = next(iter(unreadable.items()))
+                more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+                raise StoreError(
+                    f"Cannot prune {self.location}: deployment {ident!r}{more} cannot be read"
+                    f" ({reason}), so the blobs it uses are unknown; nothing was deleted"
+                )
             now = time.time()
             doomed = [
                 d
@@ -279,9 +322,14 @@ class Store(ABC):
             # Unpublish first: a server never sees a manifest whose blobs are gone.
             for deployment in doomed:
                 self.delete_deployment(deployment.id)
-            freed = blobs = 0
-            for digest in list(self.all_blobs()):
-                if digest not in used:
+            pruned = tuple(d.id for d in doomed)
+            unused = [digest for digest in self.all_blobs() if digest not in used]
+            freed = 0
+            for done, digest in enumerate(unused):
+                try:
                     freed += self.delete_blob(digest)
-                    blobs += 1
-            return PruneResult(tuple(d.id for d in doomed), blobs, freed)
+                except StoreError as exc:
+                    # What is left is unused: the next prune deletes it.
+                    left = f"{len(unused) - done} of {len(unused)} unused blobs not deleted"
+                    raise PruneError(f"{exc} ({left})", PruneResult(pruned, done, freed)) from None
+            return PruneResult(pruned, len(unused), freed)

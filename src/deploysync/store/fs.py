@@ -54,6 +54,11 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+def _write_error(target: Path, exc: OSError) -> StoreError:
+    """An error writing *target*, named as such rather than by its temporary file."""
+    return StoreError(f"Cannot write '{target}': {exc.strerror or exc}")
+
+
 class FileStore(Store):
     """A store in a local directory, created on first write."""
 
@@ -85,7 +90,10 @@ class FileStore(Store):
         # Plain system calls: a build writes thousands of small files, and a file object
         # and a second path lookup per file cost as much as the writing.
         tmp = f"{self._tmp}/{target.name[:40]}.{os.getpid()}.{next(_serial)}.{os.urandom(4).hex()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise _write_error(target, exc) from None
         try:
             try:
                 view = memoryview(data)
@@ -101,9 +109,11 @@ class FileStore(Store):
             except FileNotFoundError:  # the first file of its folder
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise _write_error(target, exc) from None
             raise
 
     # -- writers' setup --------------------------------------------------------------------
@@ -119,8 +129,11 @@ class FileStore(Store):
         except OSError as exc:
             reason = exc.strerror
             raise StoreError(f"Store directory '{self.root}' is not writable: {reason}") from None
-        if not os.access(self.root, os.W_OK | os.X_OK) or not os.access(self._tmp, os.W_OK):
-            raise StoreError(f"Store directory '{self.root}' is not writable")
+        # Every folder a writer adds to or removes from, before anything is written: a
+        # build must not find out with its blobs already written.
+        for folder in (self.root, self._objects, self._manifests, self._tmp):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise StoreError(f"Store directory '{folder}' is not writable")
         try:
             fd, probe = tempfile.mkstemp(dir=self._tmp, prefix=".probe.")
             os.close(fd)
@@ -227,10 +240,13 @@ class FileStore(Store):
         for encoding in (*ENCODINGS, None):
             path = self._blob(digest, encoding)
             try:
-                freed += path.stat().st_size
+                size = path.stat().st_size
                 path.unlink()
-            except OSError:
+            except FileNotFoundError:
                 continue
+            except OSError as exc:
+                raise StoreError(f"Cannot delete '{path}': {exc.strerror or exc}") from None
+            freed += size
         return freed
 
     # -- manifests -------------------------------------------------------------------------
@@ -268,7 +284,7 @@ class FileStore(Store):
             message = f"Unknown deployment {deployment_id!r} in {self.location}"
             raise DeploymentNotFound(message) from None
         except OSError as exc:
-            raise StoreError(f"Cannot read {path}: {exc.strerror}") from None
+            raise ManifestError(f"Cannot read {path}: {exc.strerror}") from None
         deployment = Deployment.loads(raw)
         if deployment.id != deployment_id:
             raise ManifestError(f"Manifest {path} names deployment {deployment.id!r}")

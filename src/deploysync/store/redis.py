@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -122,6 +123,24 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _check_url(url: str, client: Any) -> None:
+    """Raise ``ValueError`` for what redis-py accepts in a URL but gets wrong later: a
+    database that is not a number (it would use 0), a parameter no connection takes (a
+    ``TypeError`` at the first command)."""
+    parts = urlsplit(url)
+    if parts.scheme != "unix":
+        db = parts.path.strip("/")
+        if db and not re.fullmatch(r"[0-9]+", db):
+            raise ValueError(f"the database {db!r} is not a number")
+    pool = client.connection_pool
+    try:
+        # Making a connection object opens no socket; its constructor checks the keywords.
+        pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        match = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
+        raise ValueError(f"unknown parameter {match.group(1)!r}" if match else str(exc)) from None
+
+
 def _writable(path: str) -> bool:
     """Whether *path* can be created or written: its nearest existing ancestor is writable."""
     while not os.path.exists(path):
@@ -176,6 +195,7 @@ class RedisStore(Store):
             self._redis = redis.Redis.from_url(
                 url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
             )
+            _check_url(url, self._redis)
         except ValueError as exc:
             raise StoreError(f"Invalid Redis URL {self.location!r}: {exc}") from None
         self._release = self._redis.register_script(RELEASE_SCRIPT)

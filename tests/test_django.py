@@ -475,6 +475,17 @@ def test_e003_poll_interval_must_be_positive(
     assert check_ids() == ["deploysync.E003"]
 
 
+@pytest.mark.parametrize(("where", "value"), [("django", "/a?b/"), ("deploysync", "/x/../y/")])
+def test_e003_static_url_no_asset_could_be_served_under(
+    deployed: Deployment, configure: Callable[..., None], where: str, value: str
+) -> None:
+    if where == "django":
+        configure(django_settings={"STATIC_URL": value})
+    else:
+        configure(STATIC_URL=value)
+    assert check_ids() == ["deploysync.E003"]
+
+
 def test_e003_unknown_key(deployed: Deployment, configure: Callable[..., None]) -> None:
     configure(STOER="typo")
     assert check_ids() == ["deploysync.E003"]

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from ...manifest import DeploySyncError, normalize_static_url
+from ...manifest import DeploySyncError
 from ...store import open_store
 from .conf import read_config as get_config
 
@@ -107,7 +107,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
         ]
     finally:
         store.close()
-    if normalize_static_url(deployment.static_url) != config.static_url:
+    if deployment.static_url != config.static_url:
         return [
             Error(
                 f"Deployment {deployment.id} was built for the static URL "

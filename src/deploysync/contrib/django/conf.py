@@ -30,7 +30,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from ...manifest import DEFAULT_STATIC_URL, normalize_static_url
+from ...manifest import DEFAULT_STATIC_URL, DeploySyncError, normalize_static_url
 from ...serving import Runtime
 
 __all__ = [
@@ -126,9 +126,13 @@ def read_config() -> Config:
             "DEPLOYSYNC['NONCE'] must be a request attribute name or a callable(request)"
         )
     strict = raw["STRICT"]
+    try:
+        static_url = normalize_static_url(str(static_url))
+    except DeploySyncError as exc:
+        raise ImproperlyConfigured(f"STATIC_URL: {exc}") from None
     return Config(
         store=store,
-        static_url=normalize_static_url(str(static_url)),
+        static_url=static_url,
         routing=routing,
         check_interval=numbers["CHECK_INTERVAL"],
         deployment=raw["DEPLOYMENT"],
@@ -198,4 +202,3 @@ def request_nonce(request: Any, config: Config | None = None) -> str | None:
     value = source(request) if callable(source) else getattr(request, source, None)
     # django-csp's request.csp_nonce is a lazy object: str() evaluates it.
     return str(value) if value else None
-

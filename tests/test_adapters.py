@@ -7,8 +7,11 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import brotli
@@ -722,8 +725,6 @@ def test_switch_to_another_static_url_is_refused_at_runtime(
 def test_the_watcher_picks_up_an_activation(
     make: MakeClient, store: FileStore, deployed: Deployment
 ) -> None:
-    import time
-
     client = make(poll_interval=0.05)
     assert client.get("/").header("x-deployment-id") == deployed.id  # starts the watcher
     newer = publish(store, {"css/app.css": b"new"})
@@ -909,3 +910,78 @@ def test_every_store_backend_serves_and_switches(kind: str, any_store: Store) ->
         assert client.get(first.url("css/app.css")).body == CSS  # still retained
     finally:
         client.close()
+
+
+# -- ordering across servers ---------------------------------------------------------------------
+
+
+def test_version_judges_a_page_that_sends_its_id(
+    client: Client, store: FileStore, deployed: Deployment
+) -> None:
+    newer = publish(store, {"css/app.css": b"new"}, activate=False)
+    older = publish(store, {"css/app.css": b"old"}, activate=False)
+    store.activate(older.id)
+    store.activate(deployed.id)
+    store.activate(newer.id)
+    store.activate(deployed.id)  # a rollback: deployed is the newest activation
+    client.mw.runtime.refresh()
+
+    def judged(page: str) -> Any:
+        return json.loads(client.get("/_deploysync/version", [("X-Deployment-Id", page)]).body)
+
+    assert judged(deployed.id)["outdated"] is False
+    assert judged(newer.id)["outdated"] is True  # activated before the rollback
+    assert judged("never-seen")["outdated"] is True
+    assert judged(deployed.id)["id"] == deployed.id
+    # Without the page's id (or with an invalid one) the answer is the plain one.
+    assert "outdated" not in json.loads(client.get("/_deploysync/version").body)
+    plain = client.get("/_deploysync/version", [("X-Deployment-Id", "bad id")])
+    assert "outdated" not in json.loads(plain.body)
+    head = client.request("HEAD", "/_deploysync/version", [("X-Deployment-Id", newer.id)])
+    assert head.status == 200 and head.body == b""
+    # The page's id alone never makes a 409: only a navigation does.
+    assert client.get("/", [("X-Deployment-Id", newer.id)]).status == 200
+
+
+def test_a_straggler_does_not_judge_a_newer_page_outdated(
+    client: Client, store: FileStore, deployed: Deployment
+) -> None:
+    # This server is still on `deployed`; `newer` was activated on the others, and this
+    # server has not seen it yet: its order is the one it read.
+    runtime = client.mw.runtime
+    snapshot = runtime.snapshot
+    newer = publish(store, {"css/app.css": b"new"}, activate=False)
+    order = {**snapshot.order, newer.id: max(snapshot.order.values()) + 1}
+    runtime.snapshot = replace(snapshot, order=MappingProxyType(order))
+    body = json.loads(client.get("/_deploysync/version", [("X-Deployment-Id", newer.id)]).body)
+    assert body == {"id": deployed.id, "static_url": "/static/", "seq": 1, "outdated": False}
+
+
+def test_a_page_of_a_deployment_rolling_in_is_not_sent_back(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    # Pinned containers render `rolling` before it is activated; the servers still on
+    # `deployed` must not answer its pages with a 409 to the older frontend.
+    rolling = publish(store, {"css/app.css": b"rolling"}, activate=False)
+    client = make()
+    navigate = [("X-Deploysync", "navigate"), ("X-Deployment-Id", rolling.id)]
+    response = client.get("/", navigate)
+    assert response.status == 200
+    assert response.header("x-deployment-id") == deployed.id
+    # A deployment built before the current one and never activated is just old.
+    store.activate(rolling.id)
+    store.activate(deployed.id)
+    client.mw.runtime.refresh()
+    assert client.get("/", navigate).status == 409
+
+
+def test_the_first_request_of_a_process_reads_the_store_again(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    # A gunicorn worker forked from a --preload parent, or a server whose first request
+    # comes long after start-up: the snapshot read then is not what it answers with.
+    client = make(poll_interval=0.05)
+    newer = publish(store, {"css/app.css": b"new"})
+    time.sleep(0.1)
+    response = client.get("/")  # the first request: starts the watcher
+    assert response.header("x-deployment-id") == newer.id

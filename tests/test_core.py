@@ -91,7 +91,8 @@ def test_is_outdated(page: str, current: str, order: dict[str, int], outdated: b
     [
         ([(b"x-deploysync", b"navigate"), (b"x-deployment-id", b"abc_-1")], True, "abc_-1"),
         ([(b"x-deploysync", b"NAVIGATE "), (b"x-deployment-id", b" abc ")], True, "abc"),
-        ([(b"x-deployment-id", b"abc")], False, None),  # no marker: never a 409
+        # No marker: the id is read (the version endpoint judges it), never a 409.
+        ([(b"x-deployment-id", b"abc")], False, "abc"),
         ([(b"x-deploysync", b"navigate"), (b"x-deployment-id", b"ab\r\ncd")], True, None),
         ([(b"x-deploysync", b"navigate"), (b"x-deployment-id", b"a" * 65)], True, None),
         ([(b"x-deploysync", b"navigate"), (b"x-deployment-id", b"\xff\xfe")], True, None),

@@ -136,7 +136,8 @@ class Request:
 
     ``path`` is the server-decoded path relative to the application root (``root_path``
     / ``SCRIPT_NAME`` removed); ``raw_path`` is the still-encoded one when the server
-    provides it, used only to refuse encoded separators.
+    provides it, used only to refuse encoded separators. ``page_id`` is the page's valid
+    ``X-Deployment-Id``; only with ``navigate`` can it lead to a 409.
     """
 
     method: str
@@ -202,7 +203,7 @@ def make_request(
         return Request(method, path, raw_path)
     navigate = found.get(b"x-deploysync", b"").strip().lower() == b"navigate"
     page_id = None
-    if navigate and ids == 1:
+    if ids == 1:
         try:
             candidate = found[b"x-deployment-id"].strip().decode("ascii")
         except UnicodeDecodeError:
@@ -279,9 +280,19 @@ METHOD_NOT_ALLOWED = Plan(
 )
 
 
-def version_plans(current_id: str | None, static_url: str, seq: int | None) -> tuple[Plan, Plan]:
-    """The GET and HEAD answers of ``/_deploysync/version``."""
-    body = json.dumps({"id": current_id, "static_url": static_url, "seq": seq}).encode()
+def version_plans(
+    current_id: str | None, static_url: str, seq: int | None, outdated: bool | None = None
+) -> tuple[Plan, Plan]:
+    """The GET and HEAD answers of ``/_deploysync/version``.
+
+    *outdated*: asked with a page's id (``X-Deployment-Id``), whether that page must move
+    to this server's deployment (:func:`is_outdated`): a straggler's older id does not
+    make a newer page stale.
+    """
+    fields: dict[str, Any] = {"id": current_id, "static_url": static_url, "seq": seq}
+    if outdated is not None:
+        fields["outdated"] = outdated
+    body = json.dumps(fields).encode()
     headers = (
         (b"content-type", b"application/json"),
         (b"cache-control", NO_STORE),
@@ -289,6 +300,14 @@ def version_plans(current_id: str | None, static_url: str, seq: int | None) -> t
         (b"content-length", str(len(body)).encode()),
     )
     return Plan(200, headers, (body,)), Plan(200, headers)
+
+
+def version_for_page(snapshot: Snapshot, page_id: str, method: str) -> Plan:
+    """The version answer for a page that sent its id."""
+    current = snapshot.current_id
+    outdated = current is not None and is_outdated(page_id, current, snapshot.order)
+    get, head = version_plans(current, snapshot.static_url, snapshot.seq, outdated)
+    return get if method == "GET" else head
 
 
 def make_variant(
@@ -685,9 +704,11 @@ def decide(
     elif path.startswith(CLIENT_PREFIX):
         if path == VERSION_PATH:
             if request.method == "GET":
-                return snapshot.version
+                return snapshot.version if page is None else version_for_page(snapshot, page, "GET")
             if request.method == "HEAD":
-                return snapshot.version_head
+                if page is None:
+                    return snapshot.version_head
+                return version_for_page(snapshot, page, "HEAD")
             return METHOD_NOT_ALLOWED
         file = snapshot.routes.get(path)
     else:

@@ -132,6 +132,7 @@ class Runtime:
         # deployment was built for) surface here, when the middleware is constructed.
         snapshot = self._build(initial=True)
         self.snapshot: Snapshot = snapshot if snapshot is not None else self._empty()
+        self._read_at = time.monotonic()
         self._held_at = 0.0
         self._hold()
 
@@ -219,6 +220,7 @@ class Runtime:
         """Re-read the store now; ``True`` when a new snapshot was swapped in."""
         with self._refresh_lock:
             snapshot = self._build(initial=False)
+            self._read_at = time.monotonic()
             if snapshot is None:
                 return False
             self.snapshot = snapshot  # one reference assignment: atomic for readers
@@ -338,7 +340,7 @@ class Runtime:
         return Snapshot(
             current_id=current_id,
             seq=seq,
-            order=MappingProxyType(order),
+            order=MappingProxyType(_ranking(order, self._deployments, current)),
             files=MappingProxyType(files),
             urls=MappingProxyType(urls),
             routes=MappingProxyType({self._client_path: self._client}),
@@ -429,6 +431,11 @@ class Runtime:
             pid = os.getpid()
             if self._closed or (self._watching and self._watcher_pid == pid):
                 return
+            if time.monotonic() - self._read_at > self.poll_interval:
+                # The snapshot was read a while ago (at start-up, or in the parent of this
+                # forked worker, which may have served for hours): this first request is
+                # answered from the store as it is now, not as it was then.
+                self.refresh()
             # A forked child inherits the flag but not the thread: start its own.
             self._stop = threading.Event()
             thread = threading.Thread(
@@ -479,6 +486,30 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+def _ranking(
+    order: dict[str, int], deployments: Mapping[str, Deployment], current: Deployment | None
+) -> dict[str, int]:
+    """The activation order, with deployments built after *current* but not activated yet
+    ranked after it, newest last.
+
+    Pinned servers rolling in render pages of such a deployment before its activation;
+    a server still on *current* must give those pages a normal answer, not a 409 that
+    would send them back to an older frontend.
+    """
+    if current is None:
+        return order
+    pending = sorted(
+        (d for d in deployments.values() if d.id not in order and d.created > current.created),
+        key=lambda d: (d.created, d.id),
+    )
+    if not pending:
+        return order
+    ranking = dict(order)
+    for rank, deployment in enumerate(pending, max(order.values(), default=0) + 1):
+        ranking[deployment.id] = rank
+    return ranking
 
 
 def _store_root(store: Store) -> str | None:

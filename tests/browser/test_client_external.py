@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from harness import MakeSite, Tab
-from helpers import RELOAD_409, client_routed, mark, marked, page_id, title_is, wait_stale
+from helpers import RELOAD_409, check, client_routed, mark, marked, page_id, title_is, wait_stale
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.parametrize("navigation_api", [True, False], ids=["navigation-api", "history-wrap"])
+NAVIGATION_API = pytest.mark.parametrize(
+    "navigation_api", [True, False], ids=["navigation-api", "history-wrap"]
+)
+
+
+def _without_navigation_api(page: Any) -> None:
+    """A browser without the Navigation API: the client wraps history instead."""
+    page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
+
+
+@NAVIGATION_API
 def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
     site = make_site(routing="external")
     page = tab.page
     if not navigation_api:
-        # A browser without the Navigation API: the client wraps history instead.
-        page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
+        _without_navigation_api(page)
     page.goto(site.url("/spa"))
     client_routed(page)
     mark(page)
@@ -35,6 +46,81 @@ def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     assert not marked(page), "the router's push must become a full load"
     assert page.url == site.url("/spa/y")
     assert page_id(page) == new
+
+
+@NAVIGATION_API
+def test_a_routers_replace_after_a_deploy_is_a_full_load_in_place_of_the_entry(
+    make_site: MakeSite, tab: Tab, navigation_api: bool
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    if not navigation_api:
+        _without_navigation_api(page)
+    page.goto(site.url("/spa"))
+    client_routed(page)
+    mark(page)
+    entries = page.evaluate("history.length")
+    new = site.deploy("v2")
+    assert check(page)
+    page.evaluate("setTimeout(() => history.replaceState({}, '', '/spa/y'))")
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    assert not marked(page)
+    assert page.evaluate("location.href") == site.url("/spa/y")
+    assert page.evaluate("history.length") == entries, "a replace must not add an entry"
+
+
+@NAVIGATION_API
+def test_back_to_another_url_of_a_pushstate_router_after_a_deploy_is_a_full_load(
+    make_site: MakeSite, tab: Tab, navigation_api: bool
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    if not navigation_api:
+        _without_navigation_api(page)
+    page.goto(site.url("/spa"))
+    client_routed(page)
+    mark(page)
+    page.click("#spa-x")
+    expect(page.locator("#view")).to_have_text("view /spa/x")
+    new = site.deploy("v2")
+    assert check(page)
+    page.go_back()  # to the page's first URL, after the router pushed another one
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    assert not marked(page)
+    assert page.evaluate("location.href") == site.url("/spa")
+    expect(page.locator("#view")).to_have_text("view /spa")
+
+
+@pytest.mark.parametrize("how", ["link", "pushState"])
+def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
+    make_site: MakeSite, tab: Tab, how: str
+) -> None:
+    # The router intercepts navigate events; on a stale page it never gets the chance.
+    site = make_site(routing="external")
+    page = tab.page
+    page.goto(site.url("/nav"))
+    client_routed(page)
+    mark(page)
+    page.click("#nav-x")
+    expect(page.locator("#view")).to_have_text("view /nav/x")
+    assert marked(page), "the router navigates by itself before a deploy"
+    new = site.deploy("v2")
+    assert check(page)
+    before = tab.documents
+    if how == "link":
+        page.click("#nav-y")
+    else:
+        page.evaluate("setTimeout(() => history.pushState({}, '', '/nav/y'))")
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    expect(page.locator("#view")).to_have_text("view /nav/y")
+    assert not marked(page)
+    assert page.evaluate("location.href") == site.url("/nav/y")
+    assert tab.documents == before + 1, "one full load, no loop"
+    client_routed(page)
+    mark(page)
+    page.click("#nav-x")
+    expect(page.locator("#view")).to_have_text("view /nav/x")
+    assert marked(page), "the router resumes on the new version"
 
 
 @pytest.mark.parametrize("lib", ["htmx", "turbo"])
@@ -82,3 +168,22 @@ def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
     assert "action=send" in page.url, "the submitter's name and value are kept"
     assert page_id(page) == new
     assert site.stats()["posts"] == 1
+
+
+@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+def test_a_boosted_link_to_a_fragment_after_a_deploy_lands_on_the_fragment(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    site = make_site(routing="external")
+    page = tab.page
+    page.goto(site.url(f"/{lib}"))
+    client_routed(page)
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click(f"#{lib}-b-end")  # the library's request is refused: a full load
+    title_is(page, f"{lib} b")
+    assert not marked(page)
+    assert page_id(page) == new
+    assert page.evaluate("location.href") == site.url(f"/{lib}/b#end")
+    expect(page.locator("#end")).to_be_in_viewport()

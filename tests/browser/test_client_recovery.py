@@ -124,6 +124,35 @@ def test_back_and_forward_after_a_deploy_land_on_the_new_version(
     assert page_id(page) == new
 
 
+@pytest.mark.parametrize("routing", ["server", "client", "external"])
+def test_an_in_page_link_on_a_stale_page_keeps_typed_text(
+    make_site: MakeSite, tab: Tab, routing: str
+) -> None:
+    # A change of the #fragment only (link, back, forward) stays in the document: no reload.
+    site = make_site(routing=routing)
+    page = tab.page
+    page.goto(site.url("/type"))
+    client_routed(page)
+    mark(page)
+    page.fill("#text", "typed before the deploy")
+    new = site.deploy("v2")
+    assert check(page)
+    page.click("#to-end")
+    page.wait_for_url(site.url("/type#end"))
+    page.go_back()
+    page.wait_for_url(site.url("/type"))
+    page.go_forward()
+    page.wait_for_url(site.url("/type#end"))
+    page.wait_for_timeout(300)  # a reload would have started by now
+    assert marked(page), "the page was reloaded"
+    assert page.input_value("#text") == "typed before the deploy"
+    assert tab.documents == 1
+    # a navigation to another page is still a full load of the new version
+    page.click("#to-a")
+    title_is(page, "A")
+    assert page_id(page) == new
+
+
 def _bfcache_probe(page: Any) -> None:
     page.add_init_script(
         "addEventListener('pageshow', (e) => { if (e.persisted)"

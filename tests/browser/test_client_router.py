@@ -8,6 +8,7 @@ import pytest
 from harness import MakeSite, Site, Tab
 from helpers import client_routed, mark, marked, title_is
 from playwright.sync_api import expect
+from testapp import make_asgi, with_csp
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +40,56 @@ def test_a_link_with_a_fragment_scrolls_to_its_target(site: Site, page: Any) -> 
     assert page.url == site.url("/b?q=1#end")
     assert page.inner_text("#query") == "q=1"
     expect(page.locator("#end")).to_be_in_viewport()
+    assert marked(page)
+
+
+def test_a_link_to_a_bare_hash_only_scrolls_and_keeps_typed_text(site: Site, tab: Tab) -> None:
+    # href="#": a.hash is "", yet it is a link into this document, as href="#end" is
+    page = tab.page
+    page.goto(site.url("/type"))
+    client_routed(page)
+    mark(page)
+    page.evaluate(
+        "window.__navigations = 0;"
+        " document.addEventListener('deploysync:before-navigate', () => __navigations++)"
+    )
+    before = site.stats()["navigate"]
+    page.fill("#text", "typed")
+    page.evaluate("scrollTo(0, 500)")
+    page.click("#to-top")
+    assert page.evaluate("__navigations") == 0, "the router took the link"
+    page.wait_for_url(site.url("/type#"))
+    page.wait_for_function("scrollY == 0")
+    assert page.input_value("#text") == "typed"
+    assert site.stats()["navigate"] == before
+    assert marked(page)
+
+
+def test_inline_scripts_of_a_new_page_run_under_a_per_response_csp_nonce(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # The document keeps enforcing its first response's policy and nonce; each later
+    # response carries a new nonce that this document does not accept.
+    def csp(site: Site) -> Any:
+        inner = make_asgi(str(site.store), "client", nonce="csp_nonce")
+        site.closers.append(inner.close)
+        return with_csp(inner)
+
+    site = make_site(routing="client", wrap=csp)
+    page = tab.page
+    response = page.goto(site.url("/"))
+    assert response is not None and "nonce-" in response.headers["content-security-policy"]
+    client_routed(page)
+    mark(page)
+    # (no wait_for_function here: the policy forbids its eval; body scripts run at the swap)
+    page.click("#to-a")
+    title_is(page, "A")
+    assert page.evaluate("window.__ran") == 1
+    page.click("#to-home")
+    title_is(page, "Home")
+    page.click("#to-a")
+    title_is(page, "A")
+    assert page.evaluate("window.__ran") == 2
     assert marked(page)
 
 
@@ -80,6 +131,23 @@ def test_back_restores_the_scroll_position(page: Any) -> None:
     page.go_back()
     title_is(page, "B")
     page.wait_for_function("scrollY == 1200", timeout=5000)
+    assert marked(page)
+
+
+def test_back_and_forward_are_client_routed_without_the_navigation_api(
+    site: Site, tab: Tab
+) -> None:
+    page = tab.page
+    page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    page.click("#to-a")
+    title_is(page, "A")
+    page.go_back()
+    title_is(page, "Home")
+    page.go_forward()
+    title_is(page, "A")
     assert marked(page)
 
 

@@ -5,6 +5,8 @@ Every page references its assets through ``mw.url()``, so each deployment render
 different asset URLs. The app counts what reached it (``/_test/stats``): full page loads
 (document requests without the client's navigate marker), client navigations, and
 processed POSTs, so a test can check that a form was processed exactly once.
+``with_csp()`` puts a nonce-based Content Security Policy, with a fresh nonce per
+response, in front of the middleware.
 
 gunicorn imports ``testapp:wsgi_from_env()``; the store, routing mode and check
 interval come from ``DEPLOYSYNC_TEST_*`` environment variables.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import secrets
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -51,6 +54,17 @@ ASSETS = {
         "});\n"
         "addEventListener('popstate', view);\n"
         "view();\n"
+    ),
+    "nav.js": (
+        "// a router on the Navigation API {v}\n"
+        "const show = () => { const v = document.querySelector('#view');"
+        " if (v) v.textContent = 'view ' + location.pathname; };\n"
+        "navigation.addEventListener('navigate', (e) => {\n"
+        "  const to = new URL(e.destination.url);\n"
+        "  if (e.canIntercept && !e.hashChange && !e.formData && e.downloadRequest === null\n"
+        "      && to.pathname.startsWith('/nav')) e.intercept({ handler: show });\n"
+        "});\n"
+        "show();\n"
     ),
 }
 
@@ -111,8 +125,15 @@ class App:
         return Response(status, [("Content-Type", "text/html; charset=utf-8")], doc.encode())
 
     def handle(
-        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        nonce: str = "",
     ) -> Response:
+        """One request; *nonce* is the response's CSP nonce (its inline scripts carry it)."""
         navigate = headers.get("x-deploysync") == "navigate"
         if path == "/favicon.ico":  # asked for by the browser when it shows the JSON
             return Response(204, [], b"")
@@ -133,13 +154,19 @@ class App:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         if path in ("/", "/a", "/b"):
             title = {"/": "Home", "/a": "A", "/b": "B"}[path]
+            nonce_attr = f' nonce="{nonce}"' if nonce else ""
             extra = {
-                "/a": "<script>window.__ran = (window.__ran || 0) + 1</script>",
+                "/a": f"<script{nonce_attr}>window.__ran = (window.__ran || 0) + 1</script>",
                 "/b": '<div style="height:3000px">tall</div><p id="end">end</p>',
             }.get(path, "")
             return self.page(title, f'<p id="query">{html.escape(query)}</p>{extra}')
         if path == "/type":
-            return self.page("Type", '<textarea id="text" rows="4" cols="60"></textarea>')
+            return self.page(
+                "Type",
+                '<a id="to-top" href="#">Top</a> <a id="to-end" href="#end">End</a>'
+                '<textarea id="text" rows="4" cols="60"></textarea>'
+                '<div style="height:3000px"></div><p id="end">end</p>',
+            )
         if path == "/form":
             if method == "POST":
                 return self.posted(headers, body)
@@ -172,6 +199,10 @@ class App:
             )
             head = f'<script type="module" src="{self.url("spa.js")}"></script>'
             return self.page("SPA", f'<p id="view"></p>{links}', head)
+        if path == "/nav" or path.startswith("/nav/"):
+            links = "".join(f' <a id="nav-{n}" href="/nav/{n}">{n}</a>' for n in ("x", "y"))
+            head = f'<script type="module" src="{self.url("nav.js")}"></script>'
+            return self.page("Navigation API", f'<p id="view"></p>{links}', head)
         for lib in ("htmx", "turbo"):
             if path == f"/{lib}" or path.startswith(f"/{lib}/"):
                 return self.library_page(lib, path, method, headers, body)
@@ -198,13 +229,15 @@ class App:
             attrs = ""
         title = f"{lib} {path.rsplit('/', 1)[-1] or 'home'}"
         links = "".join(f' <a id="{lib}-{n}" href="/{lib}/{n}">{n}</a>' for n in ("a", "b"))
+        links += f' <a id="{lib}-b-end" href="/{lib}/b#end">b end</a>'
         form = (
             f'<form method="post" action="/{lib}/form"><input id="message" name="message">'
             '<button id="send" name="action" value="send">Send</button></form>'
         )
         doc = (
             f"{HEAD}<title>{title}</title>{head}</head>"
-            f'<body{attrs}><h1 id="title">{title}</h1><p>{links}</p>{form}</body></html>'
+            f'<body{attrs}><h1 id="title">{title}</h1><p>{links}</p>{form}'
+            '<div style="height:3000px"></div><p id="end">end</p></body></html>'
         )
         return Response(200, [("Content-Type", "text/html; charset=utf-8")], doc.encode())
 
@@ -240,7 +273,9 @@ def asgi_app(app: App) -> Callable[..., Any]:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = scope["query_string"].decode("latin-1")
-        res = app.handle(scope["method"], scope["path"], query, headers, body)
+        res = app.handle(
+            scope["method"], scope["path"], query, headers, body, scope.get("csp_nonce", "")
+        )
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in res.headers]
         raw.append((b"content-length", str(len(res.body)).encode()))
         await send({"type": "http.response.start", "status": res.status, "headers": raw})
@@ -272,6 +307,27 @@ def wsgi_app(app: App) -> Callable[..., Iterable[bytes]]:
             f"{res.status} {reason}", [*res.headers, ("Content-Length", str(len(res.body)))]
         )
         return [res.body]
+
+    return application
+
+
+def with_csp(app: Callable[..., Any]) -> Callable[..., Any]:
+    """*app* behind a nonce-based CSP: a fresh nonce per response, in ``scope["csp_nonce"]``
+    (the middleware's ``nonce="csp_nonce"`` option reads it), and the policy enforcing it."""
+
+    async def application(
+        scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
+        nonce = secrets.token_urlsafe(12)
+        policy = f"script-src 'self' 'nonce-{nonce}'".encode()
+
+        async def send_with_policy(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"content-security-policy", policy)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app({**scope, "csp_nonce": nonce}, receive, send_with_policy)
 
     return application
 

@@ -1,17 +1,16 @@
 // @ts-check
-/**
- * deploysync client: once a page is stale (outdated frontend), the next navigation is a full
- * load. Modes: server (detect), client (own router), external. See PROTOCOL.md.
- */
+// deploysync client: a stale page's next navigation is a full load.
 
 const KEY = "deploysync"
-const data = /** @type {HTMLElement | null} */ (document.querySelector("script[data-deploysync]"))?.dataset || {}
+const me = /** @type {HTMLScriptElement | null} */ (document.querySelector("script[data-deploysync]"))
+const data = me?.dataset || {}
+const nav = /** @type {any} */ (window).navigation
 
 const config = {
-  /** server, client (own router) or external */
+  /** server, client or external */
   routing: data.routing || "server",
   /** seconds between version checks */
-  interval: +(data.checkInterval || 0),
+  interval: +data.checkInterval || 0,
   versionUrl: data.versionUrl || "/_deploysync/version",
   /** prefetch every link on hover */
   prefetch: "prefetch" in data,
@@ -26,8 +25,6 @@ const abs = (href) => new URL(href, document.baseURI).href
 const here = (href) => abs(href).split("#")[0] == location.href.split("#")[0]
 /** @param {Element | null} el */
 const off = (el) => el?.closest("[data-deploysync=off]")
-/** @param {any} t */
-const formOf = (t) => (t instanceof HTMLFormElement ? t : undefined)
 /** @param {string} name @param {object} detail */
 const dispatch = (name, detail) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable: true }))
 
@@ -35,17 +32,10 @@ const dispatch = (name, detail) => document.dispatchEvent(new CustomEvent(KEY + 
 const script = (el) => {
   const s = document.createElement("script")
   for (const a of el.attributes) s.setAttribute(a.name, a.value)
+  s.nonce = me?.nonce || s.nonce // the page enforces its first nonce
   s.text = el.textContent || ""
   s.async = el.hasAttribute("async")
   return s
-}
-
-/** Submit natively, unseen by routers. @param {HTMLFormElement} form @param {any} sub */
-const submit = (form, sub) => {
-  addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
-  if (sub?.form != form) sub = null
-  sub?.removeAttribute("disabled") // Turbo disabled it
-  form.requestSubmit(sub)
 }
 
 class Router {
@@ -58,14 +48,15 @@ class Router {
   ctl
   /** @type {Map<string, Promise<any>>} */
   cache = new Map()
-  /** @type {Record<string, number[]>} */
+  /** @type {Record<string, [number, number]>} */
   pos = {}
   key = "" + Date.now()
-  page = location.pathname + location.search
+  from = location.href
   /** @type {any} */
   sub
+  hash = ""
   timer = 0
-  bc = self.BroadcastChannel && new BroadcastChannel(KEY)
+  bc = new BroadcastChannel(KEY)
 
   constructor() {
     let g
@@ -73,7 +64,7 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       sessionStorage.removeItem(KEY)
     } catch {}
-    // we fled this id and got it again: browser navigation, no loop
+    // we fled this id and got it again
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
     this.external = config.routing == "external" && !this.guard
@@ -88,13 +79,13 @@ class Router {
       [self, "vite:preloadError", this.hint],
       [self, "pageshow", this.onShow],
       [self, "popstate", this.onPop],
+      [nav, "navigate", this.onNavigate],
       [d, "visibilitychange", this.onVisible],
       [this.bc, "message", this.onMessage],
       ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
       ...(this.external
         ? [
             [self, "submit", this.onSubmitSeen, true],
-            [/** @type {any} */ (window).navigation, "navigate", this.onNavigate],
             [d, "htmx:configRequest", this.onHtmxRequest],
             [d, "htmx:beforeOnLoad", this.onHtmxLoad],
             [d, "turbo:before-fetch-request", this.onTurboRequest],
@@ -146,13 +137,14 @@ class Router {
     if (this.stale || this.guard) return
     this.stale = true
     dispatch("stale", { pageId, serverId, reason })
-    if (serverId && reason != "tab") this.bc?.postMessage(serverId)
+    if (serverId && reason != "tab") this.bc.postMessage(serverId)
   }
 
-  /** True for 409. @param {number} status @param {(name: string) => string | null} header */
-  seen(status, header) {
-    const id = header("X-Deployment-Id")
-    const reload = status == 409 && header("X-Deploysync") == "reload"
+  /** True for 409. @param {Response | XMLHttpRequest} r */
+  seen(r) {
+    const h = (n) => (r instanceof Response ? r.headers.get(n) : r.getResponseHeader(n))
+    const id = h("X-Deployment-Id")
+    const reload = r.status == 409 && h("X-Deploysync") == "reload"
     if (reload || (id && id != pageId)) this.mark(id, reload ? "409" : "response")
     return reload
   }
@@ -161,30 +153,35 @@ class Router {
 
   onRejection = (e) => /dynamically imported|module script/i.test(e.reason?.message) && this.hint()
 
-  onVisible = () => document.visibilityState == "visible" && Date.now() - this.last > 3e4 && this.check()
+  onVisible = () => !document.hidden && Date.now() - this.last > 3e4 && this.check()
 
   onMessage = (e) => typeof e.data == "string" && e.data != pageId && this.mark(e.data, "tab")
 
-  // back/forward (bfcache, or the HTTP cache despite no-cache) is a navigation
-  onShow = (/** @type {PageTransitionEvent} */ e) =>
+  // back/forward (bfcache, HTTP cache) is a navigation
+  onShow = (e) =>
     (e.persisted || /** @type {any} */ (performance.getEntriesByType("navigation")[0])?.type == "back_forward") &&
     this.check().then((s) => s && this.full(location.href, "reload"))
 
-  onPop = (/** @type {PopStateEvent} */ e) => {
+  onPop = (e) => {
+    if (here(this.from)) return // the #fragment only: no navigation
+    this.from = location.href
     if (this.stale) this.full(location.href, "reload")
-    else if (this.client && location.pathname + location.search != this.page) {
-      this.pos[this.key] = [scrollX, scrollY]
-      this.visit(location.href, { pop: e.state?.ds || "" })
-    }
+    else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
-  /** Leave (loop guard noted). @param {string} url @param {HTMLFormElement | "reload" | "browser"} [form] @param {any} [sub] */
-  full(url, form, sub) {
+  /** Leave (loop guard noted). @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
+  full(url, how = "push", sub) {
     try {
       if (this.stale) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
     } catch {}
     dispatch("before-reload", { url, pageId })
-    form == "reload" ? location.reload() : form instanceof HTMLFormElement ? submit(form, sub) : form || location.assign(url)
+    if (how instanceof HTMLFormElement) {
+      // a form: submit natively, unseen by routers
+      addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
+      if (sub?.form != how) sub = null
+      sub?.removeAttribute("disabled") // Turbo disabled it
+      how.requestSubmit(sub)
+    } else if (how != "browser") location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -195,7 +192,8 @@ class Router {
 
   onClick = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
-    if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (a.hash && here(a.href))) return
+    // a #fragment (even "#") of this page only scrolls
+    if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
     if (this.stale) return this.full(a.href, "browser")
     e.preventDefault()
     this.visit(a.href)
@@ -219,10 +217,9 @@ class Router {
 
   onHover = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
-    const url = a?.href || ""
-    if (!a || this.stale || this.cache.has(url) || here(url) || !(config.prefetch || a.closest("[data-deploysync-prefetch]"))) return
+    if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !(config.prefetch || a.closest("[data-deploysync-prefetch]"))) return
     if (this.cache.size > 7) this.cache.clear()
-    this.cache.set(url, fetch(url, { headers: HEADERS }).catch(() => {}))
+    this.cache.set(a.href, fetch(a.href, { headers: HEADERS }).catch(() => {}))
   }
 
   /** @param {string} url @param {any} [o] */
@@ -234,17 +231,18 @@ class Router {
     const ctl = (this.ctl = new AbortController())
     const hit = !form && this.cache.get(url)
     this.cache.clear()
-    const bar = document.createElement("progress")
-    bar.id = KEY + "-progress"
-    bar.style.cssText = "position:fixed;inset:0 0 auto;width:100%;height:3px;border:0;z-index:99999"
+    const bar = Object.assign(document.createElement("progress"), {
+      id: KEY + "-progress",
+      style: "position:fixed;inset:0 0 auto;width:100%;height:3px;border:0;z-index:99999",
+    })
     const t = setTimeout(() => document.documentElement.append(bar), 300)
     /** @type {any} */
     let res
     try {
       res = (await hit) || (await fetch(url, { ...o, headers: HEADERS, signal: ctl.signal }))
       url = res.url + new URL(url).hash // fetch drops it
-      if (this.seen(res.status, (n) => res.headers.get(n))) res = 0 // the app was not called
-      // a POST answered in place was processed: show it
+      if (this.seen(res)) res = 0 // the app was not called
+      // a POST answered in place was processed
       if (!res || (this.stale && (!form || res.redirected)) || !/html/.test(res.headers.get("Content-Type"))) throw 0
       const doc = new DOMParser().parseFromString(await res.text(), "text/html")
       if (ctl == this.ctl) await this.render(doc, url, pop)
@@ -257,20 +255,17 @@ class Router {
 
   /** @param {Document} doc @param {string} url @param {string} [pop] */
   async render(doc, url, pop) {
-    if (pop == null) {
-      this.pos[this.key] = [scrollX, scrollY]
-      this.key = "" + Date.now()
-      history[here(url) ? "replaceState" : "pushState"]({ ds: this.key }, "", url)
-    } else this.key = pop
-    this.page = location.pathname + location.search
+    this.pos[this.key] = [scrollX, scrollY]
+    this.key = pop ?? "" + Date.now()
+    pop ?? history[here(url) ? "replaceState" : "pushState"]({ ds: this.key }, "", url)
     // new stylesheets load before the swap: no flash
-    const key = (/** @type {Element} */ el) => (el.localName == "script" ? el.getAttribute("src") || el.textContent : el.outerHTML)
+    const key = (el) => (el.localName == "script" ? el.getAttribute("src") || el.textContent : el.outerHTML)
     const old = new Map([...document.head.children].map((el) => [key(el), el]))
     const loads = []
     for (const el of [...doc.head.children]) {
       if (old.delete(key(el))) continue
       const n = el.localName == "script" ? script(el) : el
-      if (n.matches("link[rel~=stylesheet]")) loads.push(new Promise((r) => ["load", "error"].map((t) => n.addEventListener(t, r))))
+      if (n.matches("link[rel~=stylesheet]")) loads.push(new Promise((r) => (n.addEventListener("load", r), n.addEventListener("error", r))))
       document.head.append(n)
     }
     await Promise.all(loads)
@@ -279,13 +274,12 @@ class Router {
     for (const s of document.body.querySelectorAll("script")) s.replaceWith(script(s))
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
     const p = pop != null && this.pos[pop]
-    p ? scrollTo(p[0], p[1]) : target ? target.scrollIntoView() : scrollTo(0, 0)
+    p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
     // focus went to <body>; announce the page
     const af = document.querySelector("[autofocus]")
     if (af instanceof HTMLElement) af.focus()
-    const live = document.createElement("p")
+    const live = Object.assign(document.createElement("p"), { style: "position:fixed;clip-path:inset(50%)" })
     live.setAttribute("role", "status")
-    live.style.cssText = "position:fixed;clip-path:inset(50%)"
     document.body.append(live)
     setTimeout(() => (live.textContent = document.title), 99)
     dispatch("navigated", { url: location.href })
@@ -293,34 +287,40 @@ class Router {
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
-  // another router's push (Navigation API)
+  // stale: a push to another page is a full load, not intercepted
   onNavigate = (e) => {
-    const url = e.destination.url
-    if (this.stale && e.cancelable && e.destination.sameDocument && e.navigationType != "traverse" && !here(url)) {
-      e.preventDefault()
-      this.full(url)
+    const { url, sameDocument } = e.destination
+    this.from = location.href
+    if (this.external && this.stale && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null && !here(url)) {
+      e.stopImmediatePropagation()
+      if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
     }
   }
 
   onHtmxRequest = (e) => e.detail.boosted && Object.assign(e.detail.headers, HEADERS)
 
   onHtmxLoad = (e) => {
-    const { xhr, boosted, elt } = e.detail
-    if (boosted && (this.seen(xhr.status, (n) => xhr.getResponseHeader(n)) || (this.stale && !/post/i.test(elt.method)))) {
+    const { xhr, boosted, elt, pathInfo } = e.detail
+    if (boosted && (this.seen(xhr) || (this.stale && !/post/i.test(elt.method)))) {
       e.preventDefault()
-      this.full(xhr.responseURL, formOf(elt), this.sub)
+      this.full(xhr.responseURL + new URL(pathInfo.requestPath, location.href).hash, elt, this.sub)
     }
   }
 
   // not frames, prefetches
-  onTurboRequest = (e) => (e.target == document.documentElement || formOf(e.target)) && Object.assign(e.detail.fetchOptions.headers, HEADERS)
+  onTurboRequest = (e) => {
+    if (e.target.matches("html, form")) {
+      Object.assign(e.detail.fetchOptions.headers, HEADERS)
+      this.hash = e.detail.url.hash
+    }
+  }
 
   onTurboResponse = (e) => {
     const r = e.detail.fetchResponse.response
-    const f = formOf(e.target)
-    if ((e.target == document.documentElement || f) && (this.seen(r.status, (n) => r.headers.get(n)) || (this.stale && !f))) {
+    const t = e.target
+    if (t.matches("html, form") && (this.seen(r) || (this.stale && t.localName == "html"))) {
       e.preventDefault()
-      this.full(r.url, f, this.sub)
+      this.full(r.url + this.hash, t, this.sub)
     }
   }
 }
@@ -329,19 +329,18 @@ if (!(KEY in window)) {
   const router = new Router()
   router.start()
   const h = /** @type {any} */ (history)
-  // the same without the Navigation API
-  if (!(/** @type {any} */ (window).navigation))
-    for (const m of ["pushState", "replaceState"]) {
-      const f = h[m]
-      h[m] = (/** @type {any[]} */ ...a) => (router.on && router.external && router.stale && a[2] && !here(a[2]) ? router.full(abs(a[2])) : f.apply(h, a))
+  // without the Navigation API
+  if (!nav)
+    for (const m of /** @type {const} */ (["push", "replace"])) {
+      const f = h[m + "State"]
+      h[m + "State"] = (...a) =>
+        router.on && router.external && router.stale && a[2] && !here(a[2]) ? router.full(abs(a[2]), m) : (f.apply(h, a), (router.from = location.href))
     }
   Object.assign(window, {
     [KEY]: {
-      get stale() {
-        return router.stale
-      },
-      check: () => router.check(),
-      navigate: (/** @type {string} */ url) => (router.client ? router.visit(abs(url)) : router.full(abs(url))),
+      get stale() { return router.stale },
+      check: router.check,
+      navigate: (/** @type {string} */ url) => router[router.client ? "visit" : "full"](abs(url)),
       router,
     },
   })

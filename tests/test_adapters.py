@@ -985,3 +985,215 @@ def test_the_first_request_of_a_process_reads_the_store_again(
     time.sleep(0.1)
     response = client.get("/")  # the first request: starts the watcher
     assert response.header("x-deployment-id") == newer.id
+
+
+# -- a Redis store's local copies and outages ------------------------------------------------
+def _wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.redis
+def test_a_server_started_while_redis_is_down_serves_the_last_known_deployment(
+    kind: str, redis_server: Any, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import time
+
+    from deploysync.store.redis import RedisStore
+
+    cache = tmp_path / "cache"
+    writer = RedisStore(redis_url, cache_dir=tmp_path / "writer")
+    deployment = publish(writer, FILES)
+    writer.close()
+    first = make_client(
+        kind, AppSpec(), store=RedisStore(redis_url, cache_dir=cache), poll_interval=0.05
+    )
+    try:
+        assert first.get("/").header("x-deployment-id") == deployment.id  # starts the watcher
+        state = first.mw.runtime.store.cache_dir / "state.json"
+        _wait_until(state.is_file)
+    finally:
+        first.close()
+
+    redis_server.stop()
+    try:
+        caplog.set_level(logging.INFO, logger="deploysync")
+        # A worker recycled (or a server restarted) during the outage.
+        second = make_client(
+            kind, AppSpec(), store=RedisStore(redis_url, cache_dir=cache), poll_interval=0.05
+        )
+        try:
+            assert caplog.records == []  # said by the watcher, not by whoever builds one
+            page = second.get("/")
+            assert page.status == 200
+            assert page.header("x-deployment-id") == deployment.id
+            assert b'<meta name="deployment-id"' in page.body
+            for path, data in FILES.items():
+                response = second.get(deployment.url(path))
+                assert (response.status, response.body) == (200, data), path
+            assert json.loads(second.get("/_deploysync/version").body)["id"] == deployment.id
+            time.sleep(0.5)  # ten polls of the watcher, each failing to reach Redis
+        finally:
+            second.close()
+    finally:
+        redis_server.start()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1, lines
+    assert "unreachable" in lines[0] and "serving what was last read" in lines[0]
+
+
+@pytest.mark.redis
+def test_a_command_that_builds_the_middleware_during_an_outage_logs_nothing(
+    kind: str, redis_server: Any, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``flask deploysync list`` builds the app, and so the middleware: with Redis down it
+    must print the command's one-line error only, nothing a server would say."""
+    from deploysync.store.redis import RedisStore
+
+    caplog.set_level(logging.INFO, logger="deploysync")
+    redis_server.stop()
+    try:
+        client = make_client(
+            kind, AppSpec(), store=RedisStore(redis_url, cache_dir=tmp_path / "cache")
+        )
+        client.close()
+    finally:
+        redis_server.start()
+    assert caplog.records == []
+
+
+@pytest.mark.redis
+def test_a_cached_variant_of_other_bytes_is_fetched_again(
+    kind: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Redis lost its data and the same files were built again with another brotli
+    quality: a server must not send its old compressed copy under the new length."""
+    import random
+
+    from deploysync.build import build
+    from deploysync.store.redis import RedisStore
+
+    rng = random.Random(6)
+    words = ["deploy", "sync", "redis", "cache", "brotli", "variant", "server", "asset"]
+    big = " ".join(rng.choice(words) + str(rng.randrange(9999)) for _ in range(240_000)).encode()
+    files = {"big.txt": big, "small.txt": big[:60_000]}
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    sent: dict[tuple[str, int], bytes] = {}
+    for quality in (1, 11):
+        store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+        store._redis.flushdb()
+        result = build(src, store, activate=True, brotli_quality=quality, cache=False)
+        deployment = result.deployment
+        client = make_client(kind, AppSpec(), store=store)
+        try:
+            for name, data in files.items():
+                size = deployment.assets[name].encodings["br"]
+                assert (size > 256 * 1024) == (name == "big.txt")  # on disk / in memory
+                response = client.get(deployment.url(name), [("accept-encoding", "br")])
+                assert response.status == 200
+                assert response.header("content-encoding") == "br"
+                assert int(response.header("content-length") or -1) == len(response.body) == size
+                assert brotli.decompress(response.body) == data
+                sent[name, quality] = response.body
+        finally:
+            client.close()
+    assert sent["big.txt", 1] != sent["big.txt", 11]
+
+
+@pytest.mark.redis
+def test_a_vanished_local_copy_is_fetched_again(
+    kind: str, redis_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    deployment = publish(store, FILES)
+    client = make_client(kind, AppSpec(), store=store, poll_interval=0.05)
+    url = deployment.url("big.bin")
+    copy = store.cache_dir / deployment.assets["big.bin"].digest[:2]
+    try:
+        assert client.get(url).body == BIG
+        caplog.set_level(logging.INFO, logger="deploysync")
+        # A cache cleaner empties the folder: the next requests fetch the copies again.
+        shutil.rmtree(store.cache_dir, ignore_errors=True)  # the watcher may write in it
+        assert not copy.exists()
+        for _ in range(3):
+            response = client.get(url)
+            assert (response.status, response.body) == (200, BIG)
+            response = client.get(url, [("accept-encoding", "br")])
+            assert response.status == 200 and brotli.decompress(response.body) == BIG
+        assert copy.is_dir()
+        vanished = [r.getMessage() for r in caplog.records if "vanished" in r.getMessage()]
+        assert len(vanished) == 1, caplog.records
+        # The next snapshot (a new deployment) fetches what vanished, before any request.
+        shutil.rmtree(store.cache_dir, ignore_errors=True)
+        assert not copy.exists()
+        second = publish(store, {"css/app.css": b"second"})
+        runtime = client.mw.runtime
+        runtime.refresh()  # unless the watcher was first
+        _wait_until(lambda: second.id in runtime.snapshot.loaded)
+        assert copy.is_dir()
+        assert client.get(url).body == BIG
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+def test_an_unusable_cache_folder_serves_from_memory(
+    kind: str,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a folder other users can write: never used for the copies
+    monkeypatch.delenv("DEPLOYSYNC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    caplog.set_level(logging.INFO, logger="deploysync")
+    store = RedisStore(redis_url)
+    deployment = publish(store, FILES)
+    client = make_client(kind, AppSpec(), store=store)
+    try:
+        for path, data in FILES.items():
+            response = client.get(deployment.url(path))
+            assert (response.status, response.body) == (200, data), path
+        response = client.get(deployment.url("big.bin"), [("accept-encoding", "gzip")])
+        assert gzip.decompress(response.body) == BIG
+    finally:
+        client.close()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1 and "not private" in lines[0] and "from memory" in lines[0], lines
+    assert not list(shared.rglob("*" + deployment.assets["big.bin"].digest + "*"))
+
+
+@pytest.mark.redis
+def test_the_cache_dir_option_reaches_the_store(kind: str, redis_url: str, tmp_path: Path) -> None:
+    flask = pytest.importorskip("flask")
+    from deploysync.contrib.flask import DeploySync as FlaskDeploySync
+
+    client = make_client(kind, AppSpec(), store=redis_url, cache_dir=tmp_path / "mw")
+    try:
+        assert client.mw.runtime.store.cache_dir.parent == tmp_path / "mw"
+    finally:
+        client.close()
+    app = flask.Flask(__name__)
+    app.config.update(DEPLOYSYNC_STORE=redis_url, DEPLOYSYNC_CACHE_DIR=str(tmp_path / "flask"))
+    FlaskDeploySync(app)
+    middleware = FlaskDeploySync.middleware(app)
+    try:
+        assert middleware.runtime.store.cache_dir.parent == tmp_path / "flask"  # type: ignore[attr-defined]
+    finally:
+        middleware.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -588,3 +589,100 @@ def test_static_url_with_query_and_fragment(deployed: Deployment) -> None:
     from django.templatetags.static import static
 
     assert static("css/app.css?v=1#top") == deployed.url("css/app.css") + "?v=1#top"
+
+
+# -- failures: one line, never a 500 -------------------------------------------------------------
+
+
+def _collectstatic(capsys: pytest.CaptureFixture[str]) -> str:
+    """Run ``manage.py collectstatic --noinput`` as the command line does; its stderr."""
+    from django.contrib.staticfiles.management.commands.collectstatic import Command
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        Command().run_from_argv(["manage.py", "collectstatic", "--noinput", "-v", "0"])
+    assert exited.value.code == 1
+    return capsys.readouterr().err
+
+
+def test_collectstatic_with_redis_down_fails_with_one_line(
+    site_src: Callable[..., Path],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from support import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    configure(STORE=dead, django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    caplog.set_level(logging.INFO, logger="deploysync")
+    err = _collectstatic(capsys)
+    assert err == f"CommandError: Cannot reach Redis at {dead}: Connection refused\n"
+    assert caplog.records == []  # nothing a server would say
+
+
+def test_collectstatic_without_a_store_fails_with_one_line(
+    site_src: Callable[..., Path],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("DEPLOYSYNC_STORE", raising=False)
+    configure(STORE=None, django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    err = _collectstatic(capsys)
+    assert err == (
+        "CommandError: collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set\n"
+    )
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_pruned_blob_is_404_not_500(
+    big: tuple[Deployment, bytes], store: FileStore, mode: str
+) -> None:
+    deployment, _ = big
+    url = deployment.url("video.bin")
+    served = Client().get(url)
+    served.close()
+    assert served.status_code == 200  # in the snapshot: a prune removes it now
+    Path(store.blob_path(deployment.assets["video.bin"].digest)).unlink()
+    response = Client().get(url) if mode == "sync" else aget(url)
+    assert response.status_code == 404
+    assert response["Cache-Control"] == "no-store"
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_vanished_local_copy_of_a_redis_store_is_fetched_again(
+    redis_url: str, tmp_path: Path, configure: Callable[..., None], mode: str
+) -> None:
+    import shutil
+
+    from deploysync.store.redis import RedisStore
+
+    src = tmp_path / "big-src"
+    src.mkdir()
+    data = bytes(range(256)) * 1500  # above the in-memory limit: sent from its local copy
+    (src / "video.bin").write_bytes(data)
+    writer = RedisStore(redis_url, cache_dir=tmp_path / "writer")
+    deployment = build(src, writer, activate=True, compress=False).deployment
+    writer.close()
+    configure(STORE=redis_url, CACHE_DIR=str(tmp_path / "cache"))
+    store = get_runtime().store
+    assert store.cache_dir.parent == tmp_path / "cache"  # type: ignore[attr-defined]
+    url = deployment.url("video.bin")
+    get = Client().get if mode == "sync" else aget
+    assert read_body(get(url)) == data
+    shutil.rmtree(store.cache_dir, ignore_errors=True)  # type: ignore[attr-defined]
+    response = get(url)
+    assert response.status_code == 200
+    assert read_body(response) == data
+
+
+def test_cache_dir_setting_must_be_a_path(configure: Callable[..., None]) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from deploysync.contrib.django.conf import read_config
+
+    configure(CACHE_DIR=3)
+    with pytest.raises(ImproperlyConfigured, match=r"DEPLOYSYNC\['CACHE_DIR'\] is 3"):
+        read_config()

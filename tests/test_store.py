@@ -298,9 +298,7 @@ def test_prune_keeps_newest_and_current(
             assert Path(any_store.blob_path(asset.digest)).stat().st_size == asset.size
 
 
-def test_prune_never_removes_current(
-    any_store: Store, built: Callable[[str], Deployment]
-) -> None:
+def test_prune_never_removes_current(any_store: Store, built: Callable[[str], Deployment]) -> None:
     v1 = built("v1")
     time.sleep(0.01)
     v2 = built("v2")
@@ -818,6 +816,7 @@ def test_default_blob_cache_must_be_private(
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
+    monkeypatch.delenv("DEPLOYSYNC_CACHE_DIR", raising=False)  # chosen: never checked
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
     store = RedisStore(redis_url)
     try:
@@ -865,3 +864,134 @@ def test_redis_store_without_redis_py_says_what_to_install(
     monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` fail
     with pytest.raises(StoreError, match=r"pip install deploysync\[redis\]"):
         open_store("redis://127.0.0.1:1/0")
+
+
+# -- what a server keeps locally -----------------------------------------------------------
+@pytest.mark.redis
+def test_a_server_store_answers_from_the_last_known_state_while_redis_is_down(
+    redis_server: Any, redis_url: str, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    writer = RedisStore(redis_url, cache_dir=tmp_path / "writer")
+    deployment = build(site_src("v1"), writer, activate=True).deployment
+    writer.close()
+    server = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    server.keep_last_known()
+    token = server.probe()
+    record = server.activations()
+    assert server.ids() == [deployment.id]
+    assert server.load(deployment.id) == deployment
+    server.wait_for_change(0.01)  # the watcher's loop writes what was read
+    state = server.cache_dir / "state.json"
+    assert state.is_file()
+    assert [p.name for p in server.cache_dir.iterdir() if p.name.startswith(".")] == []
+    server.close()
+
+    redis_server.stop()
+    try:
+        restarted = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+        restarted.keep_last_known()
+        assert restarted.probe() == token
+        assert restarted.activations() == record
+        assert restarted.current() == deployment.id
+        assert restarted.ids() == [deployment.id]
+        assert restarted.load(deployment.id) == deployment
+        assert restarted.unreachable
+        with pytest.raises(StoreError, match="Cannot reach Redis"):
+            restarted.activate(deployment.id)  # writes never pretend
+        restarted.close()
+        # A command's store has not opted in: it fails, whatever a server kept.
+        command = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+        for read in (command.probe, command.activations, command.current, command.ids):
+            with pytest.raises(StoreError, match="Cannot reach Redis"):
+                read()
+        with pytest.raises(StoreError, match="Cannot reach Redis"):
+            command.load(deployment.id)
+        command.close()
+    finally:
+        redis_server.start()
+
+
+@pytest.mark.redis
+def test_an_empty_redis_never_overwrites_the_last_known_state(
+    redis_url: str, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    server = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    server.keep_last_known()
+    ident = build(site_src("v1"), server, activate=True).deployment.id
+    server.activations()
+    server.wait_for_change(0.01)
+    state = server.cache_dir / "state.json"
+    saved = state.read_bytes()
+    server._redis.flushdb()  # a Redis restarted without its data
+    assert server.activations() == [] and server.ids() == []
+    server.wait_for_change(0.01)
+    server.close()
+    assert state.read_bytes() == saved and ident.encode() in saved
+
+
+@pytest.mark.redis
+def test_stores_sharing_a_cache_folder_keep_apart(redis_url: str, tmp_path: Path) -> None:
+    from deploysync.store.redis import RedisStore
+
+    one = RedisStore(redis_url, cache_dir=tmp_path / "cache", namespace="app-one")
+    two = RedisStore(redis_url, cache_dir=tmp_path / "cache", namespace="app-two")
+    try:
+        assert one.cache_dir.parent == two.cache_dir.parent == tmp_path / "cache"
+        assert one.cache_dir != two.cache_dir
+        data = b"shared by both apps\n" * 20
+        copies = [Path(store.blob_path(put(store, data))) for store in (one, two)]
+        # A prune in one app trims its own copies only.
+        assert one.trim_cache(set(), older_than=0) == len(data)
+        assert not copies[0].exists() and copies[1].read_bytes() == data
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.redis
+def test_the_cache_folder_is_deploysyncs_and_configurable(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploysync.serving import Runtime
+    from deploysync.store.redis import RedisStore
+
+    monkeypatch.setenv("DEPLOYSYNC_CACHE_DIR", str(tmp_path / "env"))
+    stores = [
+        RedisStore(redis_url),  # the build cache's folder
+        open_store(redis_url, cache_dir=tmp_path / "given"),
+        Runtime(redis_url, cache_dir=tmp_path / "option").store,
+    ]
+    try:
+        homes = [store.cache_dir.parent for store in stores]  # type: ignore[attr-defined]
+        assert homes == [tmp_path / "env", tmp_path / "given", tmp_path / "option"]
+        with pytest.raises(StoreError, match="cache_dir applies to a store given by its URL"):
+            open_store(stores[0], cache_dir=tmp_path / "other")
+    finally:
+        for store in stores:
+            store.close()
+
+
+@pytest.mark.redis
+def test_cache_folders_are_private_whatever_the_umask(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from deploysync.store.redis import RedisStore
+
+    monkeypatch.delenv("DEPLOYSYNC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # not there yet
+    previous = os.umask(0o002)  # Ubuntu's default for regular users
+    store = RedisStore(redis_url)
+    try:
+        digest = put(store, b"x" * 100)
+        assert Path(store.blob_path(digest)).read_bytes() == b"x" * 100
+        for folder in (store.cache_dir, store.cache_dir.parent, tmp_path / "xdg"):
+            assert folder.stat().st_mode & 0o777 == 0o700, folder
+    finally:
+        os.umask(previous)
+        store.close()

@@ -23,6 +23,8 @@ Options (the same in :mod:`deploysync.wsgi`):
   looked up in the scope, then in ``scope["state"]`` (``"csp_nonce"``).
 * ``poll_interval``: seconds between store change probes (a switch is seen within about
   twice this).
+* ``cache_dir``: the local cache folder of a Redis store given by its URL (default
+  ``$DEPLOYSYNC_CACHE_DIR``, else ``~/.cache/deploysync``).
 
 A response can opt out of everything the middleware does to it by carrying the header
 ``X-Deploysync: off``; the header is removed before the response is sent. Before the
@@ -38,7 +40,7 @@ from typing import Any
 
 from . import core
 from .inject import Injector, inject_whole
-from .serving import Middleware, resolve_nonce
+from .serving import Middleware, resolve_nonce, restore_files
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -220,9 +222,12 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
     """Send a core plan, using the server's file extensions when it offers them."""
     body = plan.body
     if body and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body):
-        # A prune removed the blob after this snapshot was built: it is gone now.
-        plan = core.NOT_FOUND
-        body = plan.body
+        # A local copy a cache cleaner removed is fetched again (off the event loop);
+        # else a prune removed the blob after this snapshot was built: it is gone now.
+        files = [p.path for p in body if not isinstance(p, bytes)]
+        if not await asyncio.to_thread(restore_files, files):
+            plan = core.NOT_FOUND
+            body = plan.body
     # A list, not the plan's tuple: middleware outside this one may edit it in place.
     start = {"type": "http.response.start", "status": plan.status, "headers": list(plan.headers)}
     await send(start)

@@ -10,7 +10,9 @@ request sees one deployment or the other, never a mix, and never touches the sto
 A daemon thread, started on the first request (and again in a forked child), waits on
 ``store.wait_for_change(poll_interval)`` and compares ``store.probe()``; on a change it
 builds a new snapshot. A store that disappears or a corrupt manifest keeps the last good
-snapshot and is logged once (logger ``deploysync``).
+snapshot and is logged once (logger ``deploysync``). A remote store's blobs are served
+from local copies, fetched again when one vanishes; while Redis is unreachable, the
+store answers from the state it last read, and logs the outage once itself.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -42,8 +44,8 @@ from .manifest import (
     url_path,
     validate_id,
 )
-from .store import Store, StoreError, open_store
-from .store.base import HOLD_RENEW
+from .store import CacheError, Store, StoreError, open_store
+from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
 
@@ -82,6 +84,7 @@ class Runtime:
         deployment: str | None = None,
         strict: bool = False,
         poll_interval: float = 0.5,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if routing not in ROUTING_MODES:
             raise DeploySyncError(
@@ -97,7 +100,12 @@ class Runtime:
             raise DeploySyncError(f"poll_interval must be > 0, not {poll_interval!r}")
         pinned = deployment if deployment is not None else os.environ.get(ENV_DEPLOYMENT) or None
         self.pinned = validate_id(pinned) if pinned is not None else None
-        self.store = open_store(store)
+        self.store = open_store(store, cache_dir=cache_dir)
+        # A server keeps serving what it last read through a Redis outage, even when
+        # started during one; commands never opt in.
+        self.store.keep_last_known()
+        self._cache_warned = False
+        self._healed_at = -CACHE_GRACE
         self.static_url = normalize_static_url(static_url)
         path = urlsplit(self.static_url).path if "://" in self.static_url else self.static_url
         self.static_path = normalize_static_url(path or "/")
@@ -242,6 +250,10 @@ class Runtime:
         )
 
     def _report(self, message: str) -> None:
+        if self.store.unreachable:
+            # An outage: the store logs it once from the watcher, and its end (a command
+            # that builds a runtime must not print what only a server would say).
+            return
         if message != self._last_error:
             self._last_error = message
             serving = getattr(self, "snapshot", None)  # not yet while constructed
@@ -309,6 +321,8 @@ class Runtime:
                     continue
                 key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
                 static = self._files.get(key)
+                if static is not None and self._root is None and not _on_disk(static):
+                    static = None  # a local copy vanished (a cache cleaner): fetch it again
                 if static is None:
                     static = self._load_file(asset)
                     if static is None:
@@ -394,27 +408,14 @@ class Runtime:
         content_type: bytes,
         vary: bool,
     ) -> core.Variant | None:
-        store = self.store
-        data: bytes | None = None
-        path: str | None = None
-        if self._root is not None:
-            # Never a byte from outside the store, even through a symlink inside it.
-            path = os.path.realpath(store.blob_path(asset.digest, encoding))
-            if not path.startswith(self._root) or os.path.getsize(path) != size:
-                self._report(
-                    f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store"
-                )
-                return None
-        if size <= MEMORY_LIMIT:
-            data = store.read_blob(asset.digest, encoding)
-            path = None
-            if len(data) != size or (
-                encoding is None and hashlib.sha256(data).hexdigest() != asset.digest
-            ):
-                self._report(f"Blob of {asset.name} does not match its manifest entry")
-                return None
-        elif path is None:
-            path = store.blob_path(asset.digest, encoding)
+        found = (
+            self._copied(asset, encoding, size)
+            if self._root is None
+            else self._stored(self._root, asset, encoding, size)
+        )
+        if found is None:
+            return None
+        data, path = found
         return core.make_variant(
             encoding,
             etag=f'"{etag}"'.encode(),
@@ -424,6 +425,98 @@ class Runtime:
             path=path,
             vary=vary,
         )
+
+    def _stored(
+        self, root: str, asset: Asset, encoding: str | None, size: int
+    ) -> tuple[bytes | None, str | None] | None:
+        """A directory store's blob: its bytes when small, else its file."""
+        store = self.store
+        # Never a byte from outside the store, even through a symlink inside it.
+        path = os.path.realpath(store.blob_path(asset.digest, encoding))
+        if not path.startswith(root) or os.path.getsize(path) != size:
+            self._report(
+                f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store"
+            )
+            return None
+        if size > MEMORY_LIMIT:
+            return None, path
+        data = store.read_blob(asset.digest, encoding)
+        if not _matches(data, size, asset.digest if encoding is None else None):
+            self._report(f"Blob of {asset.name} does not match its manifest entry")
+            return None
+        return data, None
+
+    def _copied(
+        self, asset: Asset, encoding: str | None, size: int
+    ) -> tuple[bytes | None, str | None] | None:
+        """A remote store's blob from its local copy: the bytes when small, else the file.
+
+        A copy that does not match the manifest is fetched again: the store lost its data
+        and the same file was stored again with other compressed bytes (another brotli
+        quality), or the copy was damaged. Sizes are what the manifest records of a
+        variant; an identity copy is named by its sha256, checked when it was fetched.
+        """
+        store = self.store
+        for _ in range(2):
+            try:
+                path = store.blob_path(asset.digest, encoding)
+            except CacheError as exc:
+                self._cache_unusable(exc)
+                data = store.read_blob(asset.digest, encoding)
+                if not _matches(data, size, asset.digest if encoding is None else None):
+                    break
+                return data, None
+            try:
+                if size > MEMORY_LIMIT:
+                    if os.path.getsize(path) == size:
+                        return None, path
+                else:
+                    with open(path, "rb") as fh:
+                        data = fh.read(size + 1)
+                    if _matches(data, size, asset.digest if encoding is None else None):
+                        return data, None
+            except FileNotFoundError:
+                continue  # removed meanwhile (a cache cleaner): fetch it again
+            store.drop_copy(asset.digest, encoding)
+        self._report(
+            f"Blob of {asset.name} ({encoding or 'identity'}) does not match its manifest entry"
+        )
+        return None
+
+    def _cache_unusable(self, exc: CacheError) -> None:
+        if not self._cache_warned:
+            self._cache_warned = True
+            logger.warning(
+                "%s: assets are served from memory instead (the cache_dir option chooses"
+                " another folder)",
+                exc,
+            )
+
+    def _restore(self, path: str) -> bool:
+        """Fetch again the local copy at *path*, a file of a served asset that vanished;
+        whether it is back. Only the copies of a remote store can be fetched again."""
+        if self._root is not None or self.store.unreachable:
+            return False
+        for key, static in list(self._files.items()):
+            for variant in (static.identity, static.gzip, static.br):
+                if variant is None or variant.path != path:
+                    continue
+                try:
+                    fetched = self.store.blob_path(key[0], variant.encoding)
+                    back = fetched == path and os.path.getsize(path) == variant.size
+                except (StoreError, OSError):
+                    return False
+                now = time.monotonic()
+                if back and now - self._healed_at > CACHE_GRACE:
+                    self._healed_at = now
+                    logger.warning(
+                        "Local copies of blobs of %s vanished from '%s' (a cache cleaner?);"
+                        " fetching them again as they are asked for",
+                        self.store.location,
+                        os.path.dirname(os.path.dirname(path)),
+                    )
+                return back
+        return False
 
     # -- the watcher ---------------------------------------------------------------------------
     def _start_watcher(self) -> None:
@@ -510,6 +603,31 @@ def _ranking(
     for rank, deployment in enumerate(pending, max(order.values(), default=0) + 1):
         ranking[deployment.id] = rank
     return ranking
+
+
+def restore_files(paths: Iterable[str]) -> bool:
+    """Fetch again the local copies at *paths* that vanished from a remote store's cache
+    (a cache cleaner emptied ``~/.cache`` or the temporary folder); whether every one is
+    there now. The adapters call it before answering 404 for a file that is gone."""
+    missing = [path for path in paths if not os.path.isfile(path)]
+    for runtime in list(_RUNTIMES):
+        if not missing:
+            break
+        missing = [path for path in missing if not runtime._restore(path)]
+    return not missing
+
+
+def _on_disk(static: StaticFile) -> bool:
+    """Whether every file *static* is sent from still exists."""
+    return all(
+        variant is None or variant.path is None or os.path.isfile(variant.path)
+        for variant in (static.identity, static.gzip, static.br)
+    )
+
+
+def _matches(data: bytes, size: int, digest: str | None) -> bool:
+    """Whether *data* has the manifest's *size* (and sha256 *digest*, for an identity)."""
+    return len(data) == size and (digest is None or hashlib.sha256(data).hexdigest() == digest)
 
 
 def _store_root(store: Store) -> str | None:
@@ -599,6 +717,7 @@ class Middleware(Generic[AppT]):
         strict: bool = False,
         nonce: NonceOption = None,
         poll_interval: float = 0.5,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.app = app
         self.runtime = Runtime(
@@ -609,6 +728,7 @@ class Middleware(Generic[AppT]):
             deployment=deployment,
             strict=strict,
             poll_interval=poll_interval,
+            cache_dir=cache_dir,
         )
         self.nonce = nonce
         self._static_path = self.runtime.static_path

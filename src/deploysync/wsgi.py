@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import core
 from .inject import Injector
-from .serving import Middleware, resolve_nonce
+from .serving import Middleware, resolve_nonce, restore_files
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -98,8 +98,13 @@ def _respond(
     plan: core.Plan, method: str, environ: Environ, start_response: StartResponse
 ) -> Iterable[bytes]:
     body = plan.body
-    if body and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body):
-        # A prune removed the blob after this snapshot was built: it is gone now.
+    if (
+        body
+        and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body)
+        # A local copy a cache cleaner removed is fetched again; else a prune removed
+        # the blob after this snapshot was built: it is gone now.
+        and not restore_files([p.path for p in body if not isinstance(p, bytes)])
+    ):
         plan = core.NOT_FOUND
         body = plan.body
     start_response(_status_line(plan.status), _str_headers(plan.headers))

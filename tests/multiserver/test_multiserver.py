@@ -408,6 +408,55 @@ def test_redis_outage_keeps_serving_and_recovers_without_restart(
         assert log.count("unreachable") == 1, f"{server.name} should log the outage once:\n{log}"
 
 
+def test_a_server_restarted_while_redis_is_down_serves_the_last_known_deployment(
+    make_cluster: Callable[[], Cluster],
+    redis_server: Any,
+) -> None:
+    """A container replaced (or a worker recycled) during an outage: it serves the
+    deployment its predecessor last read, from the state and the copies kept next to the
+    local cache, and says so once; Redis returns: it follows the next activation."""
+    cluster = make_cluster()
+    v1 = cluster.build("v1", activate=True)
+    v2 = cluster.build("v2", activate=False)
+    (server,) = cluster.start(1)
+    paths = ["/", "/a", *asset_urls(cluster, v1)]
+    assert hammer([server.base], paths, rounds=1, seconds=5) == []
+    state = server.folder / "cache"
+    deadline = time.monotonic() + 10
+    while not list(state.rglob("state.json")):  # written by the watcher between polls
+        assert time.monotonic() < deadline, "no state kept next to the cache"
+        time.sleep(0.05)
+
+    dump = Path(redis_server.folder) / "dump.rdb"
+    import redis
+
+    client = redis.Redis.from_url(cluster.store_spec)
+    try:
+        client.save()  # the restarted server reloads the data, as a real one does
+    finally:
+        client.close()
+    redis_server.stop()
+    try:
+        server.stop()
+        before = len(server.log())  # the old process may have logged the outage too
+        server.start(None)
+        assert server.current() == v1
+        status, body = http_get(server.base + "/a")
+        assert status == 200 and f'content="{v1}"'.encode() in body
+        assert hammer([server.base], paths, rounds=5, seconds=5) == []
+        time.sleep(1.2)  # a few of the watcher's polls fail while Redis is away
+    finally:
+        redis_server.start()
+        dump.unlink(missing_ok=True)
+
+    cluster.activate(v2)
+    server.wait_for(v2)
+    assert hammer([server.base], ["/", *asset_urls(cluster, v2)], rounds=2, seconds=5) == []
+    log = server.log()[before:]
+    assert log.count("unreachable") == 1, f"the outage should be logged once:\n{log}"
+    assert "serving what was last read" in log and "reachable again" in log, log
+
+
 def test_prune_while_serving_keeps_pages_of_kept_deployments(
     make_cluster: Callable[[], Cluster],
 ) -> None:

@@ -30,6 +30,9 @@ Configuration (``app.config``; keyword arguments of :class:`DeploySync` give def
     DEPLOYSYNC_NONCE           CSP nonce: callable(environ), or a name looked up in the
                                environ, then on the request (flask-talisman's csp_nonce)
     DEPLOYSYNC_POLL_INTERVAL   seconds between store change probes (default 0.5)
+    DEPLOYSYNC_CACHE_DIR       deploysync's cache folder: a Redis store's local copies
+                               and the build cache (else $DEPLOYSYNC_CACHE_DIR, else
+                               ~/.cache/deploysync)
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from ..vite import vite_tags as render_vite_tags
 __all__ = ["EXTENSION", "DeploySync", "deploysync_cli"]
 
 EXTENSION = "deploysync"
+CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
 OPTIONS = (
     "store",
     "static_url",
@@ -59,6 +63,7 @@ OPTIONS = (
     "strict",
     "nonce",
     "poll_interval",
+    "cache_dir",
 )
 
 
@@ -101,6 +106,7 @@ class DeploySync:
             strict=bool(app.debug) if strict is None else bool(strict),
             nonce=_nonce_option(config.get("DEPLOYSYNC_NONCE")),
             poll_interval=config.get("DEPLOYSYNC_POLL_INTERVAL", 0.5),
+            cache_dir=config.get("DEPLOYSYNC_CACHE_DIR") or None,
         )
         wrapped: Any = middleware
         app.wsgi_app = wrapped  # type: ignore[method-assign]
@@ -217,7 +223,19 @@ def _run(command: str, args: Sequence[str]) -> None:
         argv += ["--store", str(store)]
     if command == "build" and "--static-url" not in given and middleware is not None:
         argv += ["--static-url", middleware.runtime.static_url]
-    code = cli.main(argv)
+    cache_dir = current_app.config.get(CACHE_ENV)
+    previous = os.environ.get(CACHE_ENV)
+    if command == "build" and cache_dir:
+        # The build cache goes to the app's cache folder too; the command reads it from
+        # the environment (given back as it was: the app may run on in this process).
+        os.environ[CACHE_ENV] = os.fspath(cache_dir)
+    try:
+        code = cli.main(argv)
+    finally:
+        if previous is not None:
+            os.environ[CACHE_ENV] = previous
+        elif command == "build":
+            os.environ.pop(CACHE_ENV, None)
     if code:
         raise SystemExit(code)
 

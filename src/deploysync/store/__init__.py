@@ -6,6 +6,7 @@ import os
 
 from .base import (
     Activation,
+    CacheError,
     DeploymentNotFound,
     PruneError,
     PruneResult,
@@ -17,6 +18,7 @@ from .fs import FileStore
 
 __all__ = [
     "Activation",
+    "CacheError",
     "DeploymentNotFound",
     "FileStore",
     "PruneError",
@@ -30,13 +32,22 @@ __all__ = [
 ENV_VAR = "DEPLOYSYNC_STORE"
 
 
-def open_store(spec: str | os.PathLike[str] | Store | None = None) -> Store:
+def open_store(
+    spec: str | os.PathLike[str] | Store | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Store:
     """A store from a directory path, a ``redis://`` URL, or a store object.
 
     ``None`` reads ``DEPLOYSYNC_STORE``. An empty spec is no store, not the current
-    directory.
+    directory. *cache_dir*: the local cache folder of a remote store (a directory store
+    needs none).
     """
     if isinstance(spec, Store):
+        if cache_dir is not None:
+            raise StoreError(
+                f"cache_dir applies to a store given by its URL; give it to {spec!r} instead"
+            )
         return spec
     if spec is None:
         spec = os.environ.get(ENV_VAR, "")
@@ -46,7 +57,7 @@ def open_store(spec: str | os.PathLike[str] | Store | None = None) -> Store:
     if text.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisStore
 
-        return RedisStore(text)
+        return RedisStore(text, cache_dir=cache_dir)
     if "://" in text:
         raise StoreError(f"Unsupported store URL {text!r}: use a directory path or redis://")
     return FileStore(text)

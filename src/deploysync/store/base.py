@@ -37,6 +37,11 @@ class StoreError(DeploySyncError):
     """The store is missing, unwritable, unreachable or inconsistent."""
 
 
+class CacheError(StoreError):
+    """A remote store's local cache cannot be used (a folder other users could write, a
+    full or read-only disk); the bytes can still be read from the store itself."""
+
+
 class DeploymentNotFound(StoreError, KeyError):
     """No deployment with that id in the store."""
 
@@ -194,6 +199,27 @@ class Store(ABC):
         """Drop local copies of blobs not in *keep* (digests) that are older than
         *older_than* seconds; return the bytes freed. Only a remote store keeps copies."""
         return 0
+
+    def drop_copy(self, digest: str, encoding: str | None = None) -> None:
+        """Forget the local copy of a blob (one that does not match its manifest entry),
+        so the next :meth:`blob_path` fetches it again. Only a remote store keeps copies."""
+        return None
+
+    def keep_last_known(self) -> None:
+        """Answer reads from the state last read when the store cannot be reached.
+
+        Servers opt in (:class:`~deploysync.serving.Runtime`), so a server process started
+        or restarted during an outage serves the last known deployment. Commands never
+        do: they must fail instead of acting on an old state. Only a remote store keeps
+        that state (next to its local copies, and only a watching process writes it).
+        """
+        return None
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the last attempt to reach a remote store failed: an outage, which the
+        store logs once from :meth:`wait_for_change`, the loop of a serving process."""
+        return False
 
     def wait_for_change(self, timeout: float) -> None:
         """Block up to *timeout* seconds, returning early when the store learns of an

@@ -20,7 +20,10 @@ blobs; an activation appends the history, sets ``seq`` and ``current`` and publi
 ``<namespace>:activations`` in one Lua script (scripts run atomically).
 
 Servers never serve from Redis: :meth:`RedisStore.blob_path` materialises a blob into a
-local content-addressed cache once, after checking its sha256, and returns the file.
+local content-addressed cache once, after checking its sha256, and returns the file. A
+server's store (:meth:`RedisStore.keep_last_known`) also keeps the state it last read
+(``state.json`` next to those copies), so a server started while Redis is unreachable
+serves the last known deployment.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .base import (
     HOLD_TTL,
     SUFFIXES,
     Activation,
+    CacheError,
     DeploymentNotFound,
     Store,
     StoreError,
@@ -66,6 +70,11 @@ LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the 
 #: Connecting must fail fast: a CLI command reports an outage in a second or two.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 10.0
+#: deploysync's cache folder, shared with the build cache (see build.default_cache_dir).
+CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
+#: The last state a server read, in its store's cache folder.
+STATE_FILE = "state.json"
+STATE_FORMAT = 1
 
 # Delete the lock only if it still holds our token (another writer may own it after
 # our TTL ran out).
@@ -141,6 +150,32 @@ def _check_url(url: str, client: Any) -> None:
         raise ValueError(f"unknown parameter {match.group(1)!r}" if match else str(exc)) from None
 
 
+def _reason(exc: BaseException) -> str:
+    """The one-line reason of a connection error (``Connection refused``)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror
+    elif isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror
+    else:
+        reason = str(exc).strip().rstrip(".") or type(exc).__name__
+    return " ".join(reason.split())
+
+
+def _write_atomic(target: Path, data: bytes, *, mode: int) -> None:
+    """Write *target* through a temporary file: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name[:16] + ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _writable(path: str) -> bool:
     """Whether *path* can be created or written: its nearest existing ancestor is writable."""
     while not os.path.exists(path):
@@ -151,18 +186,47 @@ def _writable(path: str) -> bool:
     return os.access(path, os.W_OK)
 
 
-def default_cache_dir(url: str, namespace: str) -> Path:
-    """A per-user cache folder, one per store: ``~/.cache/deploysync/<hash of url>``.
+class RedisUnreachable(StoreError):
+    """Redis cannot be reached (refused, reset or timed-out connection)."""
 
-    Falls back to the temporary folder when the home folder is not writable (a service
-    account); :meth:`RedisStore.blob_path` then checks that the folder is ours.
+
+def store_folder(url: str, namespace: str) -> str:
+    """The name of a store's folder in the cache folder: one per URL and namespace, so
+    stores sharing a cache folder never touch each other's copies."""
+    return hashlib.sha256(f"{url}\0{namespace}".encode()).hexdigest()[:16]
+
+
+def default_cache_home() -> tuple[Path, bool]:
+    """deploysync's cache folder, as the build cache's, and whether it was chosen
+    (``$DEPLOYSYNC_CACHE_DIR``) rather than derived.
+
+    Else ``$XDG_CACHE_HOME/deploysync`` or ``~/.cache/deploysync``, falling back to the
+    temporary folder when that is not writable (a service account); a derived folder is
+    checked to be this user's before it is used.
     """
-    key = hashlib.sha256(f"{url}\0{namespace}".encode()).hexdigest()[:16]
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute(), True
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     if not os.path.isabs(base) or not _writable(base):
         user = os.getuid() if hasattr(os, "getuid") else "user"
         base = os.path.join(tempfile.gettempdir(), f"deploysync-{user}")
-    return Path(base) / "deploysync" / key
+    return Path(base) / "deploysync", False
+
+
+def _make_private(folder: Path) -> None:
+    """Create *folder* and its missing parents readable by this user only, whatever the
+    umask (``mkdir`` applies it, so each is set again)."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker was first
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)
 
 
 class RedisStore(Store):
@@ -175,6 +239,8 @@ class RedisStore(Store):
         cache_dir: str | os.PathLike[str] | None = None,
         namespace: str = "deploysync",
     ) -> None:
+        """*cache_dir*: deploysync's cache folder (default :func:`default_cache_home`);
+        this store keeps its local copies in a folder of its own inside it."""
         redis = _import_redis()
         if not namespace or any(c.isspace() for c in namespace):
             raise StoreError(f"Invalid Redis namespace {namespace!r}")
@@ -182,12 +248,13 @@ class RedisStore(Store):
         self.location = redact(url)
         self.namespace = namespace
         self.channel = f"{namespace}:activations"
-        self._default_cache = cache_dir is None
-        self.cache_dir = (
-            Path(cache_dir).expanduser().absolute()
-            if cache_dir is not None
-            else default_cache_dir(url, namespace)
-        )
+        if cache_dir is not None:
+            home, chosen = Path(cache_dir).expanduser().absolute(), True
+        else:
+            home, chosen = default_cache_home()
+        self._default_cache = not chosen
+        #: The folder of this store's local copies (and of the state a server keeps).
+        self.cache_dir = home / store_folder(url, namespace)
         self._cache_ready = False
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._response_error: type[BaseException] = redis.ResponseError
@@ -210,8 +277,15 @@ class RedisStore(Store):
         self._pubsub: Any = None
         self._pubsub_pid = 0
         self._seen: object = None
+        self._down: str | None = None  # why the last attempt to reach Redis failed
         self._outage_logged = False
         self._closed = False
+        # The state a server read last (see keep_last_known): JSON-ready parts.
+        self._keep = False
+        self._known: dict[str, Any] = {}
+        self._known_lock = threading.Lock()
+        self._known_dirty = False
+        self._known_loaded = False
 
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r}, namespace={self.namespace!r})"
@@ -237,15 +311,8 @@ class RedisStore(Store):
         """Turn a redis-py or socket error into a one-line :class:`StoreError`."""
         if isinstance(exc, self._response_error):
             raise StoreError(f"Redis at {self.location} refused a command: {exc}") from None
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, OSError) and cause.strerror:
-            reason = cause.strerror
-        elif isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = str(exc).strip().rstrip(".") or type(exc).__name__
-        reason = " ".join(reason.split())
-        raise StoreError(f"Cannot reach Redis at {self.location}: {reason}") from None
+        self._down = reason = _reason(exc)
+        raise RedisUnreachable(f"Cannot reach Redis at {self.location}: {reason}") from None
 
     @contextlib.contextmanager
     def _io(self) -> Iterator[None]:
@@ -253,6 +320,95 @@ class RedisStore(Store):
             yield
         except self._errors as exc:
             self._fail(exc)
+        self._down = None
+
+    @property
+    def unreachable(self) -> bool:
+        return self._down is not None
+
+    # -- the last known state, for servers -----------------------------------------------
+    def keep_last_known(self) -> None:
+        self._keep = True
+
+    def _remember(self, part: str, value: Any) -> None:
+        if not self._keep:
+            return
+        with self._known_lock:
+            known = self._known
+            if known.get(part) == value:
+                return
+            known[part] = value
+            if part == "ids":
+                manifests = known.get("manifests", {})
+                known["manifests"] = {i: m for i, m in manifests.items() if i in value}
+            self._known_dirty = True
+
+    def _remember_manifest(self, deployment_id: str, raw: bytes) -> None:
+        if not self._keep:
+            return
+        text = raw.decode()
+        with self._known_lock:
+            manifests = self._known.setdefault("manifests", {})
+            if manifests.get(deployment_id) != text:
+                manifests[deployment_id] = text
+                self._known_dirty = True
+
+    def _recall(self, part: str, exc: RedisUnreachable) -> Any:
+        """What the last read of *part* returned, while Redis cannot be reached; else
+        *exc* again (a command, or nothing read yet)."""
+        if not self._keep:
+            raise exc
+        with self._known_lock:
+            if not self._known_loaded:
+                # Parts this process has not read yet come from the last process that
+                # did (this one was started while Redis is unreachable).
+                self._known_loaded = True
+                for key, value in self._read_state().items():
+                    self._known.setdefault(key, value)
+            if part not in self._known:
+                raise exc
+            return self._known[part]
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.cache_dir / STATE_FILE).read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+            return {}
+        found: dict[str, Any] = {}
+        if isinstance(data.get("history"), list):
+            found["history"] = [str(item) for item in data["history"]]
+        if isinstance(data.get("ids"), list):
+            found["ids"] = [str(item) for item in data["ids"]]
+        if isinstance(data.get("manifests"), dict):
+            found["manifests"] = {str(k): str(v) for k, v in data["manifests"].items()}
+        probe = data.get("probe")
+        if probe is None or isinstance(probe, int | list):
+            found["probe"] = probe
+        return found
+
+    def _save_state(self) -> None:
+        """Write the state read since the last save, atomically (a worker restarted at
+        any moment reads the previous file or this one)."""
+        state = self.cache_dir / STATE_FILE
+        with self._known_lock:
+            if not self._known.get("history"):
+                # An empty record: a Redis restarted without its data must not erase
+                # what servers started during the next outage would serve.
+                return
+            if not self._known_dirty and state.is_file():  # (a cache cleaner may remove it)
+                return
+            self._known_dirty = False
+            data = json.dumps({"format": STATE_FORMAT, **self._known}, sort_keys=True).encode()
+        try:
+            if not self._cache_ready:
+                self._prepare_cache()
+            _make_private(self.cache_dir)  # a cache cleaner may have removed it
+            _write_atomic(state, data, mode=0o600)
+        except (StoreError, OSError):
+            with self._known_lock:
+                self._known_dirty = True  # the next poll tries again
 
     # -- writers' setup --------------------------------------------------------------------
     def ensure_writable(self) -> None:
@@ -386,20 +542,27 @@ class RedisStore(Store):
         return self.cache_dir / digest[:2] / (digest + (SUFFIXES[encoding] if encoding else ""))
 
     def _prepare_cache(self) -> None:
-        """Create the cache folder; refuse a default one that another user could write
-        (a shared temporary folder), since its files are served without a second check."""
+        """Create the cache folder, private to this user; refuse a derived one that another
+        user could write (a shared temporary folder), since its files are served as they are.
+
+        The folders deploysync names (this store's, ``deploysync``, ``deploysync-<uid>``)
+        must be writable by this user only; the one holding them (``~/.cache``) must be
+        this user's and not writable by everyone.
+        """
         try:
-            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _make_private(self.cache_dir)
             if self._default_cache and hasattr(os, "getuid"):
-                for folder in (self.cache_dir, self.cache_dir.parent, self.cache_dir.parent.parent):
+                home = self.cache_dir.parent
+                folders = [(self.cache_dir, 0o022), (home, 0o022), (home.parent, 0o002)]
+                if home.parent.name.startswith("deploysync-"):  # the temporary folder's
+                    folders[-1] = (home.parent, 0o022)
+                for folder, loose in folders:
                     st = folder.stat()
-                    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-                        raise StoreError(
-                            f"Blob cache folder '{folder}' is not private to this user;"
-                            " pass cache_dir= to choose another"
-                        )
+                    if st.st_uid != os.getuid() or st.st_mode & loose:
+                        message = f"Blob cache folder '{folder}' is not private to this user"
+                        raise CacheError(message)
         except OSError as exc:
-            raise StoreError(f"Cannot create the blob cache '{self.cache_dir}': {exc}") from None
+            raise CacheError(f"Cannot create the blob cache '{self.cache_dir}': {exc}") from None
         self._cache_ready = True
 
     def blob_path(self, digest: str, encoding: str | None = None) -> str:
@@ -429,19 +592,15 @@ class RedisStore(Store):
 
     def _write_cache(self, target: Path, data: bytes) -> None:
         try:
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name[:16] + ".")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)  # atomic: readers see no file or the whole one
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            _make_private(target.parent)
+            _write_atomic(target, data, mode=0o644)  # readers see no file or the whole one
         except OSError as exc:
-            raise StoreError(f"Cannot write the blob cache '{self.cache_dir}': {exc}") from None
+            raise CacheError(f"Cannot write the blob cache '{self.cache_dir}': {exc}") from None
+
+    def drop_copy(self, digest: str, encoding: str | None = None) -> None:
+        check_digest(digest)
+        with contextlib.suppress(OSError):
+            self._cached(digest, encoding).unlink()
 
     def all_blobs(self) -> Iterator[str]:
         with self._io():
@@ -495,20 +654,36 @@ class RedisStore(Store):
 
     def load(self, deployment_id: str) -> Deployment:
         key = self._manifest_key(deployment_id)
-        with self._io():
-            raw: bytes | None = self._redis.get(key)
+        try:
+            with self._io():
+                raw: bytes | None = self._redis.get(key)
+        except RedisUnreachable as exc:
+            known = self._recall("manifests", exc).get(deployment_id)
+            if known is None:
+                raise
+            raw = known.encode()
+            remember = False
+        else:
+            remember = True
         if raw is None:
             raise DeploymentNotFound(f"Unknown deployment {deployment_id!r} in {self.location}")
         deployment = Deployment.loads(raw)
         if deployment.id != deployment_id:
             raise ManifestError(f"Manifest {key} names deployment {deployment.id!r}")
+        if remember:
+            self._remember_manifest(deployment_id, raw)
         return deployment
 
     def ids(self) -> list[str]:
-        with self._io():
-            members = self._redis.smembers(self._key("deployments"))
+        try:
+            with self._io():
+                members = self._redis.smembers(self._key("deployments"))
+        except RedisUnreachable as exc:
+            return list(self._recall("ids", exc))
         found = (m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        return [ident for ident in found if is_valid_id(ident)]
+        ids = sorted(ident for ident in found if is_valid_id(ident))
+        self._remember("ids", ids)
+        return ids
 
     def exists(self, deployment_id: str) -> bool:
         if not is_valid_id(deployment_id):
@@ -545,16 +720,25 @@ class RedisStore(Store):
 
     # -- activation ------------------------------------------------------------------------
     def activations(self) -> list[Activation]:
-        with self._io():
-            raw = self._redis.lrange(self._key("history"), 0, -1)
         try:
-            return [Activation.from_json(json.loads(item)) for item in raw]
+            with self._io():
+                raw = self._redis.lrange(self._key("history"), 0, -1)
+        except RedisUnreachable as exc:
+            raw = self._recall("history", exc)
+        try:
+            record = [Activation.from_json(json.loads(item)) for item in raw]
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"Corrupt activation record in {self.location}: {exc}") from None
+        self._remember("history", [i.decode() if isinstance(i, bytes) else i for i in raw])
+        return record
 
     def current(self) -> str | None:
-        with self._io():
-            raw = self._redis.get(self._key("current"))
+        try:
+            with self._io():
+                raw = self._redis.get(self._key("current"))
+        except RedisUnreachable as exc:
+            history = self._recall("history", exc)
+            raw = history[-1] if history else None
         if raw is None:
             return None
         try:
@@ -582,13 +766,20 @@ class RedisStore(Store):
             self._fail(exc)
 
     def probe(self) -> Hashable:
-        with self._io():
-            raw, published = self._redis.mget(self._key("seq"), self._key("published"))
+        try:
+            with self._io():
+                raw, published = self._redis.mget(self._key("seq"), self._key("published"))
+        except RedisUnreachable as exc:
+            known = self._recall("probe", exc)
+            return tuple(known) if isinstance(known, list) else known
         value = int(raw) if raw is not None else None
         self._seen = value
         if published is None:
-            return value  # nothing published yet (None for an empty store)
-        return (value, int(published))
+            token: Hashable = value  # nothing published yet (None for an empty store)
+        else:
+            token = (value, int(published))
+        self._remember("probe", list(token) if isinstance(token, tuple) else token)
+        return token
 
     def wait_for_change(self, timeout: float) -> None:
         """Block on the activation channel up to *timeout* seconds.
@@ -597,9 +788,12 @@ class RedisStore(Store):
         call subscribes again. A message may wake it spuriously; callers re-probe.
         """
         deadline = time.monotonic() + max(timeout, 0.0)
+        if self._keep:
+            self._save_state()
         with self._watch_lock:
             if self._closed:
                 return
+            self._log_outage()
             if self._pubsub_pid != os.getpid():
                 # A forked child (a pre-forking server) must not read its parent's
                 # subscription socket: forget it without closing it, and subscribe anew.
@@ -607,12 +801,11 @@ class RedisStore(Store):
             try:
                 if self._pubsub is None:
                     self._subscribe()
-                    if self._outage_logged:
-                        self._outage_logged = False
-                        log.warning("Redis at %s is reachable again", self.location)
                     # An activation between the caller's probe and our subscription would
                     # otherwise wait for the next one: compare with the last probe.
                     raw = self._redis.get(self._key("seq"))
+                    self._down = None
+                    self._log_outage()
                     if (int(raw) if raw is not None else None) != self._seen:
                         return
                 while (left := deadline - time.monotonic()) > 0:
@@ -623,12 +816,30 @@ class RedisStore(Store):
                 self._drop_pubsub()
                 if self._closed:
                     return
-                if not self._outage_logged:
-                    self._outage_logged = True
-                    log.warning("Redis at %s is unreachable: %s", self.location, exc)
+                self._down = _reason(exc)
+                self._log_outage()
         left = deadline - time.monotonic()
         if left > 0:
             time.sleep(left)
+
+    def _log_outage(self) -> None:
+        """Say once that Redis became unreachable, and once that it is back.
+
+        Only the watcher of a serving process calls this: a command reports an outage
+        in its own one-line error, and a server's reads during an outage are quiet.
+        """
+        if self._down is not None and not self._outage_logged:
+            self._outage_logged = True
+            if not self._keep:
+                serving = ""
+            elif self._known.get("history") or self._known.get("ids"):
+                serving = "; serving what was last read from it until it is back"
+            else:
+                serving = "; nothing was read from it yet, so no deployment is served"
+            log.warning("Redis at %s is unreachable: %s%s", self.location, self._down, serving)
+        elif self._down is None and self._outage_logged:
+            self._outage_logged = False
+            log.warning("Redis at %s is reachable again", self.location)
 
     def _subscribe(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)

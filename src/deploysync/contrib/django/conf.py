@@ -16,6 +16,8 @@ key                        default                         meaning
                                                            name or ``callable(request)``
 ``ACTIVATE_ON_COLLECTSTATIC`` ``True``                     ``collectstatic`` activates what it built
 ``POLL_INTERVAL``          ``0.5``                         seconds between store change probes
+``CACHE_DIR``              ``DEPLOYSYNC_CACHE_DIR`` env    deploysync's cache folder: a Redis
+                           var, else ``~/.cache/...``      store's local copies, the build cache
 ========================== =============================== =========================================
 """
 
@@ -55,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "NONCE": None,
     "ACTIVATE_ON_COLLECTSTATIC": True,
     "POLL_INTERVAL": 0.5,
+    "CACHE_DIR": None,
 }
 # Settings whose change (override_settings in tests) invalidates the runtime.
 WATCHED_SETTINGS = frozenset({"DEPLOYSYNC", "STATIC_URL", "DEBUG", "STATIC_ROOT", "STORAGES"})
@@ -74,6 +77,7 @@ class Config:
     nonce: str | Callable[[Any], str | None] | None
     activate_on_collectstatic: bool
     poll_interval: float
+    cache_dir: str | None = None
 
 
 def _raw() -> Mapping[str, Any]:
@@ -125,6 +129,13 @@ def read_config() -> Config:
         raise ImproperlyConfigured(
             "DEPLOYSYNC['NONCE'] must be a request attribute name or a callable(request)"
         )
+    cache_dir = raw["CACHE_DIR"]
+    if cache_dir is not None:
+        if not isinstance(cache_dir, str | os.PathLike) or not os.fspath(cache_dir):
+            raise ImproperlyConfigured(
+                f"DEPLOYSYNC['CACHE_DIR'] is {cache_dir!r}; expected a folder path"
+            )
+        cache_dir = os.fspath(cache_dir)
     strict = raw["STRICT"]
     try:
         static_url = normalize_static_url(str(static_url))
@@ -141,6 +152,7 @@ def read_config() -> Config:
         nonce=nonce,
         activate_on_collectstatic=bool(raw["ACTIVATE_ON_COLLECTSTATIC"]),
         poll_interval=numbers["POLL_INTERVAL"],
+        cache_dir=cache_dir,
     )
 
 
@@ -175,6 +187,7 @@ def get_runtime() -> Runtime:
                 deployment=config.deployment,
                 strict=config.strict,
                 poll_interval=config.poll_interval,
+                cache_dir=config.cache_dir,
             )
         return _runtime
 

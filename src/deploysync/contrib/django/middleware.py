@@ -31,6 +31,7 @@ from django.http import (
 )
 
 from ...core import (
+    NOT_FOUND,
     Conditional,
     FileRange,
     Plan,
@@ -44,6 +45,7 @@ from ...core import (
     make_request,
 )
 from ...inject import Injector
+from ...serving import restore_files
 from .conf import Config, get_config, get_runtime, request_nonce
 
 __all__ = ["DeploySyncMiddleware"]
@@ -183,6 +185,15 @@ def set_headers(response: HttpResponseBase, headers: list[tuple[bytes, bytes]]) 
 def plan_response(plan: Plan, *, async_body: bool) -> HttpResponseBase:
     """A Django response carrying the core's *plan* exactly (status, headers, body)."""
     parts = plan.body
+    if (
+        parts
+        and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in parts)
+        # A local copy a cache cleaner removed is fetched again; else a prune removed
+        # the blob after this snapshot was built: it is gone now.
+        and not restore_files([p.path for p in parts if not isinstance(p, bytes)])
+    ):
+        plan = NOT_FOUND
+        parts = plan.body
     response: HttpResponseBase
     if all(isinstance(part, bytes) for part in parts):
         response = HttpResponse(b"".join(part for part in parts if isinstance(part, bytes)))

@@ -30,6 +30,7 @@ from typing import Any
 
 from django.contrib.staticfiles.storage import StaticFilesStorage
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError
 
 from ...build import build
 from ...manifest import DeploySyncError
@@ -50,11 +51,12 @@ class DeploySyncStorage(StaticFilesStorage):
         if dry_run or not paths:
             return
         config = get_config()
+        # A CommandError, not an exception yielded to collectstatic: the command prints
+        # its one-line reason, where it would print a traceback for any other error.
         if config.store is None:
-            yield "*", None, ImproperlyConfigured(
+            raise CommandError(
                 "collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set"
             )
-            return
         try:
             result = build(
                 self.location,
@@ -62,10 +64,10 @@ class DeploySyncStorage(StaticFilesStorage):
                 static_url=config.static_url,
                 activate=config.activate_on_collectstatic,
                 strict=config.strict,
+                cache_dir=config.cache_dir,
             )
         except DeploySyncError as exc:
-            yield "*", None, exc
-            return
+            raise CommandError(str(exc)) from None
         deployment = result.deployment
         for name in sorted(paths):
             asset = deployment.assets.get(name.replace("\\", "/"))
@@ -116,4 +118,3 @@ def _split_suffix(name: str) -> tuple[str, str, str]:
             clean, _, rest = name.partition(sep)
             return clean, sep, rest
     return name, "", ""
-

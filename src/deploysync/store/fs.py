@@ -45,8 +45,19 @@ from .base import (
 
 RECORD = "current.json"
 
-# Names of temporary files: unique in this process (with the pid, on this machine).
+# Names of temporary files: the pid, a random token per process (machines sharing a
+# store over the network may reuse pids) and a counter.
 _serial = itertools.count()
+_token = os.urandom(4).hex()
+
+
+def _new_token() -> None:
+    global _token
+    _token = os.urandom(4).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_token)
 
 try:
     import fcntl
@@ -54,7 +65,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
-def _write_error(target: Path, exc: OSError) -> StoreError:
+def _write_error(target: str | Path, exc: OSError) -> StoreError:
     """An error writing *target*, named as such rather than by its temporary file."""
     return StoreError(f"Cannot write '{target}': {exc.strerror or exc}")
 
@@ -86,10 +97,11 @@ class FileStore(Store):
         suffix = SUFFIXES[encoding] if encoding else ""
         return self._objects / digest[:2] / (digest + suffix)
 
-    def _write_atomic(self, target: Path, data: bytes, *, durable: bool = False) -> None:
+    def _write_atomic(self, target: str | Path, data: bytes, *, durable: bool = False) -> None:
         # Plain system calls: a build writes thousands of small files, and a file object
         # and a second path lookup per file cost as much as the writing.
-        tmp = f"{self._tmp}/{target.name[:40]}.{os.getpid()}.{next(_serial)}.{os.urandom(4).hex()}"
+        target = os.fspath(target)
+        tmp = f"{self._tmp}/{os.path.basename(target)[:40]}.{os.getpid()}.{_token}.{next(_serial)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
@@ -107,7 +119,7 @@ class FileStore(Store):
             try:
                 os.replace(tmp, target)
             except FileNotFoundError:  # the first file of its folder
-                target.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -204,13 +216,15 @@ class FileStore(Store):
         return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
     def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
-        # Variants first: a blob whose plain file exists is complete.
+        # Variants first: a blob whose plain file exists is complete. Plain strings: a
+        # build writes thousands of blobs, and path objects cost as much as the writing.
+        base = f"{self._objects_str}/{check_digest(digest)[:2]}/{digest}"
         for encoding, payload in variants.items():
             if encoding not in SUFFIXES:
                 raise StoreError(f"Unknown encoding {encoding!r}")
-            self._write_atomic(self._blob(digest, encoding), payload)
-        if not self._blob(digest).is_file():
-            self._write_atomic(self._blob(digest), data)
+            self._write_atomic(base + SUFFIXES[encoding], payload)
+        if not os.path.isfile(base):
+            self._write_atomic(base, data)
 
     def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
         try:

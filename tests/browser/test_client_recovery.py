@@ -298,7 +298,7 @@ def test_a_deploy_learned_in_one_tab_makes_the_other_tabs_next_navigation_a_full
         mark(tab.page)
     new = site.deploy("v2")
     assert check(first.page)
-    wait_stale(second.page)  # told by the first tab; it asked no server
+    wait_stale(second.page)  # told by the first tab, it asked the server
     assert marked(second.page)
     second.page.click(link)
     title_is(second.page, title)

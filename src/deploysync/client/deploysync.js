@@ -17,7 +17,8 @@ const config = {
   staticUrl: data.staticUrl || "/static/",
 }
 const pageId = document.querySelector("meta[name=deployment-id]")?.getAttribute("content")
-const HEADERS = { "X-Deploysync": "navigate", "X-Deployment-Id": pageId || "" }
+const ID = { "X-Deployment-Id": pageId || "" }
+const HEADERS = { "X-Deploysync": "navigate", ...ID }
 
 /** @param {string} href */
 const abs = (href) => new URL(href, document.baseURI).href
@@ -33,7 +34,7 @@ const script = (el) => {
   const s = document.createElement("script")
   for (const a of el.attributes) s.setAttribute(a.name, a.value)
   s.nonce = me?.nonce || s.nonce // the page enforces its first nonce
-  s.text = el.textContent || ""
+  s.text = el.textContent
   s.async = el.hasAttribute("async")
   return s
 }
@@ -44,16 +45,14 @@ class Router {
   last = 0
   /** @type {Promise<boolean> | null} */
   req = null
-  /** @type {AbortController | undefined} */
-  ctl
+  ctl = new AbortController()
   /** @type {Map<string, Promise<any>>} */
   cache = new Map()
   /** @type {Record<string, [number, number]>} */
   pos = {}
   key = "" + Date.now()
   from = location.href
-  /** @type {any} */
-  sub
+  sub = null
   hash = ""
   timer = 0
   bc = new BroadcastChannel(KEY)
@@ -83,15 +82,13 @@ class Router {
       [d, "visibilitychange", this.onVisible],
       [this.bc, "message", this.onMessage],
       ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
-      ...(this.external
-        ? [
-            [self, "submit", this.onSubmitSeen, true],
-            [d, "htmx:configRequest", this.onHtmxRequest],
-            [d, "htmx:beforeOnLoad", this.onHtmxLoad],
-            [d, "turbo:before-fetch-request", this.onTurboRequest],
-            [d, "turbo:before-fetch-response", this.onTurboResponse],
-          ]
-        : []),
+      ...(this.external ? [
+        [self, "submit", this.onSubmitSeen, true],
+        [d, "htmx:configRequest", this.onHtmxRequest],
+        [d, "htmx:beforeOnLoad", this.onHtmxLoad],
+        [d, "turbo:before-fetch-request", this.onTurboRequest],
+        [d, "turbo:before-fetch-response", this.onTurboResponse],
+      ] : []),
     ]
   }
 
@@ -111,26 +108,27 @@ class Router {
     this.on = false
     for (const [t, type, fn, capture] of this.listeners()) t?.removeEventListener(type, fn, capture)
     clearInterval(this.timer)
-    this.ctl?.abort()
+    this.ctl.abort()
     if (this.client) history.scrollRestoration = "auto"
   }
 
   /** Resolves to stale. */
-  check = (hint = false) =>
-    (this.req ||= fetch(config.versionUrl, { cache: "no-store" })
+  check = (reason = "check") =>
+    (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
       .then((v) => {
         config.staticUrl = v.static_url || config.staticUrl
-        if (v.id != pageId) this.mark(v.id, hint ? "asset" : "check")
+        // the server judges: a straggler's older id is no news
+        if (v.outdated ?? v.id != pageId) this.mark(v.id, reason)
       })
-      .catch(() => hint && this.mark(null, "check-failed"))
+      .catch(() => reason == "asset" && this.mark(null, "check-failed"))
       .then(() => {
         this.req = null
         this.last = Date.now()
         return this.stale
       }))
 
-  hint = () => this.stale || this.check(true)
+  hint = () => this.stale || this.check("asset")
 
   /** @param {string | null} serverId @param {string} reason */
   mark(serverId, reason) {
@@ -140,22 +138,22 @@ class Router {
     if (serverId && reason != "tab") this.bc.postMessage(serverId)
   }
 
-  /** True for 409. @param {Response | XMLHttpRequest} r */
+  /** True for 409; another id is checked. @param {Response | XMLHttpRequest} r */
   seen(r) {
     const h = (n) => (r instanceof Response ? r.headers.get(n) : r.getResponseHeader(n))
     const id = h("X-Deployment-Id")
     const reload = r.status == 409 && h("X-Deploysync") == "reload"
-    if (reload || (id && id != pageId)) this.mark(id, reload ? "409" : "response")
+    reload ? this.mark(id, "409") : id && id != pageId && this.check("response")
     return reload
   }
 
-  onError = (e) => (e.target.src || e.target.href || "").startsWith?.(abs(config.staticUrl)) && this.hint()
+  onError = (e) => (e.target.src || e.target.href)?.startsWith?.(abs(config.staticUrl)) && this.hint()
 
   onRejection = (e) => /dynamically imported|module script/i.test(e.reason?.message) && this.hint()
 
   onVisible = () => !document.hidden && Date.now() - this.last > 3e4 && this.check()
 
-  onMessage = (e) => typeof e.data == "string" && e.data != pageId && this.mark(e.data, "tab")
+  onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
   // back/forward (bfcache, HTTP cache) is a navigation
   onShow = (e) =>
@@ -227,16 +225,12 @@ class Router {
     const { form, sub, pop } = o
     if (!dispatch("before-navigate", { url, method: o.method || "GET" })) return
     if (this.stale) return this.full(url, form, sub)
-    this.ctl?.abort()
+    this.ctl.abort()
     const ctl = (this.ctl = new AbortController())
     const hit = !form && this.cache.get(url)
     this.cache.clear()
-    const bar = Object.assign(document.createElement("progress"), {
-      id: KEY + "-progress",
-      style: "position:fixed;inset:0 0 auto;width:100%;height:3px;border:0;z-index:99999",
-    })
+    const bar = Object.assign(document.createElement("progress"), { id: KEY + "-progress", style: "position:fixed;inset:0;width:100%;height:3px;border:0;z-index:99999" })
     const t = setTimeout(() => document.documentElement.append(bar), 300)
-    /** @type {any} */
     let res
     try {
       res = (await hit) || (await fetch(url, { ...o, headers: HEADERS, signal: ctl.signal }))
@@ -273,7 +267,7 @@ class Router {
     document.body.replaceWith(doc.body)
     for (const s of document.body.querySelectorAll("script")) s.replaceWith(script(s))
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
-    const p = pop != null && this.pos[pop]
+    const p = this.pos[pop]
     p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
     // focus went to <body>; announce the page
     const af = document.querySelector("[autofocus]")
@@ -336,12 +330,10 @@ if (!(KEY in window)) {
       h[m + "State"] = (...a) =>
         router.on && router.external && router.stale && a[2] && !here(a[2]) ? router.full(abs(a[2]), m) : (f.apply(h, a), (router.from = location.href))
     }
-  Object.assign(window, {
-    [KEY]: {
-      get stale() { return router.stale },
-      check: router.check,
-      navigate: (/** @type {string} */ url) => router[router.client ? "visit" : "full"](abs(url)),
-      router,
-    },
-  })
+  /** @type {any} */ (window)[KEY] = {
+    get stale() { return router.stale },
+    check: router.check,
+    navigate: (/** @type {string} */ url) => router[router.client ? "visit" : "full"](abs(url)),
+    router,
+  }
 }

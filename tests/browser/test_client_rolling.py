@@ -1,0 +1,318 @@
+"""A rolling deploy: servers on different deployments answer the same pages.
+
+Only the server knows the activation order (docs/deploying.md, "The ordering rule during
+a rolling deploy"), so the client lets it judge: a straggler still on the older
+deployment never makes a page of the newer one stale, and a page of the older one still
+moves forward. Here one store holds the deployments and a balancer in front of servers
+pinned to each of them lets the test choose which one answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from harness import DEADLINE, MakeSite, Site, Tab
+from helpers import check, client_routed, mark, marked, page_id, stale, title_is, wait_stale
+
+pytestmark = pytest.mark.browser
+
+VERSION_PATH = "/_deploysync/version"
+
+# Keeps the tab's deploysync:stale details, across full loads too.
+RECORD_STALE = """document.addEventListener("deploysync:stale", (e) => {
+    const seen = JSON.parse(sessionStorage.staleEvents || "[]")
+    sessionStorage.staleEvents = JSON.stringify([...seen, e.detail])
+})"""
+
+
+def stale_events(page: Any) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = page.evaluate("JSON.parse(sessionStorage.staleEvents || '[]')")
+    return events
+
+
+class Balancer:
+    """Servers pinned to deployments of one store, v1 first; ``to`` names the one answering.
+
+    Deployments after v1 are built and activated in order, so v1 is the oldest. ``asked``
+    records the page ids version checks came with (the harness's own polls send none).
+    """
+
+    def __init__(self, site: Site, routing: str, versions: list[str]) -> None:
+        from testapp import make_asgi
+
+        for version in versions:
+            if version not in site.versions:
+                site.build(version, activate=True)
+        self.servers = {
+            version: make_asgi(str(site.store), routing, deployment=site.versions[version])
+            for version in versions
+        }
+        site.closers.extend(server.close for server in self.servers.values())
+        self.to = versions[-1]
+        self.asked: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == VERSION_PATH:
+            self.asked.extend(v.decode() for k, v in scope["headers"] if k == b"x-deployment-id")
+        await self.servers[self.to](scope, receive, send)
+
+
+class Proxy:
+    """One server behind a proxy that drops the request headers ``drop(path, name)`` names.
+
+    ``asked`` as for :class:`Balancer`; ``version_delay``: seconds version checks wait.
+    """
+
+    def __init__(
+        self, site: Site, routing: str, drop: Callable[[str, bytes], bool], version_delay: float
+    ) -> None:
+        from testapp import make_asgi
+
+        self.server = make_asgi(str(site.store), routing)
+        site.closers.append(self.server.close)
+        self.drop = drop
+        self.version_delay = version_delay
+        self.asked: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path == VERSION_PATH:
+            self.asked.extend(v.decode() for k, v in scope["headers"] if k == b"x-deployment-id")
+            await asyncio.sleep(self.version_delay)
+        headers = [(k, v) for k, v in scope["headers"] if not self.drop(path, k)]
+        await self.server({**scope, "headers": headers}, receive, send)
+
+
+def rolling(make_site: MakeSite, routing: str, versions: list[str]) -> tuple[Site, Balancer]:
+    made: list[Balancer] = []
+
+    def wrap(site: Site) -> Balancer:
+        made.append(Balancer(site, routing, versions))
+        return made[0]
+
+    site = make_site(routing=routing, wrap=wrap)
+    return site, made[0]
+
+
+def proxied(
+    make_site: MakeSite, routing: str, drop: Callable[[str, bytes], bool], version_delay: float = 0
+) -> tuple[Site, Proxy]:
+    made: list[Proxy] = []
+
+    def wrap(site: Site) -> Proxy:
+        made.append(Proxy(site, routing, drop, version_delay))
+        return made[0]
+
+    site = make_site(routing=routing, wrap=wrap)
+    return site, made[0]
+
+
+def follow(page: Any, link: str) -> None:
+    """Click *link* without hovering it first: Turbo would prefetch it on hover, without
+    the navigate headers, and show that response instead of a visit of its own."""
+    page.evaluate("(link) => document.querySelector(link).click()", link)
+
+
+def open_at(tab: Tab, url: str) -> Any:
+    page = tab.page
+    page.add_init_script(RECORD_STALE)
+    page.goto(url)
+    client_routed(page)
+    return page
+
+
+# -- a page of the newer deployment, answered by a straggler ---------------------------------
+
+
+def test_a_version_check_answered_by_a_straggler_leaves_a_newer_page_fresh(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, lb = rolling(make_site, "client", ["v1", "v2"])
+    page = open_at(tab, site.url("/"))
+    new = site.versions["v2"]
+    assert page_id(page) == new
+    mark(page)
+    lb.to = "v1"  # the straggler answers from now on
+    assert not check(page), "a straggler's older id made a page of the newer deployment stale"
+    assert set(lb.asked) == {new}, "the check must send the page's id for the server to judge"
+    assert stale_events(page) == []
+    page.click("#to-a")
+    title_is(page, "A")
+    assert marked(page), "the next navigation must stay client-side"
+    assert tab.documents == 1
+
+
+@pytest.mark.parametrize(
+    ("routing", "start", "link", "title", "then", "then_title"),
+    [
+        ("client", "/", "#to-a", "A", "#to-b", "B"),
+        ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
+        ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
+    ],
+    ids=["own-router", "htmx", "turbo"],
+)
+def test_a_navigation_answered_by_a_straggler_leaves_a_newer_page_fresh(
+    make_site: MakeSite,
+    tab: Tab,
+    routing: str,
+    start: str,
+    link: str,
+    title: str,
+    then: str,
+    then_title: str,
+) -> None:
+    site, lb = rolling(make_site, routing, ["v1", "v2"])
+    page = open_at(tab, site.url(start))
+    new = site.versions["v2"]
+    assert page_id(page) == new
+    mark(page)
+    lb.to = "v1"
+    # The straggler judges the page not outdated (it is newer): a normal answer that
+    # announces the older id. The client asks instead of believing the id.
+    follow(page, link)
+    title_is(page, title)
+    assert marked(page), "the answer was thrown away for a full load"
+    assert not check(page)
+    assert stale_events(page) == []
+    assert set(lb.asked) == {new}
+    lb.to = "v2"
+    follow(page, then)
+    title_is(page, then_title)
+    assert marked(page), "the next navigation must not be a full load"
+    assert tab.documents == 1
+    assert not stale(page)
+
+
+# -- a page of the older deployment still moves forward --------------------------------------
+
+
+def test_a_version_check_of_a_newer_server_makes_an_older_page_stale(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, lb = rolling(make_site, "client", ["v1", "v2"])
+    old, new = site.versions["v1"], site.versions["v2"]
+    lb.to = "v1"
+    page = open_at(tab, site.url("/"))
+    assert page_id(page) == old
+    mark(page)
+    assert not check(page), "its own server does not find it outdated"
+    lb.to = "v2"
+    assert check(page)
+    assert set(lb.asked) == {old}
+    assert stale_events(page) == [{"pageId": old, "serverId": new, "reason": "check"}]
+    assert marked(page), "stale never reloads by itself"
+    page.click("#to-a")
+    title_is(page, "A")
+    assert not marked(page)
+    assert page_id(page) == new
+
+
+@pytest.mark.parametrize(
+    ("routing", "start", "link", "title", "then", "then_title"),
+    [
+        ("client", "/", "#to-a", "A", "#to-b", "B"),
+        ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
+        ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
+    ],
+    ids=["own-router", "htmx", "turbo"],
+)
+def test_a_response_of_a_newer_deployment_makes_an_older_page_stale_through_a_check(
+    make_site: MakeSite,
+    tab: Tab,
+    routing: str,
+    start: str,
+    link: str,
+    title: str,
+    then: str,
+    then_title: str,
+) -> None:
+    # A proxy that drops the navigate marker: the server answers the navigation without
+    # judging it (no 409), with its newer id; the version check lets it judge. The check
+    # is slowed down: a router that pushes its history entry after the check answered
+    # (Turbo can) has that navigation become a full load instead, which is right too.
+    site, proxy = proxied(
+        make_site,
+        routing,
+        lambda path, name: path != VERSION_PATH and name == b"x-deploysync",
+        version_delay=0.5,
+    )
+    old = site.versions["v1"]
+    page = open_at(tab, site.url(start))
+    new = site.deploy("v2")
+    mark(page)
+    follow(page, link)
+    title_is(page, title)
+    wait_stale(page)
+    assert marked(page), "the answer is shown: the server did not refuse it"
+    assert stale_events(page) == [{"pageId": old, "serverId": new, "reason": "response"}]
+    assert old in proxy.asked
+    follow(page, then)
+    title_is(page, then_title)
+    assert not marked(page), "the next navigation must be a full load"
+    assert page_id(page) == new
+    assert tab.documents == 2
+
+
+def test_an_older_server_that_does_not_judge_pages_is_answered_by_comparing_ids(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # A server from before the ordering rule ignores the page's id: no "outdated" field.
+    site, proxy = proxied(
+        make_site, "client", lambda path, name: path == VERSION_PATH and name == b"x-deployment-id"
+    )
+    old = site.versions["v1"]
+    page = open_at(tab, site.url("/"))
+    assert not check(page)
+    new = site.deploy("v2")
+    assert check(page)
+    assert set(proxy.asked) == {old}, "the client sent its id; the proxy dropped it"
+    assert stale_events(page) == [{"pageId": old, "serverId": new, "reason": "check"}]
+
+
+# -- other tabs ------------------------------------------------------------------------------
+
+
+def test_another_tabs_news_makes_a_page_stale_only_when_the_server_finds_it_outdated(
+    make_site: MakeSite, open_page: Callable[[], Tab]
+) -> None:
+    site, lb = rolling(make_site, "client", ["v1", "v2", "v3"])
+    v1, v2, v3 = (site.versions[v] for v in ("v1", "v2", "v3"))
+    teller, older, newer = open_page(), open_page(), open_page()
+    lb.to = "v1"
+    for tab in (teller, older):
+        open_at(tab, site.url("/"))
+        mark(tab.page)
+    lb.to = "v3"
+    open_at(newer, site.url("/"))
+    mark(newer.page)
+    assert [page_id(t.page) for t in (teller, older, newer)] == [v1, v1, v3]
+
+    lb.to = "v2"  # a straggler, behind v3, ahead of v1, answers everything now
+    assert check(teller.page)  # it tells the other tabs it saw v2
+    assert stale_events(teller.page) == [{"pageId": v1, "serverId": v2, "reason": "check"}]
+
+    wait_stale(older.page)  # the server found it outdated when it asked
+    assert stale_events(older.page) == [{"pageId": v1, "serverId": v2, "reason": "tab"}]
+
+    # the page of v3 asks too, and v2 is no news to it
+    deadline = time.monotonic() + DEADLINE
+    while v3 not in lb.asked and not stale(newer.page):
+        assert time.monotonic() < deadline, "the page of v3 never asked"
+        time.sleep(0.05)
+    assert not check(newer.page), "another tab's older id made a page of v3 stale"
+    assert stale_events(newer.page) == []
+
+    for tab in (teller, older, newer):
+        assert marked(tab.page), "stale never reloads by itself"
+    lb.to = "v3"
+    newer.page.click("#to-a")
+    title_is(newer.page, "A")
+    assert marked(newer.page), "the page of v3 keeps navigating client-side"
+    older.page.click("#to-a")
+    title_is(older.page, "A")
+    assert not marked(older.page)
+    assert page_id(older.page) == v3

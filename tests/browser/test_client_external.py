@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import MakeSite, Tab
+from harness import MakeSite, Site, Tab
 from helpers import RELOAD_409, check, client_routed, mark, marked, page_id, title_is, wait_stale
 from playwright.sync_api import expect
 
@@ -17,22 +17,24 @@ NAVIGATION_API = pytest.mark.parametrize(
 )
 
 
-def _without_navigation_api(page: Any) -> None:
-    """A browser without the Navigation API: the client wraps history instead."""
-    page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
+def _spa(make_site: MakeSite, tab: Tab, navigation_api: bool) -> tuple[Site, Any]:
+    """The pushState SPA page, client-routed and marked; without the Navigation API the
+    client wraps history instead."""
+    site = make_site(routing="external")
+    page = tab.page
+    if not navigation_api:
+        page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
+    page.goto(site.url("/spa"))
+    client_routed(page)
+    mark(page)
+    return site, page
 
 
 @NAVIGATION_API
 def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    if not navigation_api:
-        _without_navigation_api(page)
-    page.goto(site.url("/spa"))
-    client_routed(page)
-    mark(page)
+    site, page = _spa(make_site, tab, navigation_api)
     page.click("#spa-x")
     expect(page.locator("#view")).to_have_text("view /spa/x")
     assert marked(page), "the router navigates by itself before a deploy"
@@ -52,13 +54,7 @@ def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
 def test_a_routers_replace_after_a_deploy_is_a_full_load_in_place_of_the_entry(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    if not navigation_api:
-        _without_navigation_api(page)
-    page.goto(site.url("/spa"))
-    client_routed(page)
-    mark(page)
+    site, page = _spa(make_site, tab, navigation_api)
     entries = page.evaluate("history.length")
     new = site.deploy("v2")
     assert check(page)
@@ -73,13 +69,7 @@ def test_a_routers_replace_after_a_deploy_is_a_full_load_in_place_of_the_entry(
 def test_back_to_another_url_of_a_pushstate_router_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    if not navigation_api:
-        _without_navigation_api(page)
-    page.goto(site.url("/spa"))
-    client_routed(page)
-    mark(page)
+    site, page = _spa(make_site, tab, navigation_api)
     page.click("#spa-x")
     expect(page.locator("#view")).to_have_text("view /spa/x")
     new = site.deploy("v2")

@@ -125,6 +125,18 @@ def open_at(tab: Tab, url: str) -> Any:
     return page
 
 
+# The routers a navigation goes through: start page, link, its title, then a second link.
+ROUTERS = pytest.mark.parametrize(
+    ("routing", "start", "link", "title", "then", "then_title"),
+    [
+        ("client", "/", "#to-a", "A", "#to-b", "B"),
+        ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
+        ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
+    ],
+    ids=["own-router", "htmx", "turbo"],
+)
+
+
 # -- a page of the newer deployment, answered by a straggler ---------------------------------
 
 
@@ -146,15 +158,7 @@ def test_a_version_check_answered_by_a_straggler_leaves_a_newer_page_fresh(
     assert tab.documents == 1
 
 
-@pytest.mark.parametrize(
-    ("routing", "start", "link", "title", "then", "then_title"),
-    [
-        ("client", "/", "#to-a", "A", "#to-b", "B"),
-        ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
-        ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
-    ],
-    ids=["own-router", "htmx", "turbo"],
-)
+@ROUTERS
 def test_a_navigation_answered_by_a_straggler_leaves_a_newer_page_fresh(
     make_site: MakeSite,
     tab: Tab,
@@ -211,15 +215,7 @@ def test_a_version_check_of_a_newer_server_makes_an_older_page_stale(
     assert page_id(page) == new
 
 
-@pytest.mark.parametrize(
-    ("routing", "start", "link", "title", "then", "then_title"),
-    [
-        ("client", "/", "#to-a", "A", "#to-b", "B"),
-        ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
-        ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
-    ],
-    ids=["own-router", "htmx", "turbo"],
-)
+@ROUTERS
 def test_a_response_of_a_newer_deployment_makes_an_older_page_stale_through_a_check(
     make_site: MakeSite,
     tab: Tab,

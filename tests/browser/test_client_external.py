@@ -17,14 +17,16 @@ NAVIGATION_API = pytest.mark.parametrize(
 )
 
 
-def _spa(make_site: MakeSite, tab: Tab, navigation_api: bool) -> tuple[Site, Any]:
-    """The pushState SPA page, client-routed and marked; without the Navigation API the
-    client wraps history instead."""
+def _open(
+    make_site: MakeSite, tab: Tab, path: str, navigation_api: bool = True
+) -> tuple[Site, Any]:
+    """A page of an external-routing site, client-routed and marked; without the
+    Navigation API the client wraps history instead."""
     site = make_site(routing="external")
     page = tab.page
     if not navigation_api:
         page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
-    page.goto(site.url("/spa"))
+    page.goto(site.url(path))
     client_routed(page)
     mark(page)
     return site, page
@@ -34,7 +36,7 @@ def _spa(make_site: MakeSite, tab: Tab, navigation_api: bool) -> tuple[Site, Any
 def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site, page = _spa(make_site, tab, navigation_api)
+    site, page = _open(make_site, tab, "/spa", navigation_api)
     page.click("#spa-x")
     expect(page.locator("#view")).to_have_text("view /spa/x")
     assert marked(page), "the router navigates by itself before a deploy"
@@ -54,7 +56,7 @@ def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
 def test_a_routers_replace_after_a_deploy_is_a_full_load_in_place_of_the_entry(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site, page = _spa(make_site, tab, navigation_api)
+    site, page = _open(make_site, tab, "/spa", navigation_api)
     entries = page.evaluate("history.length")
     new = site.deploy("v2")
     assert check(page)
@@ -69,7 +71,7 @@ def test_a_routers_replace_after_a_deploy_is_a_full_load_in_place_of_the_entry(
 def test_back_to_another_url_of_a_pushstate_router_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
 ) -> None:
-    site, page = _spa(make_site, tab, navigation_api)
+    site, page = _open(make_site, tab, "/spa", navigation_api)
     page.click("#spa-x")
     expect(page.locator("#view")).to_have_text("view /spa/x")
     new = site.deploy("v2")
@@ -86,11 +88,7 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, how: str
 ) -> None:
     # The router intercepts navigate events; on a stale page it never gets the chance.
-    site = make_site(routing="external")
-    page = tab.page
-    page.goto(site.url("/nav"))
-    client_routed(page)
-    mark(page)
+    site, page = _open(make_site, tab, "/nav")
     page.click("#nav-x")
     expect(page.locator("#view")).to_have_text("view /nav/x")
     assert marked(page), "the router navigates by itself before a deploy"
@@ -117,11 +115,7 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
 def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    page.goto(site.url(f"/{lib}"))
-    client_routed(page)
-    mark(page)
+    site, page = _open(make_site, tab, f"/{lib}")
     page.click(f"#{lib}-a")
     title_is(page, f"{lib} a")
     assert marked(page), f"{lib} swaps pages by itself before a deploy"
@@ -143,11 +137,7 @@ def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
 def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    page.goto(site.url(f"/{lib}"))
-    client_routed(page)
-    mark(page)
+    site, page = _open(make_site, tab, f"/{lib}")
     page.fill("#message", "boosted")
     new = site.deploy("v2")
     tab.allow(RELOAD_409)
@@ -164,11 +154,7 @@ def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
 def test_a_boosted_link_to_a_fragment_after_a_deploy_lands_on_the_fragment(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
-    site = make_site(routing="external")
-    page = tab.page
-    page.goto(site.url(f"/{lib}"))
-    client_routed(page)
-    mark(page)
+    site, page = _open(make_site, tab, f"/{lib}")
     new = site.deploy("v2")
     tab.allow(RELOAD_409)
     page.click(f"#{lib}-b-end")  # the library's request is refused: a full load

@@ -99,6 +99,25 @@ def test_hashed_url_is_served_by_the_middleware(app: Flask, deployed: Deployment
     assert response.headers["ETag"].startswith('"')
 
 
+def test_url_for_names_with_reserved_characters_once_encoded(
+    tmp_path: Path, store: FileStore
+) -> None:
+    src = tmp_path / "odd"
+    (src / "ü").mkdir(parents=True)
+    (src / "sp ace#1.css").write_text("p{}")
+    (src / "ü" / "x.css").write_text("b{}")
+    deployment = build(src, store, activate=True).deployment
+    app = make_app(store)
+    DeploySync(app)
+    client = app.test_client()
+    with app.test_request_context():
+        for path in ("sp ace#1.css", "ü/x.css"):
+            url = url_for("static", filename=path)
+            assert url == deployment.url(path)  # encoded once: %20, %23, %C3%BC
+            assert client.get(url).status_code == 200
+        assert url_for("static", filename="nö such.css") == "/static/n%C3%B6%20such.css"
+
+
 def test_unknown_static_file_falls_back_to_unhashed_url(app: Flask) -> None:
     with app.test_request_context():
         assert url_for("static", filename="missing.css") == "/static/missing.css"

@@ -40,6 +40,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import click
 from flask import Flask, current_app, request
@@ -164,7 +165,8 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
         return  # assets live elsewhere (a CDN): templates use asset_url()
     url = runtime.url(str(values["filename"]))
     if url.startswith(runtime.static_url):
-        values["filename"] = url[len(runtime.static_url) :]
+        # Flask encodes the filename it is given: hand it the name, not the URL path.
+        values["filename"] = unquote(url[len(runtime.static_url) :], errors="surrogateescape")
 
 
 def asset_url(path: str) -> str:

@@ -621,14 +621,16 @@ def test_collectstatic_with_redis_down_fails_with_one_line(
     assert caplog.records == []  # nothing a server would say
 
 
+@pytest.mark.parametrize("value", [None, ""])
 def test_collectstatic_without_a_store_fails_with_one_line(
     site_src: Callable[..., Path],
     configure: Callable[..., None],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    value: str | None,
 ) -> None:
     monkeypatch.delenv("DEPLOYSYNC_STORE", raising=False)
-    configure(STORE=None, django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    configure(STORE=value, django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
     err = _collectstatic(capsys)
     assert err == (
         "CommandError: collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set\n"

@@ -107,7 +107,7 @@ def read_config() -> Config:
     raw = {**DEFAULTS, **_raw()}
     store = raw["STORE"] if raw["STORE"] is not None else os.environ.get("DEPLOYSYNC_STORE")
     if store is not None:
-        store = os.fspath(store)
+        store = os.fspath(store) or None  # an empty value is no store (E001), not "."
     static_url = raw["STATIC_URL"] or getattr(settings, "STATIC_URL", None) or DEFAULT_STATIC_URL
     routing = raw["ROUTING"]
     if routing not in ROUTINGS:

@@ -163,3 +163,22 @@ def test_a_boosted_link_to_a_fragment_after_a_deploy_lands_on_the_fragment(
     assert page_id(page) == new
     assert page.evaluate("location.href") == site.url(f"/{lib}/b#end")
     expect(page.locator("#end")).to_be_in_viewport()
+
+
+@pytest.mark.parametrize("url", ["javascript:window.__pwned = 1", "https://example.invalid/x"])
+def test_a_stale_pages_push_of_a_url_the_browser_refuses_stays_refused(
+    make_site: MakeSite, tab: Tab, url: str
+) -> None:
+    # Without the Navigation API the client wraps pushState: the browser's own check
+    # (a SecurityError for another origin or a javascript: URL) must come first.
+    site, page = _open(make_site, tab, "/spa", navigation_api=False)
+    site.deploy("v2")
+    assert check(page)
+    error = page.evaluate(
+        "(u) => { try { history.pushState({}, '', u); return '' } catch (e) { return e.name } }",
+        url,
+    )
+    assert error == "SecurityError"
+    assert page.evaluate("window.__pwned") is None
+    assert marked(page), "the page stayed"
+    assert page.url == site.url("/spa")

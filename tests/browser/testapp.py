@@ -155,8 +155,16 @@ class App:
         if path in ("/", "/a", "/b"):
             title = {"/": "Home", "/a": "A", "/b": "B"}[path]
             nonce_attr = f' nonce="{nonce}"' if nonce else ""
+            # Under a nonce policy, scripts the response does not trust: never to run.
+            forged = (
+                '<script nonce="forged">window.__forged = 1</script>'
+                "<script>window.__forged = 2</script>"
+                if nonce
+                else ""
+            )
             extra = {
-                "/a": f"<script{nonce_attr}>window.__ran = (window.__ran || 0) + 1</script>",
+                "/a": f"<script{nonce_attr}>window.__ran = (window.__ran || 0) + 1</script>"
+                + forged,
                 "/b": '<div style="height:3000px">tall</div><p id="end">end</p>',
             }.get(path, "")
             return self.page(title, f'<p id="query">{html.escape(query)}</p>{extra}')

@@ -29,11 +29,11 @@ const off = (el) => el?.closest("[data-deploysync=off]")
 /** @param {string} name @param {object} detail */
 const dispatch = (name, detail) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable: true }))
 
-/** A runnable copy. @param {Element} el */
-const script = (el) => {
+/** A runnable copy. @param {any} el @param {any} [n] */
+const script = (el, n) => {
   const s = document.createElement("script")
   for (const a of el.attributes) s.setAttribute(a.name, a.value)
-  s.nonce = me?.nonce || s.nonce // the page enforces its first nonce
+  if (n && el.nonce == n) s.nonce = me?.nonce || n
   s.text = el.textContent
   s.async = el.hasAttribute("async")
   return s
@@ -155,9 +155,9 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  // back/forward (bfcache, HTTP cache) is a navigation
+  // back/forward (bfcache, HTTP cache; type 2) is a navigation
   onShow = (e) =>
-    (e.persisted || /** @type {any} */ (performance.getEntriesByType("navigation")[0])?.type == "back_forward") &&
+    (e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
 
   onPop = (e) => {
@@ -255,17 +255,18 @@ class Router {
     // new stylesheets load before the swap: no flash
     const key = (el) => (el.localName == "script" ? el.getAttribute("src") || el.textContent : el.outerHTML)
     const old = new Map([...document.head.children].map((el) => [key(el), el]))
+    const n = doc.querySelector("script[data-deploysync]")?.getAttribute("nonce")
     const loads = []
     for (const el of [...doc.head.children]) {
       if (old.delete(key(el))) continue
-      const n = el.localName == "script" ? script(el) : el
-      if (n.matches("link[rel~=stylesheet]")) loads.push(new Promise((r) => (n.addEventListener("load", r), n.addEventListener("error", r))))
-      document.head.append(n)
+      const e = el.localName == "script" ? script(el, n) : el
+      if (e.matches("link[rel~=stylesheet]")) loads.push(new Promise((r) => (e.addEventListener("load", r), e.addEventListener("error", r))))
+      document.head.append(e)
     }
     await Promise.all(loads)
     for (const el of old.values()) el.localName == "script" || el.remove()
     document.body.replaceWith(doc.body)
-    for (const s of document.body.querySelectorAll("script")) s.replaceWith(script(s))
+    for (const s of document.body.querySelectorAll("script")) s.replaceWith(script(s, n))
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
     const p = this.pos[pop]
     p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
@@ -328,7 +329,7 @@ if (!(KEY in window)) {
     for (const m of /** @type {const} */ (["push", "replace"])) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
-        router.on && router.external && router.stale && a[2] && !here(a[2]) ? router.full(abs(a[2]), m) : (f.apply(h, a), (router.from = location.href))
+        (f.apply(h, a), router.on && router.external && router.stale && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
   /** @type {any} */ (window)[KEY] = {
     get stale() { return router.stale },

@@ -197,7 +197,12 @@ def make_request(
                 found = {}
             if name == b"x-deployment-id":
                 ids += 1
-            found[name] = found[name] + b", " + value if name in found else value
+            if name not in found:
+                found[name] = value
+            elif len(found[name]) <= MAX_HEADER_VALUE:
+                # Past the limit the value is ignored anyway: joining thousands of
+                # repeated headers would cost quadratic time.
+                found[name] += b", " + value
     if found is None:
         # The common case (no conditional, range, coding or navigation header).
         return Request(method, path, raw_path)

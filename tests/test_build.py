@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -620,6 +621,24 @@ def test_a_damaged_cache_only_costs_time(site: Path, store: FileStore) -> None:
     for cache_file in cache_files:
         cache_file.write_text('{"version": 2, "stat": [1, 2], "refs": "x"}')
     assert build(site, store).deployment == first
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o000])
+def test_the_cache_folder_the_build_creates_is_private_whatever_the_umask(
+    site: Path, store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    # The servers of a Redis store keep their copies in the same folder and refuse one
+    # that others may write to (docs/deploying.md).
+    monkeypatch.delenv("DEPLOYSYNC_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    old = os.umask(umask)
+    try:
+        build(site, store)
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "xdg", tmp_path / "xdg" / "deploysync"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert list((tmp_path / "xdg" / "deploysync").glob("build-*.cache"))
 
 
 @pytest.mark.parametrize("compress_again", [False, True])

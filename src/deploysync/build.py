@@ -52,6 +52,7 @@ from .manifest import (
     validate_id,
 )
 from .store import Store, open_store
+from .store.base import make_private
 
 try:  # the optional "brotli" extra
     import brotli as _brotli
@@ -557,7 +558,7 @@ class BuildCache:
             return  # the same entries as the file holds: nothing to write
         payload = _cache_header() + marshal.dumps({**self._used, "base": self.base})
         with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private(self.path.parent)  # the servers' cache folder too: private
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
             try:
                 with os.fdopen(fd, "wb") as fh:

@@ -6,13 +6,16 @@ lock, a cheap change probe); listing and pruning are written once here on top of
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..manifest import Deployment, DeploymentInfo, DeploySyncError, validate_id
@@ -31,6 +34,21 @@ HOLD_RENEW = 60.0
 # A local copy younger than this is never trimmed: another worker sharing the cache may
 # have fetched it for a deployment this one has not seen yet.
 CACHE_GRACE = 600.0
+
+
+def make_private(folder: Path) -> None:
+    """Create *folder* and its missing parents readable by this user only, whatever the
+    umask (``mkdir`` applies it, so each is set again); existing folders are left alone."""
+    missing = []
+    while not folder.is_dir():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process was first
+            path.mkdir(mode=0o700)
+            os.chmod(path, 0o700)
 
 
 class StoreError(DeploySyncError):

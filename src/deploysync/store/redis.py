@@ -58,6 +58,7 @@ from .base import (
     Store,
     StoreError,
     check_digest,
+    make_private,
 )
 
 log = logging.getLogger(__name__)
@@ -212,21 +213,6 @@ def default_cache_home() -> tuple[Path, bool]:
         user = os.getuid() if hasattr(os, "getuid") else "user"
         base = os.path.join(tempfile.gettempdir(), f"deploysync-{user}")
     return Path(base) / "deploysync", False
-
-
-def _make_private(folder: Path) -> None:
-    """Create *folder* and its missing parents readable by this user only, whatever the
-    umask (``mkdir`` applies it, so each is set again)."""
-    missing = []
-    while not folder.is_dir():
-        missing.append(folder)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # another worker was first
-            path.mkdir(mode=0o700)
-            os.chmod(path, 0o700)
 
 
 class RedisStore(Store):
@@ -404,7 +390,7 @@ class RedisStore(Store):
         try:
             if not self._cache_ready:
                 self._prepare_cache()
-            _make_private(self.cache_dir)  # a cache cleaner may have removed it
+            make_private(self.cache_dir)  # a cache cleaner may have removed it
             _write_atomic(state, data, mode=0o600)
         except (StoreError, OSError):
             with self._known_lock:
@@ -550,7 +536,7 @@ class RedisStore(Store):
         this user's and not writable by everyone.
         """
         try:
-            _make_private(self.cache_dir)
+            make_private(self.cache_dir)
             if self._default_cache and hasattr(os, "getuid"):
                 home = self.cache_dir.parent
                 folders = [(self.cache_dir, 0o022), (home, 0o022), (home.parent, 0o002)]
@@ -592,7 +578,7 @@ class RedisStore(Store):
 
     def _write_cache(self, target: Path, data: bytes) -> None:
         try:
-            _make_private(target.parent)
+            make_private(target.parent)
             _write_atomic(target, data, mode=0o644)  # readers see no file or the whole one
         except OSError as exc:
             raise CacheError(f"Cannot write the blob cache '{self.cache_dir}': {exc}") from None

@@ -479,9 +479,7 @@ def test_brotli_quality_is_a_choice_of_size_against_time() -> None:
 
 
 @pytest.mark.parametrize("quality", [-1, 12])
-def test_brotli_quality_out_of_range_is_refused(
-    quality: int, site: Path, store: FileStore
-) -> None:
+def test_brotli_quality_out_of_range_is_refused(quality: int, site: Path, store: FileStore) -> None:
     with pytest.raises(BuildError, match="Brotli quality"):
         build(site, store, brotli_quality=quality)
     assert not store.root.exists() or not store.ids()
@@ -639,6 +637,24 @@ def test_the_cache_folder_the_build_creates_is_private_whatever_the_umask(
     for folder in (tmp_path / "xdg", tmp_path / "xdg" / "deploysync"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     assert list((tmp_path / "xdg" / "deploysync").glob("build-*.cache"))
+
+
+def test_store_folders_are_not_writable_by_others_whatever_the_umask(
+    site: Path, tmp_path: Path
+) -> None:
+    # Files are 0644 whatever the umask; under umask 000 world-writable folders would let
+    # any local user replace a served asset.
+    old = os.umask(0)
+    try:
+        build(site, tmp_path / "parent" / "store", activate=True)
+    finally:
+        os.umask(old)
+    folders = [p for p in (tmp_path / "parent").rglob("*") if p.is_dir()]
+    assert len(folders) > 5
+    for folder in [tmp_path / "parent", *folders]:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o755, folder
+    files = [p for p in (tmp_path / "parent").rglob("*") if p.is_file()]
+    assert all(not stat.S_IMODE(p.stat().st_mode) & 0o022 for p in files)
 
 
 @pytest.mark.parametrize("compress_again", [False, True])

@@ -52,7 +52,7 @@ from .manifest import (
     validate_id,
 )
 from .store import Store, open_store
-from .store.base import make_private
+from .store.base import make_folders
 
 try:  # the optional "brotli" extra
     import brotli as _brotli
@@ -558,7 +558,7 @@ class BuildCache:
             return  # the same entries as the file holds: nothing to write
         payload = _cache_header() + marshal.dumps({**self._used, "base": self.base})
         with contextlib.suppress(OSError):
-            make_private(self.path.parent)  # the servers' cache folder too: private
+            make_folders(self.path.parent, 0o700)  # the servers' cache folder too: private
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
             try:
                 with os.fdopen(fd, "wb") as fh:

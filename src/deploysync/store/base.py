@@ -36,9 +36,9 @@ HOLD_RENEW = 60.0
 CACHE_GRACE = 600.0
 
 
-def make_private(folder: Path) -> None:
-    """Create *folder* and its missing parents readable by this user only, whatever the
-    umask (``mkdir`` applies it, so each is set again); existing folders are left alone."""
+def make_folders(folder: Path, mode: int) -> None:
+    """Create *folder* and its missing parents with *mode* whatever the umask (``mkdir``
+    applies it, so each is set again); existing folders are left alone."""
     missing = []
     while not folder.is_dir():
         missing.append(folder)
@@ -47,8 +47,8 @@ def make_private(folder: Path) -> None:
         folder = folder.parent
     for path in reversed(missing):
         with contextlib.suppress(FileExistsError):  # another process was first
-            path.mkdir(mode=0o700)
-            os.chmod(path, 0o700)
+            path.mkdir()
+            os.chmod(path, mode)
 
 
 class StoreError(DeploySyncError):

@@ -41,6 +41,7 @@ from .base import (
     Store,
     StoreError,
     check_digest,
+    make_folders,
 )
 
 RECORD = "current.json"
@@ -119,7 +120,7 @@ class FileStore(Store):
             try:
                 os.replace(tmp, target)
             except FileNotFoundError:  # the first file of its folder
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+                make_folders(Path(os.path.dirname(target)), 0o755)
                 os.replace(tmp, target)
         except BaseException as exc:
             with contextlib.suppress(OSError):
@@ -131,13 +132,13 @@ class FileStore(Store):
     # -- writers' setup --------------------------------------------------------------------
     def ensure_writable(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_folders(self.root, 0o755)
         except OSError as exc:
             reason = exc.strerror
             raise StoreError(f"Cannot create store directory '{self.root}': {reason}") from None
         try:
             for folder in (self._objects, self._manifests, self._tmp):
-                folder.mkdir(exist_ok=True)
+                make_folders(folder, 0o755)
         except OSError as exc:
             reason = exc.strerror
             raise StoreError(f"Store directory '{self.root}' is not writable: {reason}") from None
@@ -327,8 +328,8 @@ class FileStore(Store):
         # One file per id holding its expiry; every server pinned to it renews the same
         # file, and no lock is needed: the latest renewal wins, and each renews in time.
         expiry = str(time.time() + ttl).encode()
-        (self.root / "holds").mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        make_folders(self.root / "holds", 0o755)
+        make_folders(self._tmp, 0o755)
         self._write_atomic(self.root / "holds" / deployment_id, expiry)
 
     def held(self) -> set[str]:

@@ -58,7 +58,7 @@ from .base import (
     Store,
     StoreError,
     check_digest,
-    make_private,
+    make_folders,
 )
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ class RedisStore(Store):
         try:
             if not self._cache_ready:
                 self._prepare_cache()
-            make_private(self.cache_dir)  # a cache cleaner may have removed it
+            make_folders(self.cache_dir, 0o700)  # a cache cleaner may have removed it
             _write_atomic(state, data, mode=0o600)
         except (StoreError, OSError):
             with self._known_lock:
@@ -536,7 +536,7 @@ class RedisStore(Store):
         this user's and not writable by everyone.
         """
         try:
-            make_private(self.cache_dir)
+            make_folders(self.cache_dir, 0o700)
             if self._default_cache and hasattr(os, "getuid"):
                 home = self.cache_dir.parent
                 folders = [(self.cache_dir, 0o022), (home, 0o022), (home.parent, 0o002)]
@@ -578,7 +578,7 @@ class RedisStore(Store):
 
     def _write_cache(self, target: Path, data: bytes) -> None:
         try:
-            make_private(target.parent)
+            make_folders(target.parent, 0o700)
             _write_atomic(target, data, mode=0o644)  # readers see no file or the whole one
         except OSError as exc:
             raise CacheError(f"Cannot write the blob cache '{self.cache_dir}': {exc}") from None

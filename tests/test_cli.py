@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -838,3 +840,26 @@ def test_vite_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path, store_dir
     code, out, _ = run(capsys, "build", str(dist), "--store", str(store_dir), "--no-vite")
     deployment = FileStore(store_dir).load(out.splitlines()[-1])
     assert code == 0 and ".vite/manifest.json" in deployment.assets
+
+
+def test_a_command_waiting_for_the_store_lock_says_so(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    code, out, _ = run(capsys, "build", str(site), "--store", str(store_dir))
+    ident = out.strip().splitlines()[-1]
+    assert code == 0
+    lock = os.open(store_dir / ".lock", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another writer (a build, a prune) holds it
+    command = [sys.executable, "-m", "deploysync.cli", "activate", ident, "--store", str(store_dir)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # blocks until the command says something
+        assert line == f"deploysync: waiting for another command writing to {store_dir}\n"
+        assert proc.poll() is None, "it waits for the lock"
+    finally:
+        os.close(lock)  # releases the flock
+    out_text, err_text = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err_text
+    assert out_text == f"activated {ident}\n"
+    assert stat.S_IMODE((store_dir / ".lock").stat().st_mode) == 0o600

@@ -433,6 +433,39 @@ def test_lock_is_exclusive_across_store_objects(any_store: Store, tmp_path: Path
     assert overlaps == []
 
 
+def test_a_writer_finding_the_lock_held_is_told_once(any_store: Store, tmp_path: Path) -> None:
+    any_store.ensure_writable()
+    other = second_store(any_store, tmp_path)
+    told = threading.Event()
+    calls: list[int] = []
+
+    def waiting() -> None:
+        calls.append(1)
+        told.set()
+
+    other.on_wait = waiting
+    done = threading.Event()
+
+    def take() -> None:
+        with other.lock():
+            done.set()
+
+    thread = threading.Thread(target=take)
+    try:
+        with any_store.lock():
+            thread.start()
+            assert told.wait(timeout=20), "the waiting writer was not told"
+            time.sleep(0.3)  # several attempts while held (Redis polls)
+            assert not done.is_set()
+        assert done.wait(timeout=20)
+        assert calls == [1]
+        with any_store.lock():  # a free lock: nobody is told anything
+            pass
+    finally:
+        thread.join(timeout=20)
+        other.close()
+
+
 LOCK_HOLDER = textwrap.dedent(
     """
     import sys, time

@@ -107,8 +107,19 @@ class _ProgressBar:
             self.stream.flush()
 
 
-def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def _open(args: argparse.Namespace, err: TextIO) -> Store:
     store = open_store(args.store)
+
+    def waiting() -> None:
+        err.write(f"deploysync: waiting for another command writing to {store.location}\n")
+        err.flush()
+
+    store.on_wait = waiting
+    return store
+
+
+def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    store = _open(args, err)
     bar = _ProgressBar(err) if err.isatty() else None
 
     def warn(message: str) -> None:
@@ -168,7 +179,7 @@ def _require_store(store: Store) -> None:
 
 def cmd_activate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     ident = validate_id(args.id)
-    store = open_store(args.store)
+    store = _open(args, err)
     _require_store(store)
     if not store.exists(ident):
         raise DeploymentNotFound(f"Unknown deployment {ident!r} in {store.location}")
@@ -178,7 +189,7 @@ def cmd_activate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    store = open_store(args.store)
+    store = _open(args, err)
     infos = store.list()
     if args.json:
         out.write(json.dumps([info.to_json() for info in infos], indent=2) + "\n")
@@ -222,7 +233,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {args.keep}): the newest is always kept")
     older_than = parse_duration(args.older_than) if args.older_than is not None else None
-    store = open_store(args.store)
+    store = _open(args, err)
     _require_store(store)
     try:
         result = store.prune(args.keep, older_than)

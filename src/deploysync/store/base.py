@@ -12,7 +12,7 @@ import os
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +111,13 @@ class Store(ABC):
 
     #: A human-readable location, for messages.
     location: str = ""
+    #: Called once when a writer finds the lock held by another one, before it waits
+    #: (the command line says so instead of hanging in silence).
+    on_wait: Callable[[], None] | None = None
+
+    def _waiting(self) -> None:
+        if self.on_wait is not None:
+            self.on_wait()
 
     # -- blobs: content-addressed, written once, never modified ---------------------------
     @abstractmethod

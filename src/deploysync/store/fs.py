@@ -163,9 +163,14 @@ class FileStore(Store):
         with self._thread_lock:
             if self._lock_depth == 0:
                 self.ensure_writable()
-                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                # Only writers need it: a reader of the store could otherwise hold it.
+                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
                 if fcntl is not None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        self._waiting()
+                        fcntl.flock(fd, fcntl.LOCK_EX)
                 self._lock_file = fd
                 self._clean_tmp()
             self._lock_depth += 1

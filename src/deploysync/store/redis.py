@@ -433,6 +433,8 @@ class RedisStore(Store):
                 if self._redis.set(key, token, nx=True, px=LOCK_TTL_MS):
                     break
             # Held by another writer: it finishes, or its TTL frees a crashed holder.
+            if wait == LOCK_POLL[0]:
+                self._waiting()
             time.sleep(wait)
             wait = min(wait * 2, LOCK_POLL[1])
         self._lock_token = token

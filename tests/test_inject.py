@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
+from deploysync import inject
 from deploysync.inject import LOOKAHEAD, Injector, head_tags, inject_whole
 
 SNIP = b"<!--S-->"
@@ -172,3 +176,70 @@ def test_inject_whole_agrees_with_the_machine(doc: bytes, expected: bytes) -> No
 @pytest.mark.parametrize("doc", UNTOUCHED)
 def test_inject_whole_leaves_alone(doc: bytes) -> None:
     assert inject_whole(doc, SNIP) == (doc, False)
+
+
+# -- small chunks: each byte is read about once ------------------------------------------
+# Timings are not tested; what is asserted is that an unfinished prolog item is not read
+# again from its start on every chunk (quadratic with 1-byte chunks), and that the answer
+# does not change.
+
+
+class CountingPattern:
+    """A compiled pattern that counts the bytes its calls could read."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.read = 0
+
+    def match(self, buf: bytes, pos: int = 0) -> re.Match[bytes] | None:
+        self.read += len(buf) - pos
+        return self.pattern.match(buf, pos)
+
+
+HOSTILE_PROLOGS = [
+    (b"<!--", b"x", b"--><head>", True),  # an unclosed comment
+    (b"<!doctype ", b"x", b"><head>", True),  # a long doctype
+    (b"<html data-x='", b"x", b"'><head>", True),  # a long attribute value
+    (b"<html data-x='", b">", b"'><head>", True),  # ">" inside the value
+    (b"<html data-x=", b"x", b"><head>", True),  # unquoted
+    (b"<htm", b"l", b"><head>", False),  # a long tag name (not <html>: a fragment)
+]
+
+
+@pytest.mark.parametrize(("start", "filler", "end", "injected"), HOSTILE_PROLOGS)
+def test_one_byte_chunks_resume_where_the_last_stopped(
+    monkeypatch: pytest.MonkeyPatch, start: bytes, filler: bytes, end: bytes, injected: bool
+) -> None:
+    patterns = {name: CountingPattern(getattr(inject, name)) for name in ("_TAG_RE", "_COMMENT_RE")}
+    for name, pattern in patterns.items():
+        monkeypatch.setattr(inject, name, pattern)
+    fast = None
+    if inject._FAST_HEAD_RE is not None:
+        fast = CountingPattern(inject._FAST_HEAD_RE)
+        monkeypatch.setattr(inject, "_FAST_HEAD_RE", fast)
+    doc = start + filler * 5000 + end
+    injector = Injector(SNIP)
+    out = injector.feed(start)
+    for _ in range(5000):
+        out += injector.feed(filler)
+        assert not injector.decided
+        assert injector._seen == len(injector._buf)  # the next byte is read from here
+    out += injector.feed(end) + injector.finish()
+    # The regexes that would read the item from its start again are not run per chunk.
+    assert sum(pattern.read for pattern in patterns.values()) == 0
+    assert fast is None or fast.read <= len(start)
+    assert injector.injected is injected
+    assert (out, injector.injected) == run([doc])
+
+
+def test_any_chunking_gives_the_answer_of_one_chunk() -> None:
+    rng = random.Random(5)
+    pieces = [b"<", b">", b"<!--", b"-->", b"-", b"<!doctype html>", b"<!", b"<?x", b"<html",
+              b"<head", b"<body", b"<title>", b" ", b"\n", b'"', b"'", b"a", b"x=",
+              b"<meta name=deployment-id>", b"</head>", b"/", b"<HTML", b"<Head>"]  # fmt: skip
+    for _ in range(3000):
+        doc = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        cuts = sorted(rng.sample(range(len(doc) + 1), min(len(doc) + 1, rng.randint(1, 6))))
+        chunks = [doc[a:b] for a, b in zip([0, *cuts], [*cuts, len(doc)], strict=True)]
+        assert run(chunks) == run([doc]), chunks
+        assert run([doc[i : i + 1] for i in range(len(doc))]) == run([doc]), doc

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import re
+from collections.abc import Iterator
+
 import pytest
 
 from deploysync import rewrite
@@ -260,3 +264,107 @@ def test_apply_replaces_only_the_given_spans() -> None:
 def test_apply_without_changes_returns_the_same_text() -> None:
     text = "import './a.js'"
     assert rewrite.apply(text, scan_js(text), lambda ref: None) is text
+
+
+# -- hostile inputs: the work stays bounded -------------------------------------------------
+# Timings are not tested; what is asserted is the shape of the work (calls, tokens), which a
+# quadratic scanner would exceed by orders of magnitude, and that the answers are unchanged.
+
+
+@pytest.mark.parametrize("space", [" ", "\t", "\n", " \n\t"])
+def test_scan_css_url_with_long_space_run(space: str) -> None:
+    spaces = space * 2000
+    assert scan_css("a{b:url(" + spaces) == []
+    assert scan_css("a{b:url(" + spaces + "x.png") == []
+    assert scan_css("a{b:url(" + spaces + ")}") == []
+    css = "a{b:url(" + spaces + "x.png" + spaces + ")} c{d:url(y.png)}"
+    assert urls(scan_css(css), css) == ["x.png", "y.png"]
+
+
+def test_css_unquoted_url_pattern_on_the_backtracking_shape() -> None:
+    # "\s*" then an optional URL then ")": the spaces have a single owner.
+    pattern = rewrite._CSS_UNQUOTED_URL
+    assert pattern.match("   ") is None
+    assert pattern.match("   x   ") is None
+    assert pattern.match("  x y )") is None
+    assert pattern.match("   )").group(1) is None  # type: ignore[union-attr]
+    match = pattern.match("  a.png  )")
+    assert match is not None
+    assert (match.group(1), match.end()) == ("a.png", 10)
+
+
+def test_scan_js_tries_the_regex_pattern_once_per_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    class Counting:
+        def match(self, text: str, pos: int) -> re.Match[str] | None:
+            calls.append(pos)
+            return REGEX.match(text, pos)
+
+    monkeypatch.setattr(rewrite, "_REGEX", Counting())
+    js = "import a from './a.js'\n" + "/[(" * 3000 + "\nx = (/[/]/); import './b.js'"
+    assert urls(scan_js(js), js) == ["./a.js", "./b.js"]
+    # Every "/" of the long line may open a literal; only the first is matched by the
+    # pattern (reading to the end of the line), the others by the memoised automaton.
+    assert len(calls) == 2
+
+
+REGEX = rewrite._REGEX
+
+
+def test_regex_literal_automaton_agrees_with_the_pattern() -> None:
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice("/[]\\\r\na* ") for _ in range(rng.randint(1, 30)))
+        literals = rewrite._RegexLiterals(text)
+        literals._read_line(0)  # as after a failure at 0: every later "/" uses the automaton
+        for start, char in enumerate(text):
+            if char == "/" and 0 < start < literals._line_end:
+                match = REGEX.match(text, start)
+                expected = match.end() if match else -1
+                assert literals.end(start, -1) == expected, (text, start)
+
+
+def counting_tokens(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    count = [0]
+    tokens = rewrite._tokens
+
+    def counted(text: str, pos: int) -> Iterator[tuple[str, int, int]]:
+        for token in tokens(text, pos):
+            count[0] += 1
+            yield token
+
+    monkeypatch.setattr(rewrite, "_tokens", counted)
+    return count
+
+
+@pytest.mark.parametrize("unit", ["import{", "import a,", "export{import{", "import{a}from{"])
+def test_scan_js_reads_each_clause_token_about_once(
+    monkeypatch: pytest.MonkeyPatch, unit: str
+) -> None:
+    count = counting_tokens(monkeypatch)
+    js = unit * 3000 + 'import{a}from"./x.js"'
+    refs = urls(scan_js(js), js)
+    # The last import finds its specifier (as do the keywords whose clause reaches it).
+    assert refs[-1:] == ["./x.js"] and set(refs) == {"./x.js"}
+    # One walk per keyword would read up to 2000 tokens each (millions here).
+    assert count[0] <= 2 * len(js)
+
+
+def test_clause_regions_agree_with_the_token_walk() -> None:
+    rng = random.Random(11)
+    pieces = ["{", "}", ",", "*", "a", "from", "as", "'./a.js'", '"b"', ";", "`t`", "(", "import"]
+    for _ in range(3000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 25)))
+        clauses = rewrite._Clauses(text)
+        for first in rewrite._tokens(text, 0):
+            expected = rewrite._from_clause(text, rewrite._tokens(text, first[1]))
+            assert clauses.reference(first) == expected, (text, first)
+
+
+@pytest.mark.parametrize("names", [997, 998, 999, 1000])
+def test_clause_length_limit_is_kept(names: int) -> None:
+    # "{", 2 tokens per "a,", "}", then "from" is token number 2 * names + 2 (from 0).
+    js = "import {" + "a," * names + '} from "./x.js"'
+    expected = ["./x.js"] if 2 * names + 2 < rewrite._MAX_CLAUSE_TOKENS else []
+    assert urls(scan_js(js), js) == expected

@@ -32,6 +32,8 @@ _SPACE_RE = re.compile(rb"[ \t\r\n\f]+")
 _COMMENT_RE = re.compile(rb"<!--.*?-->", re.S)
 _DECL_RE = re.compile(rb"<[!?][^>]*>")
 _TAG_RE = re.compile(rb"<([A-Za-z][^\s/>]*)(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
+_NAME_END_RE = re.compile(rb"[\s/>]")
+_ATTR_STOP_RE = re.compile(rb"[>\"']")
 _HEAD_END_RE = re.compile(rb"</head[\s>]|<body[\s/>]", re.I)
 _META_RE = re.compile(rb"<meta\s[^>]*?\bname\s*=\s*[\"']?deployment-id[\"'\s/>]", re.I)
 
@@ -51,6 +53,9 @@ _FAST_HEAD_RE = (
 )
 
 _SCANNING, _IN_HEAD, _DONE = 0, 1, 2
+# Where the start tag being read is (Injector._tag): in its name, between attributes, in
+# a quoted value (the quote's byte), or left to _TAG_RE (a quote in its name).
+_IN_NAME, _IN_ATTRS, _ODD = -1, 0, -2
 
 
 def head_tags(
@@ -117,16 +122,38 @@ class Injector:
     ``len(snippet)``).
     """
 
-    __slots__ = ("_buf", "_doc", "_insert", "_pos", "_scan", "_snippet", "_state", "injected")
+    __slots__ = (
+        "_buf",
+        "_doc",
+        "_fresh",
+        "_insert",
+        "_name_end",
+        "_pos",
+        "_scan",
+        "_seen",
+        "_snippet",
+        "_state",
+        "_tag",
+        "injected",
+    )
 
     def __init__(self, snippet: bytes) -> None:
         self._snippet = snippet
-        self._buf = b""
+        # Chunks accumulate in place: "buf + chunk" would copy all that is held for every
+        # chunk, quadratic when an app streams small chunks.
+        self._buf = bytearray()
         self._state = _SCANNING
         self._pos = 0
         self._doc = False
         self._insert = -1
         self._scan = 0
+        # The prolog item at _pos is incomplete: how far it has been read (the next chunk
+        # resumes there instead of matching the item again from its start) and, for a
+        # start tag, where its name ends and the state it was left in.
+        self._seen = 0
+        self._name_end = 0
+        self._tag = _IN_NAME
+        self._fresh = True  # the one-regex fast path is tried on the first data only
         self.injected = False
 
     @property
@@ -137,7 +164,7 @@ class Injector:
         """Take *chunk*; return the bytes that can be sent now (maybe ``b""``)."""
         if self._state == _DONE:
             return chunk
-        self._buf = self._buf + chunk if self._buf else chunk
+        self._buf += chunk
         return self._run(final=False)
 
     @property
@@ -170,7 +197,10 @@ class Injector:
     def _run(self, final: bool) -> bytes:
         buf = self._buf
         if self._state == _SCANNING:
-            fast = _FAST_HEAD_RE.match(buf) if _FAST_HEAD_RE and not self._pos else None
+            # Once the first data did not match, the incremental scanner goes on alone:
+            # matching again from offset 0 on every chunk would be quadratic.
+            fast = _FAST_HEAD_RE.match(buf) if _FAST_HEAD_RE and self._fresh and buf else None
+            self._fresh = self._fresh and not buf
             found = fast.end() if fast else self._scan_prolog(buf, final)
             if found is None:
                 return self._give_up() if final or len(buf) > LOOKAHEAD else b""
@@ -190,7 +220,7 @@ class Injector:
             return b""
         return self._inject()
 
-    def _scan_prolog(self, buf: bytes, final: bool) -> int | None:
+    def _scan_prolog(self, buf: bytearray, final: bool) -> int | None:
         """Where the snippet goes; ``-1`` for "nowhere"; ``None`` to wait for more."""
         pos = self._pos
         if pos == 0 and buf.startswith(_BOM):
@@ -199,7 +229,8 @@ class Injector:
             return None
         end = len(buf)
         while pos < end:
-            self._pos = pos
+            if pos != self._pos:
+                self._pos, self._seen, self._tag = pos, 0, _IN_NAME
             if buf[pos] != 0x3C:  # "<"
                 match = _SPACE_RE.match(buf, pos)
                 if match is None:
@@ -208,47 +239,109 @@ class Injector:
                     return pos if self._doc else -1
                 pos = match.end()
                 continue
+            # Each kind of item is searched for its end from where the previous chunk
+            # left off (_seen), with the same result as its regex (_COMMENT_RE,
+            # _DECL_RE, _TAG_RE) on the whole buffer.
             if buf.startswith(b"<!--", pos):
-                match = _COMMENT_RE.match(buf, pos)
-                if match is None:
+                close = buf.find(b"-->", max(pos + 4, self._seen - 2))
+                if close < 0:
+                    self._seen = end
                     return None
-                pos = match.end()
+                pos = close + 3
                 continue
-            if pos + 1 < end and buf[pos + 1] in b"!?":
-                match = _DECL_RE.match(buf, pos)
-                if match is None:
+            if pos + 1 >= end:
+                return None  # a lone "<" waits
+            if buf[pos + 1] in b"!?":
+                close = buf.find(b">", max(pos + 2, self._seen))
+                if close < 0:
+                    self._seen = end
                     return None
                 self._doc = self._doc or buf[pos : pos + 9].lower() == b"<!doctype"
-                pos = match.end()
+                pos = close + 1
                 continue
-            match = _TAG_RE.match(buf, pos)
-            if match is None:
-                # An incomplete tag waits; a "<" that cannot start a tag is text.
-                if pos + 1 >= end or buf[pos + 1 : pos + 2].isalpha():
-                    return None
-                return pos if self._doc else -1
-            name = match.group(1).lower()
+            if not buf[pos + 1 : pos + 2].isalpha():
+                return pos if self._doc else -1  # a "<" that cannot start a tag is text
+            tag_end = self._tag_end(buf, pos, final)
+            if tag_end < 0:
+                return None  # an incomplete tag waits
+            name = buf[pos + 1 : self._name_end].lower()
             if name == b"html":
                 self._doc = True
-                pos = match.end()
+                pos = tag_end
                 continue
             if name == b"head":
-                return match.end()
+                return tag_end
             if name == b"body":
                 return pos
             return pos if self._doc else -1
-        self._pos = pos
+        if pos != self._pos:
+            self._pos, self._seen, self._tag = pos, 0, _IN_NAME
         return None
+
+    def _tag_end(self, buf: bytearray, pos: int, final: bool) -> int:
+        """The end of the start tag at *pos* (a "<" and a letter), or -1 while incomplete.
+
+        Its name runs to a space, "/" or ">"; then the first ">" outside quotes ends it.
+        Bytes already read for this tag are not read again.
+        """
+        if self._tag == _ODD:
+            return self._odd_tag_end(buf, pos, final)
+        end = len(buf)
+        at = max(pos + 2, self._seen)
+        if self._tag == _IN_NAME:
+            name_end = _NAME_END_RE.search(buf, at)
+            self._name_end = end if name_end is None else name_end.start()
+            if b'"' in buf[at : self._name_end] or b"'" in buf[at : self._name_end]:
+                self._tag, self._seen = _ODD, 0
+                return self._odd_tag_end(buf, pos, final)
+            if name_end is None:
+                self._seen = end
+                return -1
+            self._tag, at = _IN_ATTRS, self._name_end
+        while True:
+            if self._tag != _IN_ATTRS:  # in a quoted value
+                close = buf.find(self._tag, at)
+                if close < 0:
+                    self._seen = end
+                    return -1
+                self._tag, at = _IN_ATTRS, close + 1
+            stop = _ATTR_STOP_RE.search(buf, at)
+            if stop is None:
+                self._seen = end
+                return -1
+            at = stop.end()
+            if buf[stop.start()] == 0x3E:  # ">"
+                return at
+            self._tag = buf[stop.start()]
+
+    def _odd_tag_end(self, buf: bytearray, pos: int, final: bool) -> int:
+        """:meth:`_tag_end` for a tag whose name holds a quote (``<a"b ...``).
+
+        There _TAG_RE may give back name characters to close a quote, which no single
+        left-to-right reading follows, so the regex itself decides; it is run again only
+        when the held bytes have doubled (or at the end, or at the lookahead limit),
+        which bounds the rescans of a hostile stream to about twice its length.
+        """
+        end = len(buf)
+        if not (final or end > LOOKAHEAD or end >= 2 * self._seen):
+            return -1
+        self._seen = end
+        match = _TAG_RE.match(buf, pos)
+        if match is None:
+            return -1
+        self._name_end = match.end(1)
+        return match.end()
 
     def _give_up(self) -> bytes:
         self._state = _DONE
-        out, self._buf = self._buf, b""
+        out, self._buf = bytes(self._buf), bytearray()
         return out
 
     def _inject(self) -> bytes:
         self._state = _DONE
         self.injected = True
-        view, at = memoryview(self._buf), self._insert
-        self._buf = b""
-        # One copy of the body, not two (slicing bytes copies).
-        return b"".join((view[:at], self._snippet, view[at:]))
+        buf, at = self._buf, self._insert
+        self._buf = bytearray()
+        with memoryview(buf) as view:
+            # One copy of the body, not two (slicing copies).
+            return b"".join((view[:at], self._snippet, view[at:]))

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import posixpath
 import re
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import chain, islice
+from itertools import islice
 from urllib.parse import unquote
 
 from .manifest import url_path
@@ -73,7 +74,10 @@ _CSS_STRINGS = {
     "'": re.compile(r"'((?:[^'\\\n]|\\[\s\S])*)('?)"),
 }
 _CSS_SPACE = re.compile(r"(?:\s|/\*[\s\S]*?\*/)*")
-_CSS_UNQUOTED_URL = re.compile(r"\s*([^\s\"'()\\]*)\s*\)")
+# The URL is optional as a whole (not a possibly empty group between two "\s*"), so the
+# spaces of "url(   " with no ")" can only be taken by the first "\s*": backtracking
+# over them costs one step each, not a rescan of the rest (quadratic on a long run).
+_CSS_UNQUOTED_URL = re.compile(r"\s*(?:([^\s\"'()\\]+)\s*)?\)")
 
 
 def scan_css(text: str) -> list[Reference]:
@@ -160,6 +164,10 @@ _JS_TOKEN = re.compile(
 _TPL_CHUNK = re.compile(r"(?:[^`\\$]|\\[\s\S]|\$(?!\{))*")
 # A regular expression literal; it cannot span lines, which bounds a wrong guess.
 _REGEX = re.compile(r"/(?![*/])(?:[^/\\\[\n\r]|\\.|\[(?:[^\]\\\n\r]|\\.)*\])+/[\w$]*")
+# What changes the state of _REGEX's body outside and inside a [class] (_RegexLiterals).
+_REGEX_NORMAL = re.compile(r"[/\[\\\r]")
+_REGEX_CLASS = re.compile(r"[\]\\\r]")
+_REGEX_FLAGS = re.compile(r"[\w$]*")
 _SPACE = frozenset(" \t\n\r\v\f\ufeff\xa0\u2028\u2029")
 
 # After these words an expression starts, so a "/" opens a regular expression.
@@ -192,6 +200,8 @@ def scan_js(text: str) -> list[Reference]:
         newline = text.find("\n")
         pos = len(text) if newline < 0 else newline
     search = _JS_EVENT.search
+    regexes = _RegexLiterals(text)
+    clauses = _Clauses(text)
     while True:
         event = search(text, pos)
         if event is None:
@@ -208,9 +218,7 @@ def scan_js(text: str) -> list[Reference]:
                 braces.append(True)
         elif kind == "slash":
             if _regex_allowed(text, start, last_paren_statement):
-                regex = _REGEX.match(text, start)
-                if regex is not None:
-                    pos = regex.end()
+                pos = regexes.end(start, pos)
         elif kind == "open":
             if text[start] == "{":
                 braces.append(False)
@@ -228,7 +236,7 @@ def scan_js(text: str) -> list[Reference]:
             before = _before(text, start)
             if before >= 0 and text[before] == ".":
                 continue  # obj.import(...), obj?.import(...), a.new
-            ref = _module_reference(text, start, event.group())
+            ref = _module_reference(text, start, event.group(), clauses)
             if ref is not None:
                 refs.append(ref)
         # "str": nothing inside a string is a reference
@@ -295,6 +303,88 @@ def _regex_allowed(text: str, pos: int, after_paren_statement: bool) -> bool:
     return True  # after an operator, "(", ",", "{", "}", ";", ...
 
 
+class _RegexLiterals:
+    """Where the regular expression literal opened by a "/" ends, for one scan.
+
+    ``_REGEX`` reads to the end of the line when no literal closes there, so trying it at
+    every "/" of a long line ("/[(/[(/[(...") would be quadratic. After the first failure
+    on a line, the rest of that line is read by the same automaton written out (outside
+    or inside a [class], escapes, a "/" that closes), whose outcome is memoised at each
+    character that can change its state: every such character is settled once per state,
+    so all the attempts on the line together cost about its length.
+    """
+
+    __slots__ = ("_klass", "_line_end", "_memo", "_normal", "_text")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._line_end = -1  # the end of the line read by the automaton (-1: none yet)
+        self._normal: list[int] = []  # where "/", "[", "\\", "\r" sit on that line
+        self._klass: list[int] = []  # where "]", "\\", "\r" sit on that line
+        # (in a class, position of one of those) -> the closing "/", or -1: no literal.
+        self._memo: dict[tuple[bool, int], int] = {}
+
+    def end(self, start: int, default: int) -> int:
+        """Where scanning resumes after the "/" at *start*: past the literal or *default*."""
+        text = self._text
+        if start >= self._line_end:
+            regex = _REGEX.match(text, start)
+            if regex is not None:
+                return regex.end()
+            self._read_line(start)
+            return default
+        if text.startswith(("*", "/"), start + 1):
+            return default  # a comment, or "//" (an empty literal does not exist)
+        close = self._walk(start + 1)
+        if close < 0:
+            return default
+        return _REGEX_FLAGS.match(text, close + 1).end()  # type: ignore[union-attr]
+
+    def _read_line(self, start: int) -> None:
+        text = self._text
+        line_end = text.find("\n", start)
+        self._line_end = len(text) if line_end < 0 else line_end
+        self._normal = [m.start() for m in _REGEX_NORMAL.finditer(text, start, self._line_end)]
+        self._klass = [m.start() for m in _REGEX_CLASS.finditer(text, start, self._line_end)]
+        self._memo = {}
+
+    def _walk(self, pos: int) -> int:
+        """The closing "/" of a literal whose body starts at *pos*, or -1."""
+        text, memo, klass = self._text, self._memo, False
+        path: list[tuple[bool, int]] = []
+        while True:
+            specials = self._klass if klass else self._normal
+            index = bisect_left(specials, pos)
+            if index == len(specials):
+                result = -1  # the end of the line
+                break
+            at = specials[index]
+            key = (klass, at)
+            known = memo.get(key)
+            if known is not None:
+                result = known
+                break
+            path.append(key)
+            char = text[at]
+            if char == "\\":
+                if at + 1 >= self._line_end:
+                    result = -1  # an escaped line break
+                    break
+                pos = at + 2
+            elif char == "/":
+                result = at
+                break
+            elif char == "\r":
+                result = -1
+                break
+            else:  # "[" opens a class, "]" closes it
+                klass = char == "["
+                pos = at + 1
+        for key in path:
+            memo[key] = result
+        return result
+
+
 def _tokens(text: str, pos: int) -> Iterator[_Token]:
     """The significant tokens from *pos*; stops at a template literal with substitutions."""
     length = len(text)
@@ -337,7 +427,7 @@ def _is(text: str, token: _Token | None, kind: str, value: str | None = None) ->
     return value is None or text[token[1] : token[2]] == value
 
 
-def _module_reference(text: str, start: int, word: str) -> Reference | None:
+def _module_reference(text: str, start: int, word: str, clauses: _Clauses) -> Reference | None:
     """The reference made by the ``import``/``export``/``new`` at *start*, if any."""
     tokens = _tokens(text, start + len(word))
     if word == "new":
@@ -376,7 +466,7 @@ def _module_reference(text: str, start: int, word: str) -> Reference | None:
     elif not (_is(text, first, _PUNCT, "*") or _is(text, first, _PUNCT, "{")):
         return None  # export const, export default, ...: no module specifier
     assert first is not None
-    return _from_clause(text, chain([first], tokens))
+    return clauses.reference(first)
 
 
 # An import or export clause is short; bounding the walk keeps a stray keyword cheap.
@@ -384,7 +474,11 @@ _MAX_CLAUSE_TOKENS = 2000
 
 
 def _from_clause(text: str, tokens: Iterator[_Token]) -> Reference | None:
-    """The specifier of the ``... from "x"`` that ends the clause *tokens* start."""
+    """The specifier of the ``... from "x"`` that ends the clause *tokens* start.
+
+    The definition, token by token; :class:`_Clauses` gives the same answers without
+    walking each clause again (the tests hold them to it).
+    """
     depth = 0
     pending: _Token | None = None
     for _ in range(_MAX_CLAUSE_TOKENS):
@@ -412,6 +506,79 @@ def _from_clause(text: str, tokens: Iterator[_Token]) -> Reference | None:
         elif not (kind == _STR and depth > 0):  # import { "string name" as x } from "y"
             return None
     return None
+
+
+class _Clauses:
+    """The ``from "x"`` that ends each import or export clause of one scan.
+
+    Walking each clause token by token (:func:`_from_clause`) costs up to
+    ``_MAX_CLAUSE_TOKENS`` tokens per keyword: "import{import{import{..." would walk 2000
+    tokens for each. A clause can only go on through names, strings, "{", "}", "," and
+    "*", so one pass over such a run of tokens (a region) answers for all the clauses
+    starting in it: a clause ends at the first token at its own brace depth that is a "}"
+    (one too many), a string, or a ``from`` followed by a string (the answer); otherwise
+    at the end of the region, which is where anything else stops it.
+    """
+
+    __slots__ = ("_ends", "_index", "_text", "_tokens")
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._tokens: list[_Token] = []  # the current region
+        self._index: dict[int, int] = {}  # token start -> its index in the region
+        self._ends: list[int] = []  # for a clause starting at each index: where it ends
+
+    def reference(self, first: _Token) -> Reference | None:
+        """The reference made by the clause whose first token is *first*, if any."""
+        index = self._index.get(first[1])
+        if index is None or self._tokens[index] != first:
+            self._read_region(first[1])
+            index = 0
+            if not self._tokens:
+                return None  # *first* itself ends the clause
+        end = self._ends[index]
+        if end - index >= _MAX_CLAUSE_TOKENS or end == len(self._tokens):
+            return None
+        if self._tokens[end][0] != _NAME:
+            return None  # a "}" or a string at the clause's own depth
+        return _string_reference(self._text, self._tokens[end + 1], MODULE)
+
+    def _read_region(self, start: int) -> None:
+        text = self._text
+        tokens: list[_Token] = []
+        depths: list[int] = []  # the brace depth before each token
+        depth = 0
+        for token in _tokens(text, start):
+            kind, begin, end = token
+            if kind == _PUNCT:
+                value = text[begin:end]
+                if value not in ("{", "}", ",", "*"):
+                    break
+            elif kind != _NAME and kind != _STR:
+                break  # a template literal
+            tokens.append(token)
+            depths.append(depth)
+            if kind == _PUNCT:
+                depth += 1 if value == "{" else -1 if value == "}" else 0
+        count = len(tokens)
+        ends = [count] * count
+        nearest: dict[int, int] = {}  # depth -> the nearest deciding token after
+        for index in range(count - 1, -1, -1):
+            kind, begin, end = tokens[index]
+            if (
+                kind == _STR
+                or (kind == _PUNCT and text[begin] == "}")
+                or (
+                    kind == _NAME
+                    and text[begin:end] == "from"
+                    and index + 1 < count
+                    and tokens[index + 1][0] == _STR
+                )
+            ):
+                nearest[depths[index]] = index
+            ends[index] = nearest.get(depths[index], count)
+        self._tokens, self._ends = tokens, ends
+        self._index = {token[1]: index for index, token in enumerate(tokens)}
 
 
 # -- URLs ------------------------------------------------------------------------------------

@@ -113,7 +113,11 @@ def proxied(
 
 def follow(page: Any, link: str) -> None:
     """Click *link* without hovering it first: Turbo would prefetch it on hover, without
-    the navigate headers, and show that response instead of a visit of its own."""
+    the navigate headers, and show that response instead of a visit of its own. htmx
+    boosts a swapped page's links while it settles: a click before that is a plain one."""
+    page.wait_for_function(
+        "!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')"
+    )
     page.evaluate("(link) => document.querySelector(link).click()", link)
 
 

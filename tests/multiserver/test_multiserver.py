@@ -334,6 +334,20 @@ def test_a_container_pinned_to_a_new_build_finds_its_assets_on_every_server(
     assert not [s for s in nginx.statuses() if s[0] >= 500]
 
 
+def stop_keeping_data(cluster: Cluster, redis_server: Any) -> Path:
+    """Stop Redis after a save, so the restarted server reloads the data as a real one
+    does; the dump file, to remove once it is back."""
+    import redis
+
+    client = redis.Redis.from_url(cluster.store_spec)
+    try:
+        client.save()
+    finally:
+        client.close()
+    redis_server.stop()
+    return Path(redis_server.folder) / "dump.rdb"
+
+
 def asset_urls(cluster: Cluster, ident: str) -> list[str]:
     deployment = cluster.store.load(ident)
     return [f"/static/{asset.name}" for asset in deployment.assets.values()]
@@ -371,15 +385,7 @@ def test_redis_outage_keeps_serving_and_recovers_without_restart(
     bases = [nginx.base, *(s.base for s in servers)]
     assert hammer(bases, paths, rounds=1, seconds=5) == []
 
-    dump = Path(redis_server.folder) / "dump.rdb"
-    import redis
-
-    client = redis.Redis.from_url(cluster.store_spec)
-    try:
-        client.save()  # the restarted server reloads the data, as a real one does
-    finally:
-        client.close()
-    redis_server.stop()
+    dump = stop_keeping_data(cluster, redis_server)
     try:
         failures = hammer(bases, paths, rounds=40, seconds=3)
         assert failures == [], failures[:10]
@@ -427,15 +433,7 @@ def test_a_server_restarted_while_redis_is_down_serves_the_last_known_deployment
         assert time.monotonic() < deadline, "no state kept next to the cache"
         time.sleep(0.05)
 
-    dump = Path(redis_server.folder) / "dump.rdb"
-    import redis
-
-    client = redis.Redis.from_url(cluster.store_spec)
-    try:
-        client.save()  # the restarted server reloads the data, as a real one does
-    finally:
-        client.close()
-    redis_server.stop()
+    dump = stop_keeping_data(cluster, redis_server)
     try:
         server.stop()
         before = len(server.log())  # the old process may have logged the outage too

@@ -862,6 +862,28 @@ def test_symlinks_inside_the_source_are_followed(site: Path, store: FileStore) -
     assert "again/bg.png" in deployment.assets
 
 
+def _linked_levels(root: Path, levels: int) -> Path:
+    """A tree where each level holds two links to the level below: 2**levels names."""
+    (root / "l0").mkdir(parents=True)
+    (root / "l0" / "f.css").write_text("p{}")
+    for level in range(1, levels + 1):
+        (root / f"l{level}").mkdir()
+        for name in ("a", "b"):
+            (root / f"l{level}" / name).symlink_to(f"../l{level - 1}")
+    return root
+
+
+def test_links_to_linked_folders_are_bounded(tmp_path: Path, store: FileStore) -> None:
+    small = _linked_levels(tmp_path / "small", 3)
+    names = build(small, store).deployment.assets
+    assert len(names) == 1 + 2 + 4 + 8  # l0/f.css, l1/a/f.css, ..., l3/b/b/b/f.css
+    before = snapshot(store.root)
+    deep = _linked_levels(tmp_path / "deep", 12)  # 2**12 names of one file
+    with pytest.raises(BuildError, match="through more than 8 symbolic links to folders"):
+        build(deep, store)
+    assert snapshot(store.root) == before
+
+
 def test_unwritable_store(site: Path, tmp_path: Path) -> None:
     (tmp_path / "regular-file").write_text("x")
     with pytest.raises(StoreError):

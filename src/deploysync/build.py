@@ -258,6 +258,10 @@ def _gzip(data: bytes) -> bytes:
 # -- collecting the source -------------------------------------------------------------------
 
 
+# How many symbolic links to folders a path of the source may go through.
+MAX_FOLDER_LINKS = 8
+
+
 def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.stat_result]]:
     """Every regular file under *root* as ``(logical path, file path, stat)``, sorted.
 
@@ -269,12 +273,14 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.
     found: list[tuple[str, str, os.stat_result]] = []
     # Each pending folder carries the real paths of its ancestors: a link back up the
     # tree would loop forever, a link to a sibling folder is just another name for it.
+    # It also carries how many linked folders lead to it: links to links multiply the
+    # names (two links per level: 2**levels files), so their nesting is bounded.
     # Plain strings, not Path objects: a rebuild spends most of its time walking.
-    pending: list[tuple[str, str, frozenset[str]]] = [
-        ("", os.fspath(root), frozenset((real_root,)))
+    pending: list[tuple[str, str, frozenset[str], int]] = [
+        ("", os.fspath(root), frozenset((real_root,)), 0)
     ]
     while pending:
-        prefix, folder, ancestors = pending.pop()
+        prefix, folder, ancestors, links = pending.pop()
         try:
             with os.scandir(folder) as scan:
                 entries = sorted(scan, key=lambda e: e.name)
@@ -302,7 +308,13 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.
             if is_dir:
                 real = os.path.realpath(path)
                 if real not in ancestors:
-                    pending.append((rel + "/", path, ancestors | {real}))
+                    linked = links + entry.is_symlink()
+                    if linked > MAX_FOLDER_LINKS:
+                        raise BuildError(
+                            f"'{rel}' is reached through more than {MAX_FOLDER_LINKS} symbolic"
+                            " links to folders: links to linked folders multiply the files"
+                        )
+                    pending.append((rel + "/", path, ancestors | {real}, linked))
             elif st is not None:
                 found.append((rel, path, st))
             else:

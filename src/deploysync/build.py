@@ -52,7 +52,7 @@ from .manifest import (
     validate_id,
 )
 from .store import Store, open_store
-from .store.base import make_folders
+from .store.base import default_cache_home, make_folders
 
 try:  # the optional "brotli" extra
     import brotli as _brotli
@@ -73,7 +73,6 @@ VITE_KEYS = (
     "assets",
 )
 CACHE_VERSION = 3
-CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
 
 # A precompressed variant is kept only when it saves at least this share of the bytes: a
 # smaller saving is not worth a second file and a Vary header.
@@ -439,12 +438,8 @@ def vite_files(manifest: Mapping[str, Mapping[str, Any]]) -> set[str]:
 
 
 def default_cache_dir() -> Path:
-    """``$DEPLOYSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/deploysync`` (``~/.cache``)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deploysync"
+    """deploysync's cache folder (:func:`~deploysync.store.base.default_cache_home`)."""
+    return default_cache_home()[0]
 
 
 # A file modified this close to the moment its stat was recorded could change again within

@@ -49,12 +49,12 @@ from markupsafe import Markup
 
 from .. import wsgi
 from ..manifest import DeploySyncError
+from ..store.base import CACHE_ENV
 from ..vite import vite_tags as render_vite_tags
 
 __all__ = ["EXTENSION", "DeploySync", "deploysync_cli"]
 
 EXTENSION = "deploysync"
-CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
 OPTIONS = (
     "store",
     "static_url",

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
@@ -34,6 +35,38 @@ HOLD_RENEW = 60.0
 # A local copy younger than this is never trimmed: another worker sharing the cache may
 # have fetched it for a deployment this one has not seen yet.
 CACHE_GRACE = 600.0
+
+
+#: deploysync's cache folder, when set: the build cache and a Redis store's local copies.
+CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
+
+
+def default_cache_home() -> tuple[Path, bool]:
+    """deploysync's cache folder, as the build cache's, and whether it was chosen
+    (``$DEPLOYSYNC_CACHE_DIR``) rather than derived.
+
+    Else ``$XDG_CACHE_HOME/deploysync`` or ``~/.cache/deploysync``, falling back to the
+    temporary folder when that is not writable (a service account); a derived folder is
+    checked to be this user's before it is used.
+    """
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute(), True
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not os.path.isabs(base) or not _writable(base):
+        user = os.getuid() if hasattr(os, "getuid") else "user"
+        base = os.path.join(tempfile.gettempdir(), f"deploysync-{user}")
+    return Path(base) / "deploysync", False
+
+
+def _writable(path: str) -> bool:
+    """Whether *path* can be created or written: its nearest existing ancestor is writable."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.access(path, os.W_OK)
 
 
 def make_folders(folder: Path, mode: int) -> None:

@@ -58,6 +58,7 @@ from .base import (
     Store,
     StoreError,
     check_digest,
+    default_cache_home,
     make_folders,
 )
 
@@ -72,7 +73,6 @@ LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the 
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 10.0
 #: deploysync's cache folder, shared with the build cache (see build.default_cache_dir).
-CACHE_ENV = "DEPLOYSYNC_CACHE_DIR"
 #: The last state a server read, in its store's cache folder.
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -177,16 +177,6 @@ def _write_atomic(target: Path, data: bytes, *, mode: int) -> None:
         raise
 
 
-def _writable(path: str) -> bool:
-    """Whether *path* can be created or written: its nearest existing ancestor is writable."""
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
-    return os.access(path, os.W_OK)
-
-
 class RedisUnreachable(StoreError):
     """Redis cannot be reached (refused, reset or timed-out connection)."""
 
@@ -195,24 +185,6 @@ def store_folder(url: str, namespace: str) -> str:
     """The name of a store's folder in the cache folder: one per URL and namespace, so
     stores sharing a cache folder never touch each other's copies."""
     return hashlib.sha256(f"{url}\0{namespace}".encode()).hexdigest()[:16]
-
-
-def default_cache_home() -> tuple[Path, bool]:
-    """deploysync's cache folder, as the build cache's, and whether it was chosen
-    (``$DEPLOYSYNC_CACHE_DIR``) rather than derived.
-
-    Else ``$XDG_CACHE_HOME/deploysync`` or ``~/.cache/deploysync``, falling back to the
-    temporary folder when that is not writable (a service account); a derived folder is
-    checked to be this user's before it is used.
-    """
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit).expanduser().absolute(), True
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(base) or not _writable(base):
-        user = os.getuid() if hasattr(os, "getuid") else "user"
-        base = os.path.join(tempfile.gettempdir(), f"deploysync-{user}")
-    return Path(base) / "deploysync", False
 
 
 class RedisStore(Store):

@@ -192,6 +192,13 @@ class Runtime:
             )
         return self.static_url + url_path(key)
 
+    def name(self, logical_path: str) -> str | None:
+        """The hashed name of *logical_path* below the static prefix (what :meth:`url`
+        gives, before URL encoding); ``None`` when the current deployment lacks it."""
+        deployment = (self.request_snapshot.get() or self.current()).deployment
+        asset = deployment.assets.get(logical_path.lstrip("/")) if deployment else None
+        return asset.name if asset is not None else None
+
     def snippet(self, snapshot: Snapshot, root_path: str = "", nonce: str | None = None) -> bytes:
         """The injected ``<head>`` tags of *snapshot* for a request mounted at *root_path*."""
         if nonce is None:

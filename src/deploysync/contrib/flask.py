@@ -40,7 +40,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 import click
 from flask import Flask, current_app, request
@@ -163,10 +162,12 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
     prefix = (current_app.static_url_path or "") + "/"
     if runtime.static_path != prefix:
         return  # assets live elsewhere (a CDN): templates use asset_url()
-    url = runtime.url(str(values["filename"]))
-    if url.startswith(runtime.static_url):
-        # Flask encodes the filename it is given: hand it the name, not the URL path.
-        values["filename"] = unquote(url[len(runtime.static_url) :], errors="surrogateescape")
+    filename = str(values["filename"])
+    name = runtime.name(filename)  # Flask encodes it: the name, not the URL path
+    if name is not None:
+        values["filename"] = name
+    elif runtime.strict:
+        runtime.url(filename)  # raises UnknownAsset
 
 
 def asset_url(path: str) -> str:

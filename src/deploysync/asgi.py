@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from . import core
 from .inject import Injector, inject_whole
@@ -225,7 +225,7 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
         # A local copy a cache cleaner removed is fetched again (off the event loop);
         # else a prune removed the blob after this snapshot was built: it is gone now.
         files = [p.path for p in body if not isinstance(p, bytes)]
-        if not await asyncio.to_thread(restore_files, files):
+        if not await _off_loop(restore_files, files):
             plan = core.NOT_FOUND
             body = plan.body
     # A list, not the plan's tuple: middleware outside this one may edit it in place.
@@ -261,12 +261,21 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
             await _send_chunks(part, more, send)
 
 
-async def _read_file(path: str) -> bytes:
+_T = TypeVar("_T")
+
+
+async def _off_loop(work: Callable[..., _T], *args: Any) -> _T:
+    """``work(*args)`` in asyncio's thread pool; inline under another event loop (trio),
+    where it is local file work."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # another event loop (trio): read inline, files are local
-        return _read_bytes(path)
-    return await loop.run_in_executor(None, _read_bytes, path)
+    except RuntimeError:
+        return work(*args)
+    return await loop.run_in_executor(None, work, *args)
+
+
+async def _read_file(path: str) -> bytes:
+    return await _off_loop(_read_bytes, path)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -275,19 +284,12 @@ def _read_bytes(path: str) -> bytes:
 
 
 async def _send_chunks(part: core.FileRange, more: bool, send: Send) -> None:
-    try:
-        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:  # another event loop (trio): read inline, files are local
-        loop = None
     with open(part.path, "rb") as fh:
         fh.seek(part.offset)
         left = part.length
         while left > 0:
             size = min(READ_CHUNK, left)
-            if loop is not None:
-                chunk = await loop.run_in_executor(None, fh.read, size)
-            else:
-                chunk = fh.read(size)
+            chunk = await _off_loop(fh.read, size)
             if not chunk:
                 raise OSError(f"{part.path} is shorter than expected")
             left -= len(chunk)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 
 import pytest
 
@@ -243,3 +244,57 @@ def test_any_chunking_gives_the_answer_of_one_chunk() -> None:
         chunks = [doc[a:b] for a, b in zip([0, *cuts], [*cuts, len(doc)], strict=True)]
         assert run(chunks) == run([doc]), chunks
         assert run([doc[i : i + 1] for i in range(len(doc))]) == run([doc]), doc
+
+
+# -- the app's own deployment-id meta: found in one reading ------------------------------
+
+# What the meta search answered when it was one regex (quadratic on unclosed tags).
+ONE_REGEX = re.compile(rb"<meta\s[^>]*?\bname\s*=\s*[\"']?deployment-id[\"'\s/>]", re.I)
+
+
+def test_meta_search_agrees_with_one_regex() -> None:
+    rng = random.Random(11)
+    pieces = [b"<meta ", b"<META\n", b"<meta", b">", b"<", b" ", b"x", b"name", b"NAME",
+              b"=", b" = ", b'"', b"'", b"deployment-id", b"DEPLOYMENT-ID", b"/", b"-",
+              b"<meta name=deployment-id>", b"aname=deployment-id"]  # fmt: skip
+    for _ in range(5000):
+        doc = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        start = rng.randint(0, len(doc))
+        end = rng.randint(start, len(doc))
+        expected = ONE_REGEX.search(doc, start, end) is not None
+        assert inject._has_meta(doc, start, end) is expected, (doc, start, end)
+
+
+class CountingSearch:
+    """A compiled pattern that counts the bytes its searches could read."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.read = 0
+
+    def search(self, buf: bytes, pos: int = 0, endpos: int = sys.maxsize) -> re.Match[bytes] | None:
+        self.read += min(endpos, len(buf)) - pos
+        return self.pattern.search(buf, pos, endpos)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, None])
+@pytest.mark.parametrize(
+    "filler", [b"<meta ", b"<meta name=", b"<meta x deployment-x ", b"<meta name=deployment-"]
+)
+def test_unclosed_meta_tags_are_read_once(
+    monkeypatch: pytest.MonkeyPatch, chunk: int | None, filler: bytes
+) -> None:
+    patterns = {
+        name: CountingSearch(getattr(inject, name)) for name in ("_META_START_RE", "_META_NAME_RE")
+    }
+    for name, pattern in patterns.items():
+        monkeypatch.setattr(inject, name, pattern)
+    doc = b"<!doctype html><html><head>" + filler * 2000 + b"deployment-x</head><body>"
+    if chunk is None:
+        out, injected = inject_whole(doc, SNIP)
+    else:
+        out, injected = run([doc[i : i + chunk] for i in range(0, len(doc), chunk)])
+    assert injected
+    assert out == doc.replace(b"<head>", b"<head>" + SNIP, 1)
+    # Each byte of the head read about once, not once per "<meta" (2,000 here).
+    assert sum(pattern.read for pattern in patterns.values()) <= 3 * len(doc)

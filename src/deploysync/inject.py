@@ -35,7 +35,10 @@ _TAG_RE = re.compile(rb"<([A-Za-z][^\s/>]*)(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
 _NAME_END_RE = re.compile(rb"[\s/>]")
 _ATTR_STOP_RE = re.compile(rb"[>\"']")
 _HEAD_END_RE = re.compile(rb"</head[\s>]|<body[\s/>]", re.I)
-_META_RE = re.compile(rb"<meta\s[^>]*?\bname\s*=\s*[\"']?deployment-id[\"'\s/>]", re.I)
+# A deployment-id meta tag placed by the app: "<meta", then, before the tag's first ">",
+# its name attribute (the two halves of one pattern, see _has_meta).
+_META_START_RE = re.compile(rb"<meta\s", re.I)
+_META_NAME_RE = re.compile(rb"\bname\s*=\s*[\"']?deployment-id[\"'\s/>]", re.I)
 
 # The common document in one regex: prolog, <html ...>, <head ...>. Atomic groups and
 # possessive quantifiers (Python 3.11+) keep it linear on any input; on 3.10 the
@@ -106,12 +109,34 @@ def inject_whole(body: bytes, snippet: bytes) -> tuple[bytes, bool]:
     if end < 0:
         found = _HEAD_END_RE.search(body, at, limit)
         end = found.start() if found else limit
-    if (
-        body.find(b"eployment-", at, end) >= 0 or body.find(b"EPLOYMENT-", at, end) >= 0
-    ) and _META_RE.search(body, at, end):
+    if _has_meta(body, at, end):
         return body, False
     view = memoryview(body)
     return b"".join((view[:at], snippet, view[at:])), True
+
+
+def _has_meta(buf: bytes | bytearray, start: int, end: int) -> bool:
+    """Whether ``buf[start:end]`` holds a ``<meta ... name="deployment-id" ...>`` tag.
+
+    The same answer as one regex ``<meta\\s[^>]*?\\bname...`` but linear: the regex would
+    read from every "<meta" to the next ">" again, quadratic on a head of unclosed
+    "<meta " tags. A "<meta" before a tag's ">" finds only what the first one finds, so
+    each stretch up to a ">" is read once.
+    """
+    # bytes.find first (the common spelling): the regexes only when they could match.
+    if buf.find(b"eployment-", start, end) < 0 and buf.find(b"EPLOYMENT-", start, end) < 0:
+        return False
+    pos = start
+    while True:
+        tag = _META_START_RE.search(buf, pos, end)
+        if tag is None:
+            return False
+        close = buf.find(b">", tag.end(), end)
+        if _META_NAME_RE.search(buf, tag.end(), end if close < 0 else close + 1):
+            return True
+        if close < 0:
+            return False
+        pos = close + 1
 
 
 class Injector:
@@ -208,16 +233,16 @@ class Injector:
                 return self._give_up()
             self._insert = self._scan = found
             self._state = _IN_HEAD
-        # In the head: look for a deployment-id meta placed by the app, up to the end
-        # of the head (or <body>), the end of the body or the lookahead limit.
+        # In the head: wait for its end (or <body>), the end of the body or the
+        # lookahead limit; only then look for a deployment-id meta placed by the app, once
+        # (searching each chunk's part of an unfinished tag again would be quadratic).
         end_match = _HEAD_END_RE.search(buf, max(self._insert, self._scan - 16))
-        limit = end_match.start() if end_match else len(buf)
-        # Overlap: a meta tag may have been cut by the previous chunk boundary.
-        if _META_RE.search(buf, max(self._insert, self._scan - 512), limit):
-            return self._give_up()
         if end_match is None and not final and len(buf) <= LOOKAHEAD:
             self._scan = len(buf)
             return b""
+        limit = end_match.start() if end_match else len(buf)
+        if _has_meta(buf, self._insert, limit):
+            return self._give_up()
         return self._inject()
 
     def _scan_prolog(self, buf: bytearray, final: bool) -> int | None:

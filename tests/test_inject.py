@@ -298,3 +298,9 @@ def test_unclosed_meta_tags_are_read_once(
     assert out == doc.replace(b"<head>", b"<head>" + SNIP, 1)
     # Each byte of the head read about once, not once per "<meta" (2,000 here).
     assert sum(pattern.read for pattern in patterns.values()) <= 3 * len(doc)
+
+
+def test_a_long_meta_tag_in_small_chunks_is_found() -> None:
+    doc = b"<html><head><meta" + b" " * 2000 + b"name=deployment-id content=x></head>"
+    assert run([doc[i : i + 1] for i in range(len(doc))]) == (doc, False)
+    assert run([doc]) == (doc, False)

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from . import core
 from .inject import Injector, inject_whole
-from .serving import Middleware, resolve_nonce, restore_files
+from .serving import Middleware, mount_prefix, resolve_nonce, restore_files
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,7 +60,8 @@ class DeploySync(Middleware[ASGIApp]):
         """The ``<head>`` tags for a template that places them itself."""
         if scope is None:
             return self.runtime.head_tags()
-        return self.runtime.head_tags(scope.get("root_path", ""), resolve_nonce(self.nonce, scope))
+        prefix = self.runtime.prefix(scope.get("root_path", ""))
+        return self.runtime.head_tags(prefix, resolve_nonce(self.nonce, scope))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,11 +86,15 @@ class DeploySync(Middleware[ASGIApp]):
             if conditional is not None:
                 headers = core.conditional_headers(scope["headers"], conditional)
                 scope = {**scope, "headers": headers}
-        responder = _Responder(self, scope, send, snapshot, conditional)
+        # Read now: a Mount further in changes root_path in the scope it shares.
+        prefix = mount_prefix(root) if root else ""
+        responder = _Responder(self, scope, send, snapshot, conditional, prefix)
         token = self._request_snapshot.set(snapshot)
+        prefix_token = self._request_prefix.set(prefix)
         try:
             await self.app(scope, receive, responder.send)
         finally:
+            self._request_prefix.reset(prefix_token)
             self._request_snapshot.reset(token)
         await responder.close()
 
@@ -106,6 +111,7 @@ class _Responder:
         "injector",
         "mw",
         "passthrough",
+        "prefix",
         "scope",
         "snapshot",
         "start",
@@ -119,8 +125,10 @@ class _Responder:
         send: Send,
         snapshot: core.Snapshot,
         conditional: core.Conditional | None = None,
+        prefix: str = "",
     ) -> None:
         self.mw = mw
+        self.prefix = prefix
         self.conditional = conditional
         self.scope = scope
         self.upstream = send
@@ -197,7 +205,7 @@ class _Responder:
         mw = self.mw
         scope = self.scope
         nonce = resolve_nonce(mw.nonce, scope) if mw.nonce is not None else None
-        return mw.runtime.snippet(self.snapshot, scope.get("root_path", ""), nonce)
+        return mw.runtime.snippet(self.snapshot, self.prefix, nonce)
 
     async def _release(self, start: Message, added: int) -> None:
         """Send the held start with the final headers (Content-Length exact)."""

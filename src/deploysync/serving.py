@@ -30,13 +30,14 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from . import core
 from .core import Snapshot, StaticFile
 from .inject import ROUTING_MODES, head_tags
 from .manifest import (
     DEFAULT_STATIC_URL,
+    URL_PATH_SAFE,
     Asset,
     Deployment,
     DeploySyncError,
@@ -133,6 +134,11 @@ class Runtime:
         self.request_snapshot: contextvars.ContextVar[Snapshot | None] = contextvars.ContextVar(
             f"deploysync_snapshot_{id(self):x}", default=None
         )
+        # The URL path the app is mounted at, as the middleware saw it when the request
+        # came in (a sub-app's mount changes root_path / SCRIPT_NAME further in).
+        self.request_prefix: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+            f"deploysync_prefix_{id(self):x}", default=None
+        )
         self._snippets: dict[str, bytes] = {}
         self._snippets_for: Snapshot | None = None
 
@@ -183,14 +189,15 @@ class Runtime:
         key = logical_path.lstrip("/")
         snapshot = self.request_snapshot.get() or self.current()
         found = snapshot.urls.get(key)
-        if found is not None:
-            return found
-        if self.strict:
-            raise UnknownAsset(
-                f"Asset {logical_path!r} is not in deployment {snapshot.current_id!r}"
-                f" of {self.store.location}"
-            )
-        return self.static_url + url_path(key)
+        if found is None:
+            if self.strict:
+                raise UnknownAsset(
+                    f"Asset {logical_path!r} is not in deployment {snapshot.current_id!r}"
+                    f" of {self.store.location}"
+                )
+            found = self.static_url + url_path(key)
+        prefix = self.request_prefix.get()
+        return prefix + found if prefix and found.startswith("/") else found
 
     def name(self, logical_path: str) -> str | None:
         """The hashed name of *logical_path* below the static prefix (what :meth:`url`
@@ -199,27 +206,39 @@ class Runtime:
         asset = deployment.assets.get(logical_path.lstrip("/")) if deployment else None
         return asset.name if asset is not None else None
 
-    def snippet(self, snapshot: Snapshot, root_path: str = "", nonce: str | None = None) -> bytes:
-        """The injected ``<head>`` tags of *snapshot* for a request mounted at *root_path*."""
+    def prefix(self, root: str = "", *, wsgi: bool = False) -> str:
+        """The URL path the app is mounted at: during a request, as the middleware saw it
+        when the request came in; else that of *root* (see :func:`mount_prefix`)."""
+        prefix = self.request_prefix.get()
+        return mount_prefix(root, wsgi=wsgi) if prefix is None else prefix
+
+    def snippet(self, snapshot: Snapshot, prefix: str = "", nonce: str | None = None) -> bytes:
+        """The injected ``<head>`` tags of *snapshot* for an app mounted at *prefix* (a
+        URL path, see :func:`mount_prefix`)."""
         if nonce is None:
             if self._snippets_for is not snapshot:
                 self._snippets, self._snippets_for = {}, snapshot
-            cached = self._snippets.get(root_path)
+            cached = self._snippets.get(prefix)
             if cached is not None:
                 return cached
-        text = self._tags(snapshot, root_path, nonce).encode()
+        text = self._tags(snapshot, prefix, nonce).encode()
         if nonce is None and len(self._snippets) < 64:
-            self._snippets[root_path] = text
+            self._snippets[prefix] = text
         return text
 
-    def head_tags(self, root_path: str = "", nonce: str | None = None) -> str:
-        """The tags for templates that place them themselves (``""`` before any deploy)."""
-        return self._tags(self.request_snapshot.get() or self.current(), root_path, nonce)
+    def head_tags(self, prefix: str | None = None, nonce: str | None = None) -> str:
+        """The tags for templates that place them themselves (``""`` before any deploy).
 
-    def _tags(self, snapshot: Snapshot, root_path: str, nonce: str | None) -> str:
+        *prefix*: the URL path the app is mounted at (:func:`mount_prefix`); by default
+        the one of the request the middleware is handling."""
+        if prefix is None:
+            prefix = self.request_prefix.get() or ""
+        return self._tags(self.request_snapshot.get() or self.current(), prefix, nonce)
+
+    def _tags(self, snapshot: Snapshot, prefix: str, nonce: str | None) -> str:
         if snapshot.current_id is None:
             return ""
-        root = root_path.rstrip("/")
+        root = prefix.rstrip("/")
         return head_tags(
             snapshot.current_id,
             script_url=root + self._client_path,
@@ -637,6 +656,21 @@ def _matches(data: bytes, size: int, digest: str | None) -> bool:
     return len(data) == size and (digest is None or hashlib.sha256(data).hexdigest() == digest)
 
 
+def mount_prefix(root: str, *, wsgi: bool = False) -> str:
+    """The URL path of an app mounted at *root*, percent-encoded, without a trailing "/".
+
+    *root* is an ASGI ``root_path`` (decoded text), or with *wsgi* a ``SCRIPT_NAME``,
+    whose characters are the request's bytes (PEP 3333).
+    """
+    root = root.rstrip("/")
+    if not root:
+        return ""
+    if wsgi:
+        with contextlib.suppress(UnicodeEncodeError):
+            return quote(root.encode("latin-1"), safe=URL_PATH_SAFE)
+    return quote(root, safe=URL_PATH_SAFE, errors="surrogateescape")
+
+
 def _store_root(store: Store) -> str | None:
     root = getattr(store, "root", None)
     if root is None:
@@ -740,6 +774,7 @@ class Middleware(Generic[AppT]):
         self.nonce = nonce
         self._static_path = self.runtime.static_path
         self._request_snapshot = self.runtime.request_snapshot
+        self._request_prefix = self.runtime.request_prefix
 
     def url(self, logical_path: str) -> str:
         """The hashed URL of *logical_path* in the current deployment."""

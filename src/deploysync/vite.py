@@ -71,20 +71,24 @@ def imported_chunks(manifest: Mapping[str, Chunk], key: str) -> list[Chunk]:
     return found
 
 
-def _url(deployment: Deployment, file: str) -> str:
+def _url(deployment: Deployment, file: str, prefix: str) -> str:
     # Vite's files keep their names in the deployment, so the logical path is Vite's
     # "file"; a file missing from the deployment still gets a usable (unhashed) URL.
     try:
-        return deployment.url(file)
+        url = deployment.url(file)
     except KeyError:
-        return deployment.static_url + url_path(file.lstrip("/"))
+        url = deployment.static_url + url_path(file.lstrip("/"))
+    return prefix + url if prefix and url.startswith("/") else url
 
 
-def vite_urls(entry: str, deployment: Deployment) -> tuple[str, list[str], list[str]]:
+def vite_urls(
+    entry: str, deployment: Deployment, *, prefix: str = ""
+) -> tuple[str, list[str], list[str]]:
     """``(script_or_stylesheet_url, css_urls, modulepreload_urls)`` of *entry*.
 
     The first item is the entry's own file. For a CSS entry it is a stylesheet and is not
-    repeated in the CSS list.
+    repeated in the CSS list. *prefix*: the URL path the app is mounted at
+    (:func:`~deploysync.serving.mount_prefix`), put before URLs of the site's own host.
     """
     manifest = vite_manifest(deployment)
     key = entry.lstrip("/")
@@ -104,9 +108,9 @@ def vite_urls(entry: str, deployment: Deployment) -> tuple[str, list[str], list[
         for file in current.get("css") or ():
             if isinstance(file, str) and file not in seen_css:
                 seen_css.add(file)
-                css.append(_url(deployment, file))
-    preload = [_url(deployment, str(c["file"])) for c in imported]
-    main = _url(deployment, str(chunk["file"]))
+                css.append(_url(deployment, file, prefix))
+    preload = [_url(deployment, str(c["file"]), prefix) for c in imported]
+    main = _url(deployment, str(chunk["file"]), prefix)
     return main, css, preload
 
 
@@ -120,15 +124,17 @@ def vite_tags(
     nonce: str | None = None,
     *,
     strict: bool = True,
+    prefix: str = "",
 ) -> str:
-    """HTML for the Vite *entry* (``"src/main.ts"``) of *deployment*.
+    """HTML for the Vite *entry* (``"src/main.ts"``) of *deployment*, for an app mounted
+    at *prefix* (see :func:`vite_urls`).
 
     With ``strict=False`` an unknown entry or a deployment without a Vite manifest gives an
     HTML comment and a logged error instead of an exception, so a page never fails to
     render in production because of it.
     """
     try:
-        main, css, preload = vite_urls(entry, deployment)
+        main, css, preload = vite_urls(entry, deployment, prefix=prefix)
     except ViteError as exc:
         if strict:
             raise

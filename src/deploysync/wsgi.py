@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import core
 from .inject import Injector
-from .serving import Middleware, resolve_nonce, restore_files
+from .serving import Middleware, mount_prefix, resolve_nonce, restore_files
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -57,9 +57,8 @@ class DeploySync(Middleware[WSGIApp]):
         """The ``<head>`` tags for a template that places them itself."""
         if environ is None:
             return self.runtime.head_tags()
-        return self.runtime.head_tags(
-            environ.get("SCRIPT_NAME", ""), resolve_nonce(self.nonce, environ)
-        )
+        prefix = self.runtime.prefix(environ.get("SCRIPT_NAME", ""), wsgi=True)
+        return self.runtime.head_tags(prefix, resolve_nonce(self.nonce, environ))
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         snapshot = self.runtime.current()
@@ -83,11 +82,16 @@ class DeploySync(Middleware[WSGIApp]):
             conditional = core.app_conditional(request.if_none_match, snapshot.current_id)
             if conditional is not None:
                 core.conditional_environ(environ, conditional)
-        response = _Response(self, environ, start_response, snapshot, conditional)
+        # Read now: a dispatcher further in changes SCRIPT_NAME in the environ it shares.
+        script_name = environ.get("SCRIPT_NAME")
+        prefix = mount_prefix(script_name, wsgi=True) if script_name else ""
+        response = _Response(self, environ, start_response, snapshot, conditional, prefix)
         token = self._request_snapshot.set(snapshot)
+        prefix_token = self._request_prefix.set(prefix)
         try:
             result = self.app(environ, response.start_response)
         finally:
+            self._request_prefix.reset(prefix_token)
             self._request_snapshot.reset(token)
         if response.passthrough:
             return result  # untouched: a file_wrapper the app returned stays one
@@ -148,6 +152,7 @@ class _Response:
         "injector",
         "mw",
         "passthrough",
+        "prefix",
         "snapshot",
         "status",
         "upstream",
@@ -161,9 +166,11 @@ class _Response:
         upstream: StartResponse,
         snapshot: core.Snapshot,
         conditional: core.Conditional | None = None,
+        prefix: str = "",
     ) -> None:
         self.mw = mw
         self.conditional = conditional
+        self.prefix = prefix
         self.environ = environ
         self.upstream = upstream
         self.snapshot = snapshot
@@ -203,7 +210,7 @@ class _Response:
             )
             return self.write
         nonce = resolve_nonce(self.mw.nonce, self.environ) if self.mw.nonce is not None else None
-        snippet = self.mw.runtime.snippet(snapshot, self.environ.get("SCRIPT_NAME", ""), nonce)
+        snippet = self.mw.runtime.snippet(snapshot, self.prefix, nonce)
         self.status = status
         self.edit = edit
         self.injector = Injector(snippet)

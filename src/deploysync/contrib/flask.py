@@ -186,7 +186,9 @@ def vite_tags(entry: str, nonce: str | None = None) -> Markup:
         return Markup("")
     if nonce is None and middleware.nonce is not None and request:
         nonce = _request_nonce(middleware)
-    return Markup(render_vite_tags(entry, deployment, nonce=nonce, strict=runtime.strict))
+    prefix = runtime.prefix(request.environ.get("SCRIPT_NAME", "") if request else "", wsgi=True)
+    html = render_vite_tags(entry, deployment, nonce=nonce, strict=runtime.strict, prefix=prefix)
+    return Markup(html)
 
 
 def deploysync_head() -> Markup:

@@ -129,15 +129,19 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
                 raise LookupError(f"vite_tags({entry!r}): the store has no current deployment")
             return Markup("")
         html = render_vite_tags(
-            entry, deployment, nonce=nonce_for(scope, mw, nonce), strict=runtime.strict
+            entry,
+            deployment,
+            nonce=nonce_for(scope, mw, nonce),
+            strict=runtime.strict,
+            prefix=runtime.prefix(scope.get("root_path", "") if scope else ""),
         )
         return Markup(html)  # built from escaped attribute values
 
     @pass_context
     def deploysync_head(context: Context, nonce: str | None = None) -> Markup:
         runtime, scope, mw = resolve(context)
-        root = scope.get("root_path", "") if scope else ""
-        return Markup(runtime.head_tags(root, nonce_for(scope, mw, nonce)))
+        prefix = runtime.prefix(scope.get("root_path", "") if scope else "")
+        return Markup(runtime.head_tags(prefix, nonce_for(scope, mw, nonce)))
 
     functions: dict[str, Callable[..., Any]] = {
         "asset_url": asset_url,

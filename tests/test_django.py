@@ -688,3 +688,86 @@ def test_cache_dir_setting_must_be_a_path(configure: Callable[..., None]) -> Non
     configure(CACHE_DIR=3)
     with pytest.raises(ImproperlyConfigured, match=r"DEPLOYSYNC\['CACHE_DIR'\] is 3"):
         read_config()
+
+
+# -- a site under a script prefix, compression above the middleware --------------------------
+
+
+def test_relative_static_url_is_recorded_below_the_script_prefix(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    from django.urls import get_script_prefix, set_script_prefix
+
+    from deploysync.contrib.django.conf import get_config
+
+    configure(django_settings={"STATIC_URL": "static/", "FORCE_SCRIPT_NAME": "/app"})
+    before = get_script_prefix()
+    set_script_prefix("/app/")  # as manage.py sets it (collectstatic builds there)
+    try:
+        assert get_config().static_url == "/static/"
+    finally:
+        set_script_prefix(before)
+    deployment = build(site_src("v1"), store, activate=True).deployment
+    assert check_ids() == []
+    # A server sets each request's prefix (here FORCE_SCRIPT_NAME's) as WSGIHandler
+    # does (the test client does not): it goes before every URL of the page.
+    set_script_prefix("/app/")
+    try:
+        html = Client().get("/").content.decode()
+    finally:
+        set_script_prefix(before)
+    css = re.search(r'href="([^"]+\.css)"', html)
+    assert css is not None and css.group(1) == "/app" + deployment.url("css/app.css")
+    assert 'src="/app/_deploysync/client-' in html
+    assert 'data-static-url="/app/static/"' in html
+    # The proxy strips the prefix: the middleware serves the asset below it.
+    assert Client().get(deployment.url("css/app.css")).status_code == 200
+
+
+def test_absolute_static_url_under_force_script_name(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    from deploysync.contrib.django.conf import get_config
+
+    configure(django_settings={"STATIC_URL": "/app/static/", "FORCE_SCRIPT_NAME": "/app/"})
+    assert get_config().static_url == "/static/"
+    configure(django_settings={"STATIC_URL": "https://cdn.example.com/s/"})
+    assert get_config().static_url == "https://cdn.example.com/s/"
+
+
+def test_compression_above_the_middleware_leaves_assets_alone(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    gzip = "django.middleware.gzip.GZipMiddleware"
+    configure(django_settings={"MIDDLEWARE": [SECURITY, gzip, MIDDLEWARE_PATH]})
+    src = site_src("v1")
+    image = bytes(range(256)) * 40  # compresses well, but is an image: no variant
+    (src / "img" / "logo.png").write_bytes(image)
+    deployment = build(src, store, activate=True).deployment
+    assert check_ids() == []
+    url = deployment.url("img/logo.png")
+    whole = Client().get(url, headers={"Accept-Encoding": "gzip"})
+    assert whole.status_code == 200
+    assert "Content-Encoding" not in whole
+    assert whole["ETag"].startswith('"')  # strong, as the contract says
+    assert read_body(whole) == image
+    part = Client().get(url, headers={"Accept-Encoding": "gzip", "Range": "bytes=100-199"})
+    assert part.status_code == 206
+    assert "Content-Encoding" not in part
+    assert read_body(part) == image[100:200]
+    # Pages still get compressed above, after the injection.
+    page = Client().get("/", headers={"Accept-Encoding": "gzip"})
+    assert page["Content-Encoding"] == "gzip"
+    import gzip as gzip_module
+
+    assert b"data-deploysync" in gzip_module.decompress(page.content)
+
+
+def test_other_compressing_middleware_is_placed_like_gzip(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    compression = "compression_middleware.middleware.CompressionMiddleware"
+    configure(django_settings={"MIDDLEWARE": [SECURITY, compression, MIDDLEWARE_PATH]})
+    assert check_ids() == []
+    configure(django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, compression]})
+    assert check_ids() == ["deploysync.W003"]

@@ -53,6 +53,13 @@ MAY_PRECEDE = frozenset(
 GZIP = "django.middleware.gzip.GZipMiddleware"
 
 
+def _compresses(path: str) -> bool:
+    """Whether a middleware compresses responses, by its name: Django's GZipMiddleware,
+    django-compression-middleware's CompressionMiddleware, and their like."""
+    name = path.rsplit(".", 1)[-1].lower()
+    return any(word in name for word in ("gzip", "compress", "brotli", "zstd"))
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """E001, E002, E003, W005: the settings and the store they point at."""
@@ -140,7 +147,7 @@ def check_middleware(app_configs: Sequence[Any] | None = None, **kwargs: Any) ->
         ]
     position = middleware.index(MIDDLEWARE_PATH)
     messages: list[CheckMessage] = []
-    above = [m for m in middleware[:position] if m not in MAY_PRECEDE]
+    above = [m for m in middleware[:position] if m not in MAY_PRECEDE and not _compresses(m)]
     if above:
         messages.append(
             Warning(
@@ -150,12 +157,13 @@ def check_middleware(app_configs: Sequence[Any] | None = None, **kwargs: Any) ->
                 id="deploysync.W002",
             )
         )
-    if GZIP in middleware[position + 1 :]:
+    below = [m for m in middleware[position + 1 :] if _compresses(m)]
+    if below:
         messages.append(
             Warning(
-                f"{GZIP} is below {MIDDLEWARE_PATH}: HTML reaches deploysync already "
-                "compressed, so the deployment tags are not injected.",
-                hint="Move GZipMiddleware above the deploysync middleware.",
+                f"{', '.join(below)} is below {MIDDLEWARE_PATH}: HTML reaches deploysync "
+                "already compressed, so the deployment tags are not injected.",
+                hint="Move it above the deploysync middleware.",
                 id="deploysync.W003",
             )
         )

@@ -5,6 +5,7 @@ key                        default                         meaning
 ========================== =============================== =========================================
 ``STORE``                  ``DEPLOYSYNC_STORE`` env var    directory path or ``redis://`` URL
 ``STATIC_URL``             ``settings.STATIC_URL``         prefix the assets are served under
+                           (below the script prefix)
 ``ROUTING``                ``"server"``                    ``server``, ``client`` or ``external``
 ``CHECK_INTERVAL``         ``0``                           seconds between version checks (0: off)
 ``DEPLOYMENT``             ``None``                        pin a deployment id instead of current
@@ -31,9 +32,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.urls import get_script_prefix
 
 from ...manifest import DEFAULT_STATIC_URL, DeploySyncError, normalize_static_url
-from ...serving import Runtime
+from ...serving import Runtime, mount_prefix
 
 __all__ = [
     "DEFAULTS",
@@ -43,6 +45,8 @@ __all__ = [
     "get_runtime",
     "request_nonce",
     "reset",
+    "script_prefix",
+    "site_static_url",
 ]
 
 ROUTINGS = ("server", "client", "external")
@@ -108,7 +112,7 @@ def read_config() -> Config:
     store = raw["STORE"] if raw["STORE"] is not None else os.environ.get("DEPLOYSYNC_STORE")
     if store is not None:
         store = os.fspath(store) or None  # an empty value is no store (E001), not "."
-    static_url = raw["STATIC_URL"] or getattr(settings, "STATIC_URL", None) or DEFAULT_STATIC_URL
+    static_url = raw["STATIC_URL"] or site_static_url() or DEFAULT_STATIC_URL
     routing = raw["ROUTING"]
     if routing not in ROUTINGS:
         raise ImproperlyConfigured(
@@ -154,6 +158,38 @@ def read_config() -> Config:
         poll_interval=numbers["POLL_INTERVAL"],
         cache_dir=cache_dir,
     )
+
+
+def site_static_url() -> str | None:
+    """``settings.STATIC_URL`` as a path below the site's mount (the script prefix).
+
+    Django puts the script prefix of the moment before a relative ``STATIC_URL``
+    (``"static/"``, the ``startproject`` default), and that prefix is not the same in
+    ``manage.py`` (``FORCE_SCRIPT_NAME``) and in a server (at start-up none, then each
+    request's). The deployment records the prefix below the mount, the same whatever
+    the entry point; pages get the request's script prefix put before their URLs. An
+    absolute path under ``FORCE_SCRIPT_NAME`` loses that part the same way.
+    """
+    value = getattr(getattr(settings, "_wrapped", None), "STATIC_URL", None)
+    if value is None:
+        value = getattr(settings, "STATIC_URL", None)
+    if not value:
+        return None
+    url = str(value)
+    if "://" in url:
+        return url
+    if not url.startswith("/"):
+        return "/" + url
+    forced = (getattr(settings, "FORCE_SCRIPT_NAME", None) or "").rstrip("/")
+    if forced and url.startswith(forced + "/"):
+        return url[len(forced) :]
+    return url
+
+
+def script_prefix() -> str:
+    """The URL path Django serves the site under now (the request's script prefix),
+    percent-encoded, without a trailing "/" (see :func:`deploysync.serving.mount_prefix`)."""
+    return mount_prefix(get_script_prefix())
 
 
 _lock = threading.Lock()

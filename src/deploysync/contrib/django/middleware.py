@@ -46,7 +46,7 @@ from ...core import (
 )
 from ...inject import Injector
 from ...serving import restore_files
-from .conf import Config, get_config, get_runtime, request_nonce
+from .conf import Config, get_config, get_runtime, request_nonce, script_prefix
 
 __all__ = ["DeploySyncMiddleware"]
 
@@ -75,7 +75,7 @@ class DeploySyncMiddleware:
             return self.__acall__(request)
         snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
-            return plan_response(plan, async_body=False)
+            return plan_response(plan, async_body=False, request=request)
         response = self.get_response(request)
         assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
         return self._edit(request, response, snapshot, config, conditional)
@@ -83,7 +83,7 @@ class DeploySyncMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
-            return plan_response(plan, async_body=True)
+            return plan_response(plan, async_body=True, request=request)
         response = await self.get_response(request)
         return self._edit(request, response, snapshot, config, conditional)
 
@@ -134,8 +134,8 @@ class DeploySyncMiddleware:
             return response
         snippet = b""
         if edit.inject and config.inject:
-            prefix = request.META.get("SCRIPT_NAME", "") or ""
-            snippet = get_runtime().snippet(snapshot, prefix, request_nonce(request, config))
+            nonce = request_nonce(request, config)
+            snippet = get_runtime().snippet(snapshot, script_prefix(), nonce)
         if not snippet:
             set_headers(response, finish_headers(edit, 0))
             return response
@@ -182,8 +182,18 @@ def set_headers(response: HttpResponseBase, headers: list[tuple[bytes, bytes]]) 
         response.headers[name.decode("latin-1")] = value.decode("latin-1")
 
 
-def plan_response(plan: Plan, *, async_body: bool) -> HttpResponseBase:
-    """A Django response carrying the core's *plan* exactly (status, headers, body)."""
+def plan_response(
+    plan: Plan, *, async_body: bool, request: HttpRequest | None = None
+) -> HttpResponseBase:
+    """A Django response carrying the core's *plan* exactly (status, headers, body).
+
+    The answer is final: a compressing middleware above (GZipMiddleware, where HTML
+    injection needs it) must not encode it again. Django's compresses a 206 part, an
+    image, a file already smaller than its gzip variant, and weakens the ETag; so the
+    *request*'s ``Accept-Encoding``, which the plan has used already, is hidden from it.
+    """
+    if request is not None:
+        request.META.pop("HTTP_ACCEPT_ENCODING", None)
     parts = plan.body
     if (
         parts

@@ -18,8 +18,9 @@ deployment up without a restart.
 A name that the deployment lacks never turns a page into a 500 in production: the
 unhashed URL is returned and the miss is logged. With ``DEBUG`` (or
 ``DEPLOYSYNC["STRICT"]``) it raises ``ValueError`` naming the file, as Django's
-``ManifestStaticFilesStorage`` does. Before any deployment is current (a fresh checkout
-under ``runserver``), URLs are unhashed so the development server keeps working.
+``ManifestStaticFilesStorage`` does. Before any deployment is current (a fresh checkout), URLs
+are unhashed; the middleware answers 404 for them, so run ``collectstatic`` first, or
+``runserver --static`` to let the staticfiles finders serve them (docs/django.md).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from django.core.management import CommandError
 
 from ...build import build
 from ...manifest import DeploySyncError
-from .conf import get_config, get_runtime
+from .conf import get_config, get_runtime, script_prefix
 
 __all__ = ["DeploySyncStorage"]
 
@@ -95,7 +96,7 @@ class DeploySyncStorage(StaticFilesStorage):
             # Nothing built yet: development before the first collectstatic.
             return super().url(name)
         try:
-            return deployment.url(clean) + sep + suffix
+            url = deployment.url(clean)
         except KeyError:
             if get_config().strict:
                 raise ValueError(
@@ -109,6 +110,11 @@ class DeploySyncStorage(StaticFilesStorage):
                 deployment.id,
             )
             return super().url(name)
+        # Recorded below the mount (conf.site_static_url): the request's script prefix
+        # goes before it, as Django puts it before a relative STATIC_URL.
+        if url.startswith("/"):
+            url = script_prefix() + url
+        return url + sep + suffix
 
 
 def _split_suffix(name: str) -> tuple[str, str, str]:

@@ -20,7 +20,7 @@ from django import template
 from django.utils.safestring import SafeString, mark_safe
 
 from ....vite import vite_tags as render_vite_tags
-from ..conf import get_config, get_runtime, request_nonce
+from ..conf import get_config, get_runtime, request_nonce, script_prefix
 
 register = template.Library()
 
@@ -29,8 +29,7 @@ register = template.Library()
 def deploysync_head(context: template.Context) -> SafeString:
     request = context.get("request")
     config = get_config()
-    prefix = request.META.get("SCRIPT_NAME", "") if request is not None else ""
-    html = get_runtime().head_tags(prefix, request_nonce(request, config))
+    html = get_runtime().head_tags(script_prefix(), request_nonce(request, config))
     return mark_safe(html)
 
 
@@ -46,7 +45,11 @@ def vite_tags(context: template.Context, entry: str) -> SafeString:
             )
         return mark_safe("")
     html = render_vite_tags(
-        entry, deployment, nonce=request_nonce(request, config), strict=config.strict
+        entry,
+        deployment,
+        nonce=request_nonce(request, config),
+        strict=config.strict,
+        prefix=script_prefix(),
     )
     return mark_safe(html)
 

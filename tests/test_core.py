@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import MappingProxyType
 
 import pytest
@@ -536,3 +537,18 @@ def test_finish_headers_adjusts_length() -> None:
 
 def test_no_deployment_means_no_edit() -> None:
     assert edit_response("GET", 200, [HTML], None) is None
+
+
+def test_a_compressed_page_is_told_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core, "_told_compressed", False)
+    headers = [(b"Content-Type", b"text/html"), (b"Content-Encoding", b"br")]
+    with caplog.at_level(logging.WARNING, logger="deploysync"):
+        for _ in range(3):
+            edit = core.edit_response("GET", 200, headers, "abc")
+            assert edit is not None and not edit.inject
+        core.edit_response("GET", 200, [(b"Content-Type", b"text/css"), *headers[1:]], "abc")
+    told = [r.getMessage() for r in caplog.records]
+    assert len(told) == 1
+    assert "already compressed (Content-Encoding: br)" in told[0]

@@ -13,6 +13,7 @@ the WSGI adapter converts (latin-1, PEP 3333) at its edge.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
@@ -21,6 +22,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .manifest import Deployment, is_valid_id
+
+logger = logging.getLogger("deploysync")
 
 Header = tuple[bytes, bytes]
 Headers = Sequence[Header]
@@ -769,7 +772,7 @@ def edit_response(
     """
     content_type = b""
     opt_out = has_cache_control = False
-    encoded = False
+    encoded = b""
     content_length: int | None = None
     etag_at = modified_at = ranges_at = -1
     out: list[Header] = []
@@ -784,7 +787,8 @@ def edit_response(
         elif lname == b"cache-control":
             has_cache_control = True
         elif lname == b"content-encoding":
-            encoded = value.strip().lower() not in (b"", b"identity")
+            coding = value.strip().lower()
+            encoded = b"" if coding == b"identity" else coding
         elif lname == b"content-length":
             try:
                 content_length = int(value)
@@ -822,6 +826,8 @@ def edit_response(
     # A part of the app's bytes (206) or a body the app compressed is left as it is.
     whole = status != 206 and not encoded
     inject = whole and method != "HEAD" and status not in (204, 304)
+    if encoded and status == 200 and method != "HEAD":
+        _compressed_page(encoded)
     if whole and (status != 304 or restored):
         # What the browser keeps is the page with this deployment's tags in it.
         if etag_at >= 0:
@@ -839,6 +845,23 @@ def edit_response(
         # lets a HEAD answer omit such a field): better none than the app's.
         return ResponseEdit(out, False)
     return ResponseEdit(_with_length(out, content_length), False)
+
+
+_told_compressed = False
+
+
+def _compressed_page(coding: bytes) -> None:
+    """Say once per process that the app compresses its pages itself."""
+    global _told_compressed
+    if _told_compressed:
+        return
+    _told_compressed = True
+    logger.warning(
+        "deploysync: an HTML page came from the app already compressed (Content-Encoding:"
+        " %s), so its deployment tags could not be added; compress outside the deploysync"
+        " middleware (a compressing middleware around it, or the proxy) instead",
+        coding.decode("latin-1"),
+    )
 
 
 def _with_length(headers: list[Header], length: int | None) -> list[Header]:

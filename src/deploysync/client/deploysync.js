@@ -117,7 +117,6 @@ class Router {
     (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
       .then((v) => {
-        config.staticUrl = v.static_url || config.staticUrl
         // the server judges: a straggler's older id is no news
         if (v.outdated ?? v.id != pageId) this.mark(v.id, reason)
       })

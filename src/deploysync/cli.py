@@ -115,6 +115,8 @@ def _open(args: argparse.Namespace, err: TextIO) -> Store:
         err.flush()
 
     store.on_wait = waiting
+    for message in store.config_warnings():
+        err.write(f"{PROG}: warning: {message}\n")
     return store
 
 

@@ -56,6 +56,9 @@ MEMORY_LIMIT = 256 * 1024
 # Both stores' probes change when a deployment is published; the store is still re-read
 # every this many polls, a reconciliation for a store whose probe misses a change.
 RESCAN_POLLS = 10
+#: How long the first request of a process waits for the watcher's first read of the
+#: store (a healthy store answers in milliseconds; one that hangs is not waited for).
+FIRST_READ_WAIT = 1.0
 CLIENT_FILE = Path(__file__).parent / "client" / "deploysync.js"
 # Served while the package carries no client yet (a source checkout mid-build).
 PLACEHOLDER_CLIENT = b"// deploysync client placeholder: no client/deploysync.js in this install\n"
@@ -106,6 +109,7 @@ class Runtime:
         # started during one; commands never opt in.
         self.store.keep_last_known()
         self._cache_warned = False
+        self._config_told = False
         self._healed_at = -CACHE_GRACE
         self.static_url = normalize_static_url(static_url)
         path = urlsplit(self.static_url).path if "://" in self.static_url else self.static_url
@@ -298,6 +302,11 @@ class Runtime:
         except (StoreError, OSError, ValueError) as exc:
             self._report(f"Cannot read deploysync store {store.location}: {exc}")
             return None
+        # The current (or pinned) deployment is read even when the list lost it (a
+        # Redis set evicted or deleted): its pages are out there.
+        current_id = self.pinned or (activations[-1].id if activations else None)
+        if current_id is not None:
+            ids |= {current_id}
         state = (token, ids)
         if state == self._state:
             return None
@@ -308,7 +317,6 @@ class Runtime:
             self._report(f"deploysync store {store.location} reads as empty")
             return None
         order = {a.id: a.seq for a in activations}
-        current_id = self.pinned or (activations[-1].id if activations else None)
         gone = set(self._deployments) - ids
         for ident in gone:
             del self._deployments[ident]
@@ -550,21 +558,40 @@ class Runtime:
             pid = os.getpid()
             if self._closed or (self._watching and self._watcher_pid == pid):
                 return
-            if time.monotonic() - self._read_at > self.poll_interval:
-                # The snapshot was read a while ago (at start-up, or in the parent of this
-                # forked worker, which may have served for hours): this first request is
-                # answered from the store as it is now, not as it was then.
-                self.refresh()
+            # The snapshot may have been read a while ago (at start-up, or in the parent
+            # of this forked worker, which may have served for hours): the watcher reads
+            # the store first, and this first request waits for that, briefly (a Redis
+            # that hangs must not hold it for the socket timeout).
+            stale = time.monotonic() - self._read_at > self.poll_interval
+            first = threading.Event()
+            if not stale:
+                first.set()
             # A forked child inherits the flag but not the thread: start its own.
             self._stop = threading.Event()
             thread = threading.Thread(
-                target=self._watch, args=(self._stop,), name="deploysync-watcher", daemon=True
+                target=self._watch,
+                args=(self._stop, None if first.is_set() else first),
+                name="deploysync-watcher",
+                daemon=True,
             )
             thread.start()
             self._watcher_pid = pid
             self._watching = True
+            first.wait(FIRST_READ_WAIT)
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: threading.Event, first: threading.Event | None = None) -> None:
+        if first is not None:
+            try:
+                self.refresh()
+            except Exception as exc:  # the watcher must outlive any store hiccup
+                self._report(f"deploysync watcher: {exc!r}")
+            finally:
+                first.set()
+        if not self._config_told:
+            self._config_told = True
+            with contextlib.suppress(Exception):
+                for message in self.store.config_warnings():
+                    logger.warning("deploysync: %s", message)
         polls = 0
         token = self._state[0] if self._state else None
         while not stop.is_set():

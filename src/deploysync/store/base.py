@@ -232,6 +232,16 @@ class Store(ABC):
     def activations(self) -> list[Activation]:
         """The activation record, oldest first; the last one is current."""
 
+    def config_warnings(self) -> list[str]:
+        """What in the store's configuration puts deployments at risk (a Redis that
+        evicts keys), for commands and servers to say; ``[]`` when it cannot tell."""
+        return []
+
+    def last_seq(self) -> int:
+        """The highest activation number a counter of the store has used, apart from
+        the record (0: the record is all there is)."""
+        return 0
+
     @abstractmethod
     def _record_activation(self, activation: Activation) -> None:
         """Append *activation* to the record, atomically (the lock is held)."""
@@ -307,7 +317,9 @@ class Store(ABC):
         with self.lock():
             self.load(deployment_id)  # raises DeploymentNotFound
             record = self.activations()
-            seq = record[-1].seq + 1 if record else 1
+            # The probe's number too: an activation record that lost entries (a Redis
+            # key evicted) must not give a number the store already used.
+            seq = max(record[-1].seq if record else 0, self.last_seq()) + 1
             activation = Activation(id=deployment_id, seq=seq, at=time.time())
             self._record_activation(activation)
             return activation
@@ -320,19 +332,32 @@ class Store(ABC):
         """Every readable deployment, newest first (by creation time, then id)."""
         return self._read_all()[0]
 
-    def _read_all(self) -> tuple[list[Deployment], dict[str, str]]:
-        """Every readable deployment, newest first, and each unreadable one's id -> why."""
+    def _read_all(
+        self, current: str | None = None
+    ) -> tuple[list[Deployment], dict[str, str], list[str]]:
+        """Every readable deployment, newest first; each unreadable one's id -> why; and
+        the ids listed whose manifest is gone (a Redis key evicted).
+
+        The *current* deployment is read even when the list lost it.
+        """
         found = []
         unreadable = {}
-        for ident in self.ids():
+        vanished = []
+        ids = self.ids()
+        extra = [current] if current is not None and current not in ids else []
+        for ident in [*ids, *extra]:
             try:
                 found.append(self.load(ident))
             except DeploymentNotFound:
-                continue  # unpublished since ids() listed it
+                vanished.append(ident)
             except ValueError as exc:  # ManifestError: unreadable, not JSON, malformed
                 unreadable[ident] = " ".join(str(exc).split())
+        if vanished:
+            # Unpublished since ids() listed them (a prune), or listed without a manifest.
+            still = set(self.ids())
+            vanished = [ident for ident in vanished if ident in still]
         found.sort(key=lambda d: (d.created, d.id), reverse=True)
-        return found, dict(sorted(unreadable.items()))
+        return found, dict(sorted(unreadable.items())), vanished
 
     def list(self) -> list[DeploymentInfo]:
         """What ``deploysync list`` shows: the deployments whose manifest cannot be read
@@ -340,7 +365,8 @@ class Store(ABC):
         record = self.activations()
         current = record[-1].id if record else None
         activated = {a.id: a.at for a in record}
-        deployments, unreadable = self._read_all()
+        deployments, unreadable, vanished = self._read_all(current)
+        unreadable.update((ident, "its manifest is missing") for ident in vanished)
         infos = [
             DeploymentInfo(
                 id=ident,
@@ -383,7 +409,9 @@ class Store(ABC):
         with self.lock():
             current = self.current()
             held = self.held()
-            deployments, unreadable = self._read_all()
+            deployments, unreadable, vanished = self._read_all(current)
+            if current is not None and current not in {d.id for d in deployments}:
+                unreadable.setdefault(current, "the current deployment's manifest is missing")
             if unreadable:
                 ident, reason = next(iter(unreadable.items()))
                 more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
@@ -403,10 +431,11 @@ class Store(ABC):
             used: set[str] = set()
             for deployment in kept:
                 used |= deployment.digests()
-            # Unpublish first: a server never sees a manifest whose blobs are gone.
-            for deployment in doomed:
-                self.delete_deployment(deployment.id)
-            pruned = tuple(d.id for d in doomed)
+            # Unpublish first: a server never sees a manifest whose blobs are gone. Ids
+            # listed without a manifest go too: nothing can serve them.
+            for ident in [*(d.id for d in doomed), *vanished]:
+                self.delete_deployment(ident)
+            pruned = tuple([*(d.id for d in doomed), *vanished])
             unused = [digest for digest in self.all_blobs() if digest not in used]
             freed = 0
             for done, digest in enumerate(unused):

@@ -72,7 +72,19 @@ LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the 
 #: Connecting must fail fast: a CLI command reports an outage in a second or two.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 10.0
-#: deploysync's cache folder, shared with the build cache (see build.default_cache_dir).
+#: After a failed read, a server answers from its last known state this long before
+#: trying Redis again (a hanging Redis would make every read wait SOCKET_TIMEOUT).
+DOWN_RETRY = 5.0
+#: A blob this large that fails to be stored may be above Redis's proto-max-bulk-len.
+LARGE_VALUE = 32 * 2**20
+# What Redis answers when it wants other credentials (not an outage of the network).
+_AUTH_MARKERS = (
+    "NOAUTH",
+    "WRONGPASS",
+    "invalid username-password",
+    "must be called with the client already authenticated",
+    "Authentication required",
+)
 #: The last state a server read, in its store's cache folder.
 STATE_FILE = "state.json"
 STATE_FORMAT = 1
@@ -93,9 +105,10 @@ end
 return 0
 """
 
-# KEYS: seq, history, current, deployment:<id>; ARGV: seq, activation JSON, history
-# limit, channel, message. Refuses when the deployment is gone or the seq is not newer
-# than the last one (a writer whose lock expired), so the record never goes backwards.
+# KEYS: seq, history, current, deployment:<id>, deployments; ARGV: seq, activation JSON,
+# history limit, channel, message, id. Refuses when the deployment is gone or the seq is
+# not newer than the last one (a writer whose lock expired), so the record never goes
+# backwards; lists the id again if the set lost it.
 ACTIVATE_SCRIPT = """
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return redis.error_reply('missing deployment')
@@ -104,6 +117,7 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) <= last then
   return redis.error_reply('stale seq ' .. last)
 end
+redis.call('SADD', KEYS[5], ARGV[6])
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
 redis.call('SET', KEYS[1], ARGV[1])
@@ -122,7 +136,8 @@ def _import_redis() -> Any:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password (``:pw@`` or ``?password=``), for messages and logs."""
+    url = re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.I)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -216,6 +231,7 @@ class RedisStore(Store):
         self._cache_ready = False
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._response_error: type[BaseException] = redis.ResponseError
+        self._auth_error: type[BaseException] = redis.AuthenticationError
         try:
             self._redis = redis.Redis.from_url(
                 url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT
@@ -236,6 +252,7 @@ class RedisStore(Store):
         self._pubsub_pid = 0
         self._seen: object = None
         self._down: str | None = None  # why the last attempt to reach Redis failed
+        self._down_at = 0.0
         self._outage_logged = False
         self._closed = False
         # The state a server read last (see keep_last_known): JSON-ready parts.
@@ -267,13 +284,24 @@ class RedisStore(Store):
 
     def _fail(self, exc: BaseException) -> NoReturn:
         """Turn a redis-py or socket error into a one-line :class:`StoreError`."""
+        reason = _reason(exc)
+        if isinstance(exc, self._auth_error) or any(m in reason for m in _AUTH_MARKERS):
+            # Reachable, but not for us: an outage all the same for a server.
+            self._down, self._down_at = reason, time.monotonic()
+            raise RedisUnreachable(
+                f"Redis at {self.location} refused the credentials: {reason}"
+            ) from None
         if isinstance(exc, self._response_error):
             raise StoreError(f"Redis at {self.location} refused a command: {exc}") from None
-        self._down = reason = _reason(exc)
+        self._down, self._down_at = reason, time.monotonic()
         raise RedisUnreachable(f"Cannot reach Redis at {self.location}: {reason}") from None
 
     @contextlib.contextmanager
     def _io(self) -> Iterator[None]:
+        if self._keep and self._down is not None and time.monotonic() - self._down_at < DOWN_RETRY:
+            # A server's reads right after one failed: a Redis that hangs would make
+            # each wait for the socket timeout. Answer from the last known state.
+            raise RedisUnreachable(f"Cannot reach Redis at {self.location}: {self._down}")
         try:
             yield
         except self._errors as exc:
@@ -368,6 +396,22 @@ class RedisStore(Store):
             with self._known_lock:
                 self._known_dirty = True  # the next poll tries again
 
+    # -- configuration ---------------------------------------------------------------------
+    def config_warnings(self) -> list[str]:
+        try:
+            with self._io():
+                info = self._redis.info("memory")
+        except StoreError:
+            return []  # unreachable, or INFO not allowed (a managed Redis): cannot tell
+        policy = str(info.get("maxmemory_policy", "noeviction"))
+        if int(info.get("maxmemory") or 0) == 0 or policy == "noeviction":
+            return []
+        return [
+            f"Redis at {self.location} evicts keys when full (maxmemory-policy {policy}):"
+            " deployments and their assets can vanish under running servers; set"
+            " maxmemory-policy noeviction (a full Redis then fails builds instead)"
+        ]
+
     # -- writers' setup --------------------------------------------------------------------
     def ensure_writable(self) -> None:
         with self._io():
@@ -458,6 +502,18 @@ class RedisStore(Store):
 
     def put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
         check_digest(digest)
+        try:
+            self._put_blob(digest, data, variants)
+        except RedisUnreachable as exc:
+            largest = max([len(data), *(len(v) for v in variants.values())])
+            if largest < LARGE_VALUE:
+                raise
+            raise RedisUnreachable(
+                f"{exc} (while storing a value of {largest / 2**20:.0f} MB: Redis refuses"
+                " values above its proto-max-bulk-len, 512 MB unless set lower)"
+            ) from None
+
+    def _put_blob(self, digest: str, data: bytes, variants: Mapping[str, bytes]) -> None:
         keys = {encoding: self._blob_key(digest, encoding) for encoding in variants}
         with self._io():
             known = self._parse_variants(self._redis.hget(self._key("blobs"), digest))
@@ -592,6 +648,8 @@ class RedisStore(Store):
         key = self._manifest_key(deployment.id)
         with self.lock(), self._io():
             if self._redis.exists(key):
+                # Published already; listed again if the set lost it.
+                self._redis.sadd(self._key("deployments"), deployment.id)
                 return False
             digests = sorted(deployment.digests())
             if digests:
@@ -648,8 +706,10 @@ class RedisStore(Store):
     def exists(self, deployment_id: str) -> bool:
         if not is_valid_id(deployment_id):
             return False
+        # The manifest, not the set: an id the set lost (or kept without its manifest,
+        # evicted) is what a build repairs.
         with self._io():
-            return bool(self._redis.sismember(self._key("deployments"), deployment_id))
+            return bool(self._redis.exists(self._manifest_key(deployment_id)))
 
     def delete_deployment(self, deployment_id: str) -> None:
         key = self._manifest_key(deployment_id)
@@ -706,6 +766,11 @@ class RedisStore(Store):
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"Corrupt activation record in {self.location}: {exc}") from None
 
+    def last_seq(self) -> int:
+        with self._io():
+            raw = self._redis.get(self._key("seq"))
+        return int(raw) if raw is not None else 0
+
     def _record_activation(self, activation: Activation) -> None:
         record = json.dumps(activation.to_json(), sort_keys=True)
         message = json.dumps({"id": activation.id, "seq": activation.seq})
@@ -714,11 +779,12 @@ class RedisStore(Store):
             self._key("history"),
             self._key("current"),
             self._manifest_key(activation.id),
+            self._key("deployments"),
         ]
         try:
             self._activate(
                 keys=keys,
-                args=[activation.seq, record, HISTORY_LIMIT, self.channel, message],
+                args=[activation.seq, record, HISTORY_LIMIT, self.channel, message, activation.id],
             )
         except self._response_error as exc:
             raise StoreError(f"Cannot activate {activation.id} in {self.location}: {exc}") from None

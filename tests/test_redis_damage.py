@@ -1,0 +1,196 @@
+"""A shared Redis store that lost keys, wants credentials, evicts or hangs.
+
+Each test damages the store the way an operator's Redis can (a key evicted or deleted,
+``requirepass`` set, ``maxmemory-policy allkeys-lru``, a server gone quiet), then checks
+that prune never deletes what the current deployment uses, that builds and activations
+repair what they can, and that every message says what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploysync import cli
+from deploysync.build import build
+from deploysync.serving import Runtime
+from deploysync.store import StoreError
+
+pytestmark = pytest.mark.redis
+
+SrcFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def store(redis_url: str, tmp_path: Path) -> Iterator[Any]:
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(redis_url, cache_dir=tmp_path / "cache")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[Any]:
+    """A plain client on the same database, to damage it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_prune_keeps_the_current_deployment_when_the_list_lost_it(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    current = build(site_src("v1"), store, activate=True).deployment
+    build(site_src("v2"), store)
+    raw.delete("deploysync:deployments")
+    # Still listed and served: it is current.
+    assert [info.id for info in store.list() if info.current] == [current.id]
+    runtime = Runtime(store)
+    try:
+        assert runtime.snapshot.current_id == current.id
+        assert set(runtime.snapshot.files) >= {a.name for a in current.assets.values()}
+    finally:
+        runtime.close()
+    store.prune(keep=1)
+    for digest in current.digests():
+        assert store.read_blob(digest)
+    # An activation lists it again.
+    store.activate(current.id)
+    assert current.id in store.ids()
+
+
+def test_an_id_whose_manifest_vanished_is_shown_rebuilt_and_pruned(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    build(site_src("v1"), store, activate=True)
+    src = site_src("v2")
+    lost = build(src, store).deployment.id
+    raw.delete(f"deploysync:deployment:{lost}")  # evicted
+    listed = {info.id: info.error for info in store.list()}
+    assert listed[lost] == "its manifest is missing"
+    # A build of the same folder publishes it again.
+    again = build(src, store)
+    assert again.created and again.deployment.id == lost
+    assert store.load(lost).id == lost
+    raw.delete(f"deploysync:deployment:{lost}")
+    result = store.prune(keep=5)
+    assert lost in result.deployments
+    assert lost not in store.ids()
+
+
+def test_an_activation_record_that_lost_entries_does_not_block_activations(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    first = build(site_src("v1"), store, activate=True).deployment.id
+    second = build(site_src("v2"), store, activate=True).deployment.id
+    raw.delete("deploysync:history")  # evicted
+    store.activate(first)
+    assert store.current() == first
+    store.activate(second)
+    assert [a.id for a in store.activations()] == [first, second]
+    assert store.activations()[-1].seq == 4
+
+
+def test_passwords_in_the_query_are_hidden() -> None:
+    from deploysync.store.redis import redact
+
+    assert redact("redis://127.0.0.1:6379/0?password=s3cret") == (
+        "redis://127.0.0.1:6379/0?password=***"
+    )
+    assert "s3cret" not in redact("unix:///run/redis.sock?db=1&Password=s3cret&x=1")
+    assert "s3cret" not in redact("redis://user:s3cret@127.0.0.1:6379/0")
+
+
+def test_wrong_credentials_are_named(redis_url: str, raw: Any, tmp_path: Path) -> None:
+    from deploysync.store.redis import RedisStore
+
+    raw.config_set("requirepass", "right")
+    try:
+        for url in (redis_url, redis_url.replace("redis://", "redis://:wrong@")):
+            store = RedisStore(url, cache_dir=tmp_path / "cache")
+            try:
+                with pytest.raises(StoreError) as caught:
+                    store.ids()
+            finally:
+                store.close()
+            message = str(caught.value)
+            assert "refused the credentials" in message, message
+            assert "wrong" not in message.split(":", 1)[1].split(" refused")[0]
+    finally:
+        raw.execute_command("AUTH", "right")
+        raw.config_set("requirepass", "")
+
+
+def test_an_evicting_redis_is_warned_about(redis_url: str, raw: Any, site_src: SrcFactory) -> None:
+    build_args = ("build", str(site_src("v1")), "--store", redis_url)
+    code, _, err = run_cli(*build_args)
+    assert code == 0 and "warning" not in err
+    raw.config_set("maxmemory", "512mb")
+    raw.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        for argv in (build_args, ("list", "--store", redis_url)):
+            code, _, err = run_cli(*argv)
+            assert code == 0
+            assert "deploysync: warning: Redis at" in err
+            assert "maxmemory-policy allkeys-lru" in err
+    finally:
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", "0")
+
+
+def test_a_server_does_not_wait_on_redis_twice_in_a_row(
+    redis_server: Any, store: Any, site_src: SrcFactory
+) -> None:
+    build(site_src("v1"), store, activate=True)
+    store.keep_last_known()
+    known = store.ids()
+    calls: list[str] = []
+    real = store._redis.smembers
+
+    def counted(*args: Any) -> Any:
+        calls.append("smembers")
+        return real(*args)
+
+    store._redis.smembers = counted
+    redis_server.stop()
+    try:
+        assert store.ids() == known  # tried Redis once, answered from the last state
+        assert calls == ["smembers"]
+        assert store.ids() == known  # right after: not tried again
+        assert calls == ["smembers"]
+    finally:
+        redis_server.start()
+
+
+def test_a_value_above_the_bulk_limit_is_named(
+    store: Any, raw: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploysync.store import redis as redis_store
+
+    monkeypatch.setattr(redis_store, "LARGE_VALUE", 1 << 20)
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "big.bin").write_bytes(bytes(range(256)) * (8 << 12))  # 8 MB
+    raw.config_set("proto-max-bulk-len", str(4 << 20))
+    try:
+        with pytest.raises(StoreError) as caught:
+            build(src, store, compress=False)
+    finally:
+        raw.config_set("proto-max-bulk-len", str(512 << 20))
+    assert "proto-max-bulk-len" in str(caught.value)
+    assert store.ids() == []

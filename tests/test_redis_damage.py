@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,21 @@ def test_a_value_above_the_bulk_limit_is_named(
         raw.config_set("proto-max-bulk-len", str(512 << 20))
     assert "proto-max-bulk-len" in str(caught.value)
     assert store.ids() == []
+
+
+def test_a_lost_blob_is_reported_as_one_missing_asset(
+    store: Any, raw: Any, site_src: SrcFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    deployment = build(site_src("v1"), store, activate=True).deployment
+    lost = deployment.assets["css/base.css"]
+    raw.delete(f"deploysync:blob:{lost.digest}")  # evicted
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        runtime = Runtime(store)
+    try:
+        assert runtime.snapshot.current_id == deployment.id
+        assert lost.name not in runtime.snapshot.files
+        assert deployment.assets["css/app.css"].name in runtime.snapshot.files
+    finally:
+        runtime.close()
+    told = [r.getMessage() for r in caplog.records if lost.name in r.getMessage()]
+    assert told and all(m.endswith("that asset answers 404 until it can be read") for m in told)

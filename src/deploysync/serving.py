@@ -279,7 +279,9 @@ class Runtime:
             script_path=self._client_path,
         )
 
-    def _report(self, message: str) -> None:
+    def _report(self, message: str, *, asset: bool = False) -> None:
+        """Log *message* once (until another one), with what is still served; *asset*:
+        it concerns one asset, which answers 404 while the rest is served."""
         if self.store.unreachable:
             # An outage: the store logs it once from the watcher, and its end (a command
             # that builds a runtime must not print what only a server would say).
@@ -287,7 +289,9 @@ class Runtime:
         if message != self._last_error:
             self._last_error = message
             serving = getattr(self, "snapshot", None)  # not yet while constructed
-            if serving is not None and serving.current_id is not None:
+            if asset:
+                logger.error("%s; that asset answers 404 until it can be read", message)
+            elif serving is not None and serving.current_id is not None:
                 logger.error("%s; still serving deployment %s", message, serving.current_id)
             else:
                 logger.error("%s; no deployment is served until it can be read", message)
@@ -419,7 +423,7 @@ class Runtime:
                 if variant is not None:
                     coded[encoding] = variant
         except (StoreError, OSError, UnicodeEncodeError, ValueError) as exc:
-            self._report(f"Cannot read asset {asset.name}: {exc}")
+            self._report(f"Cannot read asset {asset.name}: {exc}", asset=True)
             return None
         vary = bool(coded)
         if vary != bool(asset.encodings):
@@ -469,14 +473,15 @@ class Runtime:
         path = os.path.realpath(store.blob_path(asset.digest, encoding))
         if not path.startswith(root) or os.path.getsize(path) != size:
             self._report(
-                f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store"
+                f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store",
+                asset=True,
             )
             return None
         if size > MEMORY_LIMIT:
             return None, path
         data = store.read_blob(asset.digest, encoding)
         if not _matches(data, size, asset.digest if encoding is None else None):
-            self._report(f"Blob of {asset.name} does not match its manifest entry")
+            self._report(f"Blob of {asset.name} does not match its manifest entry", asset=True)
             return None
         return data, None
 
@@ -513,7 +518,8 @@ class Runtime:
                 continue  # removed meanwhile (a cache cleaner): fetch it again
             store.drop_copy(asset.digest, encoding)
         self._report(
-            f"Blob of {asset.name} ({encoding or 'identity'}) does not match its manifest entry"
+            f"Blob of {asset.name} ({encoding or 'identity'}) does not match its manifest entry",
+            asset=True,
         )
         return None
 

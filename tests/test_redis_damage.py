@@ -9,6 +9,7 @@ repair what they can, and that every message says what happened.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -213,3 +214,29 @@ def test_a_lost_blob_is_reported_as_one_missing_asset(
         runtime.close()
     told = [r.getMessage() for r in caplog.records if lost.name in r.getMessage()]
     assert told and all(m.endswith("that asset answers 404 until it can be read") for m in told)
+
+
+def test_a_build_writes_again_the_blobs_the_store_lost(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    big = "".join(f".rule-{i} {{ margin: {i}px }}\n" for i in range(200)).encode()
+    src = site_src("v1")
+    (src / "css" / "big.css").write_bytes(big)
+    deployment = build(src, store, activate=True).deployment
+    compressed = deployment.assets["css/big.css"]
+    assert set(compressed.encodings) >= {"gzip"}
+    plain = deployment.assets["css/base.css"]
+    raw.delete(f"deploysync:blob:{plain.digest}", f"deploysync:blob:{compressed.digest}:gzip")
+    lost = {plain.digest: plain.encodings, compressed.digest: compressed.encodings}
+    assert store.missing_blobs(lost) == set(lost)
+    # The same folder again: the deployment exists, its lost blobs come back.
+    result = build(src, store)
+    assert not result.created
+    assert result.stored_blobs == 2
+    assert store.missing_blobs(lost) == set()
+    assert gzip.decompress(store.read_blob(compressed.digest, "gzip")) == big
+    # A new deployment reusing a lost blob writes it again too.
+    raw.delete(f"deploysync:blob:{plain.digest}")
+    newer = build(site_src("v2"), store).deployment
+    assert newer.assets["css/base.css"].digest == plain.digest
+    assert store.read_blob(plain.digest) == (src / "css" / "base.css").read_bytes()

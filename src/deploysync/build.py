@@ -1062,7 +1062,9 @@ def _store(
     ident = deployment_id or derive_id_of_rows(static_url, rows, extra)
     with store.lock():
         if store.exists(ident):
-            return _existing(store, ident, files, kinds, static_url, activate, cache, step)
+            return _existing(
+                store, ident, files, kinds, static_url, activate, cache, step, brotli_quality
+            )
         new: list[_File] = []
         unsigned: list[_File] = []
         stamps: dict[str, str | None] = {}  # of the blobs whose cache entry is rewritten
@@ -1102,6 +1104,11 @@ def _store(
                 signatures[digest] = known[2]
             else:
                 unsigned.append(file)
+        # Listed but lost by the store itself (a Redis key evicted): written again.
+        lost = store.missing_blobs({d: tuple(v) for d, v in variants.items()})
+        if lost:
+            new += [unique[digest] for digest in sorted(lost)]
+            unsigned = [file for file in unsigned if file.digest not in lost]
 
         def prepare(batch: Sequence[_File]) -> list[tuple[_File, bytes, dict[str, bytes], str]]:
             prepared = []
@@ -1191,8 +1198,10 @@ def _existing(
     activate: bool,
     cache: BuildCache,
     step: Callable[[int], None],
+    brotli_quality: int = DEFAULT_BROTLI_QUALITY,
 ) -> BuildResult:
-    """A rebuild of what the store holds already: check it is the same, write nothing."""
+    """A rebuild of what the store holds already: check it is the same, write nothing
+    but the blobs the store lost by itself (a Redis key evicted)."""
     existing = store.load(ident)
     same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
     content = {(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)}
@@ -1200,6 +1209,19 @@ def _existing(
         raise BuildError(
             f"Deployment {ident!r} already exists in {store.location} with other"
             " content; choose another --id"
+        )
+    assets = {a.digest: a for a in existing.assets.values()}
+    lost = store.missing_blobs({d: tuple(a.encodings) for d, a in assets.items()})
+    for file in {f.digest: f for f in files if f.digest in lost}.values():
+        data = file.served()
+        # The variants as the manifest lists them: made again with the same settings
+        # they come out the same (a variant that does not stays missing).
+        wanted = assets[file.digest].encodings
+        encoded = precompress(data, brotli_quality) if wanted else {}
+        store.put_blob(
+            file.digest,
+            data,
+            {name: v for name, v in encoded.items() if wanted.get(name) == len(v)},
         )
     # What the next build may need again is kept in the cache, as the manifest has it.
     for asset in existing.assets.values():
@@ -1211,7 +1233,8 @@ def _existing(
     step(len(files))
     if activate:
         store.activate(ident)
-    return BuildResult(existing, False, 0, len(existing.digests()), activated=activate)
+    reused = len(assets) - len(lost)
+    return BuildResult(existing, False, len(lost), reused, activated=activate)
 
 
 def _base(store: Store, ident: str) -> list[str] | None:

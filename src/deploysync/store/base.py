@@ -153,6 +153,12 @@ class Store(ABC):
             self.on_wait()
 
     # -- blobs: content-addressed, written once, never modified ---------------------------
+    def missing_blobs(self, blobs: Mapping[str, Collection[str]]) -> set[str]:
+        """The digests of *blobs* (digest -> its encodings) whose bytes or one of those
+        variants the store lost by itself (a Redis key evicted); a directory store loses
+        nothing but to prune."""
+        return set()
+
     @abstractmethod
     def blob_variants(self, digest: str) -> Mapping[str, int] | None:
         """``None`` when the blob is absent; else its stored encodings and their sizes

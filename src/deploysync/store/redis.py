@@ -494,6 +494,21 @@ class RedisStore(Store):
         except (ValueError, TypeError, AttributeError):
             return {}
 
+    def missing_blobs(self, blobs: Mapping[str, Collection[str]]) -> set[str]:
+        keys = [
+            (digest, self._blob_key(digest, encoding))
+            for digest, encodings in sorted(blobs.items())
+            for encoding in (None, *encodings)
+        ]
+        if not keys:
+            return set()
+        with self._io():
+            pipe = self._redis.pipeline(transaction=False)
+            for _, key in keys:
+                pipe.exists(key)
+            found = pipe.execute()
+        return {digest for (digest, _), there in zip(keys, found, strict=True) if not there}
+
     def blob_variants(self, digest: str) -> Mapping[str, int] | None:
         check_digest(digest)
         with self._io():
@@ -522,8 +537,8 @@ class RedisStore(Store):
             pipe = self._redis.pipeline(transaction=True)
             for encoding, payload in variants.items():
                 pipe.set(keys[encoding], payload)
-            if known is None:
-                pipe.set(self._blob_key(digest), data)
+            # Always: the same bytes again, or a blob whose key was evicted restored.
+            pipe.set(self._blob_key(digest), data)
             pipe.hset(self._key("blobs"), digest, json.dumps(sizes, sort_keys=True))
             pipe.execute()
 

@@ -236,7 +236,7 @@ class Runtime:
         *prefix*: the URL path the app is mounted at (:func:`mount_prefix`); by default
         the one of the request the middleware is handling."""
         if prefix is None:
-            prefix = self.request_prefix.get() or ""
+            prefix = self.prefix()
         return self._tags(self.request_snapshot.get() or self.current(), prefix, nonce)
 
     def _tags(self, snapshot: Snapshot, prefix: str, nonce: str | None) -> str:

@@ -240,3 +240,16 @@ def test_a_build_writes_again_the_blobs_the_store_lost(
     newer = build(site_src("v2"), store).deployment
     assert newer.assets["css/base.css"].digest == plain.digest
     assert store.read_blob(plain.digest) == (src / "css" / "base.css").read_bytes()
+
+
+def test_a_server_gives_up_on_a_hanging_redis_sooner_than_a_command(store: Any) -> None:
+    from deploysync.store.redis import SERVER_SOCKET_TIMEOUT, SOCKET_TIMEOUT
+
+    kwargs = store._redis.connection_pool.connection_kwargs
+    assert kwargs["socket_timeout"] == SOCKET_TIMEOUT
+    store.keep_last_known()  # what a server's runtime does
+    store.ids()
+    assert kwargs["socket_timeout"] == SERVER_SOCKET_TIMEOUT < SOCKET_TIMEOUT
+    connection = store._redis.connection_pool.make_connection()
+    assert connection.socket_timeout == SERVER_SOCKET_TIMEOUT
+    connection.disconnect()

@@ -72,6 +72,8 @@ LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the 
 #: Connecting must fail fast: a CLI command reports an outage in a second or two.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 10.0
+#: The same for a server's reads (each socket read of a reply, not the whole reply).
+SERVER_SOCKET_TIMEOUT = 3.0
 #: After a failed read, a server answers from its last known state this long before
 #: trying Redis again (a hanging Redis would make every read wait SOCKET_TIMEOUT).
 DOWN_RETRY = 5.0
@@ -315,6 +317,9 @@ class RedisStore(Store):
     # -- the last known state, for servers -----------------------------------------------
     def keep_last_known(self) -> None:
         self._keep = True
+        # A server reads small keys and blobs in parts; a Redis that hangs is better
+        # given up on sooner than a command's writes of large values allow.
+        self._redis.connection_pool.connection_kwargs["socket_timeout"] = SERVER_SOCKET_TIMEOUT
 
     def _remember(self, part: str, value: Any) -> None:
         if not self._keep:

@@ -475,7 +475,7 @@ HTML = (b"content-type", b"text/html; charset=utf-8")
         ([HTML], "GET", 200, True),
         ([(b"Content-Type", b"TEXT/HTML")], "GET", 200, True),
         ([HTML], "POST", 404, True),
-        ([HTML], "HEAD", 200, False),
+        ([HTML], "HEAD", 200, True),
         ([HTML], "GET", 204, False),
         ([HTML], "GET", 304, False),
         ([HTML, (b"content-encoding", b"gzip")], "GET", 200, False),

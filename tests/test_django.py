@@ -771,3 +771,20 @@ def test_other_compressing_middleware_is_placed_like_gzip(
     assert check_ids() == []
     configure(django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, compression]})
     assert check_ids() == ["deploysync.W003"]
+
+
+def test_templates_placing_the_tags_need_no_compression_order(
+    deployed: Deployment, configure: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    from deploysync import core
+
+    gzip = "django.middleware.gzip.GZipMiddleware"
+    configure(INJECT=False, django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, gzip]})
+    assert check_ids() == []
+    core._told_compressed = False
+    with caplog.at_level(logging.WARNING, logger="deploysync"):
+        page = Client().get("/manual", headers={"Accept-Encoding": "gzip"})
+    assert page["Content-Encoding"] == "gzip"
+    assert not [r for r in caplog.records if "compressed" in r.getMessage()]
+    configure(django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, gzip]})
+    assert check_ids() == ["deploysync.W003"]

@@ -195,6 +195,9 @@ def test_mount_prefix() -> None:
     assert mount_prefix("/café") == "/caf%C3%A9"
     assert mount_prefix("/café".encode().decode("latin-1"), wsgi=True) == "/caf%C3%A9"
     assert mount_prefix("/50%") == "/50%25"
+    # Escapes already there stay: gunicorn passes SCRIPT_NAME still encoded.
+    assert mount_prefix("/caf%C3%A9", wsgi=True) == "/caf%C3%A9"
+    assert mount_prefix("/my%20app/x%zz") == "/my%20app/x%25zz"
 
 
 def test_flask_helpers_under_a_script_name(deployed: tuple[Path, Deployment]) -> None:

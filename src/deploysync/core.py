@@ -759,6 +759,7 @@ def edit_response(
     current_id: str | None,
     id_header: tuple[Header, ...] = (),
     conditional: Conditional | None = None,
+    injecting: bool = True,
 ) -> ResponseEdit | None:
     """Decide how an app's response is changed; ``None``: it passes through untouched.
 
@@ -768,7 +769,8 @@ def edit_response(
     a date cannot tell one deployment's page from another's. A response carrying
     ``X-Deploysync: off`` opts out: the header is removed and nothing else changes.
     *conditional* is what :func:`app_conditional` made of the request. *headers* may
-    have names in any case.
+    have names in any case. *injecting*: false when templates place the tags (only
+    then is a compressed page no loss worth a word).
     """
     content_type = b""
     opt_out = has_cache_control = False
@@ -825,8 +827,8 @@ def edit_response(
     out.extend(id_header or ((b"x-deployment-id", current_id.encode()),))
     # A part of the app's bytes (206) or a body the app compressed is left as it is.
     whole = status != 206 and not encoded
-    inject = whole and method != "HEAD" and status not in (204, 304)
-    if encoded and status == 200 and method != "HEAD":
+    inject = whole and status not in (204, 304)
+    if encoded and injecting and status == 200 and method != "HEAD":
         _compressed_page(encoded)
     if whole and (status != 304 or restored):
         # What the browser keeps is the page with this deployment's tags in it.
@@ -838,12 +840,14 @@ def edit_response(
         dropped.discard(-1)
         if dropped:
             out = [header for index, header in enumerate(out) if index not in dropped]
+    if inject and method == "HEAD":
+        # The length of the injected page is known only from its body, which a HEAD
+        # answer may not carry (RFC 9110 §9.3.2 lets it omit the field): better none
+        # than the app's. A body the app sends anyway is injected like a GET's, for a
+        # server that counts it (granian), and dropped by the server.
+        return ResponseEdit(out, True)
     if inject:
         return ResponseEdit(out, True, content_length)
-    if method == "HEAD" and whole and status not in (204, 304):
-        # The length of the injected page is known only from its body (RFC 9110 §9.3.2
-        # lets a HEAD answer omit such a field): better none than the app's.
-        return ResponseEdit(out, False)
     return ResponseEdit(_with_length(out, content_length), False)
 
 

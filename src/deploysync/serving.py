@@ -23,6 +23,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -689,6 +690,9 @@ def _matches(data: bytes, size: int, digest: str | None) -> bool:
     return len(data) == size and (digest is None or hashlib.sha256(data).hexdigest() == digest)
 
 
+_ESCAPE = re.compile(rb"(%[0-9A-Fa-f]{2})")
+
+
 def mount_prefix(root: str, *, wsgi: bool = False) -> str:
     """The URL path of an app mounted at *root*, percent-encoded, without a trailing "/".
 
@@ -698,10 +702,17 @@ def mount_prefix(root: str, *, wsgi: bool = False) -> str:
     root = root.rstrip("/")
     if not root:
         return ""
-    if wsgi:
-        with contextlib.suppress(UnicodeEncodeError):
-            return quote(root.encode("latin-1"), safe=URL_PATH_SAFE)
-    return quote(root, safe=URL_PATH_SAFE, errors="surrogateescape")
+    try:
+        raw = root.encode("latin-1" if wsgi else "utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not latin-1: not from a server following PEP 3333
+        raw = root.encode("utf-8", "surrogateescape")
+    # Escapes already there stay (gunicorn passes SCRIPT_NAME as the client sent it,
+    # still encoded; werkzeug's URLs keep them too); a "%" of no escape is encoded.
+    parts = _ESCAPE.split(raw)
+    return "".join(
+        part.decode("ascii") if index % 2 else quote(part, safe=URL_PATH_SAFE)
+        for index, part in enumerate(parts)
+    )
 
 
 def _store_root(store: Store) -> str | None:

@@ -27,7 +27,7 @@ deploysync.W005 the store has no current deployment yet (run ``collectstatic`` w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -51,6 +51,12 @@ MAY_PRECEDE = frozenset(
     }
 )
 GZIP = "django.middleware.gzip.GZipMiddleware"
+
+
+def _injects() -> bool:
+    """Whether the middleware adds the tags (not ``INJECT: False``, where templates do)."""
+    raw = getattr(settings, "DEPLOYSYNC", None)
+    return not isinstance(raw, Mapping) or bool(raw.get("INJECT", True))
 
 
 def _compresses(path: str) -> bool:
@@ -158,7 +164,7 @@ def check_middleware(app_configs: Sequence[Any] | None = None, **kwargs: Any) ->
             )
         )
     below = [m for m in middleware[position + 1 :] if _compresses(m)]
-    if below:
+    if below and _injects():
         messages.append(
             Warning(
                 f"{', '.join(below)} is below {MIDDLEWARE_PATH}: HTML reaches deploysync "

@@ -129,6 +129,7 @@ class DeploySyncMiddleware:
             snapshot.current_id,
             snapshot.id_header,
             conditional,
+            injecting=config.inject,
         )
         if edit is None:
             return response

@@ -253,3 +253,74 @@ def test_a_server_gives_up_on_a_hanging_redis_sooner_than_a_command(store: Any) 
     connection = store._redis.connection_pool.make_connection()
     assert connection.socket_timeout == SERVER_SOCKET_TIMEOUT
     connection.disconnect()
+
+
+def test_a_running_server_serves_a_blob_a_build_restored(
+    store: Any, raw: Any, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    src = site_src("v1")
+    (src / "css" / "big.css").write_text(
+        "".join(f".r{i} {{ margin: {i}px }}\n" for i in range(200))
+    )
+    deployment = build(src, store, activate=True).deployment
+    plain = deployment.assets["css/base.css"]
+    coded = deployment.assets["css/big.css"]
+    raw.delete(f"deploysync:blob:{plain.digest}", f"deploysync:blob:{coded.digest}:gzip")
+    runtime = Runtime(store.url, cache_dir=tmp_path / "server-cache")
+    try:
+        files = runtime.snapshot.files
+        assert plain.name not in files
+        # A lost variant: the asset is served without it meanwhile.
+        assert files[coded.name].gzip is None and files[coded.name].identity is not None
+        build(src, store)  # restores them, and tells the servers
+        assert runtime.refresh()
+        files = runtime.snapshot.files
+        assert plain.name in files
+        assert files[coded.name].gzip is not None
+    finally:
+        runtime.close()
+
+
+def test_prune_keeps_held_and_unlisted_deployments_when_the_list_lost_them(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    held = build(site_src("v1"), store).deployment
+    other = build(site_src("v2"), store).deployment
+    current = build(site_src("v3"), store, activate=True).deployment
+    store.hold(held.id)
+    raw.delete("deploysync:deployments")
+    listed = {info.id for info in store.list()}
+    assert listed == {held.id, other.id, current.id}
+    result = store.prune(keep=1)
+    # The newest and the current are one; the held one stays; the other goes whole.
+    assert result.deployments == (other.id,)
+    for deployment in (held, current):
+        for digest in deployment.digests():
+            assert store.read_blob(digest)
+    assert raw.exists(f"deploysync:deployment:{other.id}") == 0
+
+
+def test_activating_a_deployment_that_lost_blobs_is_refused(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    first = build(site_src("v1"), store, activate=True).deployment
+    second = build(site_src("v2"), store).deployment
+    lost = second.assets["js/app.js"]
+    raw.delete(f"deploysync:blob:{lost.digest}")
+    with pytest.raises(StoreError, match="1 of its blobs are missing"):
+        store.activate(second.id)
+    assert store.current() == first.id
+
+
+def test_the_eviction_warning_follows_the_command_and_its_error(redis_url: str, raw: Any) -> None:
+    raw.config_set("maxmemory", "512mb")
+    raw.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        code, _, err = run_cli("activate", "0123456789abcdef", "--store", redis_url)
+    finally:
+        raw.config_set("maxmemory-policy", "noeviction")
+        raw.config_set("maxmemory", "0")
+    assert code == 1
+    lines = err.splitlines()
+    assert lines[0].startswith("deploysync: error: Unknown deployment")
+    assert lines[1].startswith("deploysync: warning: Redis at")

@@ -1223,6 +1223,8 @@ def _existing(
             data,
             {name: v for name, v in encoded.items() if wanted.get(name) == len(v)},
         )
+    if lost:
+        store.announce(ident)  # servers that answered 404 for them read them again
     # What the next build may need again is kept in the cache, as the manifest has it.
     for asset in existing.assets.values():
         known = cache.get("blobs", asset.digest)

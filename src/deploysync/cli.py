@@ -115,8 +115,7 @@ def _open(args: argparse.Namespace, err: TextIO) -> Store:
         err.flush()
 
     store.on_wait = waiting
-    for message in store.config_warnings():
-        err.write(f"{PROG}: warning: {message}\n")
+    args.opened = store  # main() says what its configuration risks, once the command ran
     return store
 
 
@@ -365,6 +364,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     out, err = sys.stdout, sys.stderr
+    args: argparse.Namespace | None = None
     try:
         args = make_parser().parse_args(argv)
         handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
@@ -387,6 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.write(f"{PROG}: interrupted\n")
         return 130
+    finally:
+        # After the command's own output (and its error): a store that answered says
+        # what in its configuration puts deployments at risk (one that did not, nothing).
+        store = getattr(args, "opened", None)
+        if store is not None and not store.unreachable:
+            for message in store.config_warnings():
+                err.write(f"{PROG}: warning: {message}\n")
 
 
 def _one_line(exc: BaseException) -> str:

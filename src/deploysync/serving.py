@@ -366,7 +366,8 @@ class Runtime:
                     static = self._load_file(asset)
                     if static is None:
                         continue
-                    self._files[key] = static
+                    if _complete(static, asset):  # else tried again at the next read
+                        self._files[key] = static
                 used.add(key)
                 files[asset.name] = static
         for stale in set(self._files) - used:
@@ -415,17 +416,22 @@ class Runtime:
             identity = self._variant(asset, None, asset.size, etag_base, content_type, vary)
             if identity is None:
                 return None
-            coded: dict[str, core.Variant] = {}
-            for encoding, size in asset.encodings.items():
-                if encoding not in ("br", "gzip"):
-                    continue
-                tag = f"{etag_base}-{'br' if encoding == 'br' else 'gz'}"
-                variant = self._variant(asset, encoding, size, tag, content_type, vary)
-                if variant is not None:
-                    coded[encoding] = variant
         except (StoreError, OSError, UnicodeEncodeError, ValueError) as exc:
             self._report(f"Cannot read asset {asset.name}: {exc}", asset=True)
             return None
+        coded: dict[str, core.Variant] = {}
+        for encoding, size in asset.encodings.items():
+            if encoding not in ("br", "gzip"):
+                continue
+            tag = f"{etag_base}-{'br' if encoding == 'br' else 'gz'}"
+            try:
+                variant = self._variant(asset, encoding, size, tag, content_type, vary)
+            except (StoreError, OSError, ValueError) as exc:
+                # Served without it (identity or the other encoding) meanwhile.
+                self._report(f"Cannot read asset {asset.name} ({encoding}): {exc}", asset=True)
+                continue
+            if variant is not None:
+                coded[encoding] = variant
         vary = bool(coded)
         if vary != bool(asset.encodings):
             identity = self._variant(asset, None, asset.size, etag_base, content_type, vary)
@@ -688,6 +694,12 @@ def _on_disk(static: StaticFile) -> bool:
 def _matches(data: bytes, size: int, digest: str | None) -> bool:
     """Whether *data* has the manifest's *size* (and sha256 *digest*, for an identity)."""
     return len(data) == size and (digest is None or hashlib.sha256(data).hexdigest() == digest)
+
+
+def _complete(static: StaticFile, asset: Asset) -> bool:
+    """Whether *static* serves every variant the manifest lists for *asset*."""
+    found = {"gzip": static.gzip, "br": static.br}
+    return all(found.get(encoding, static) is not None for encoding in asset.encodings)
 
 
 _ESCAPE = re.compile(rb"(%[0-9A-Fa-f]{2})")

@@ -238,6 +238,16 @@ class Store(ABC):
     def activations(self) -> list[Activation]:
         """The activation record, oldest first; the last one is current."""
 
+    def announce(self, deployment_id: str) -> None:
+        """Make servers read *deployment_id* again: blobs it uses were written again
+        (a directory store cannot lose them, so there is nothing to say)."""
+        return None
+
+    def stray_ids(self) -> list[str]:
+        """Published deployments missing from :meth:`ids` (a Redis set that lost
+        members); looked for by the commands that must see every deployment."""
+        return []
+
     def config_warnings(self) -> list[str]:
         """What in the store's configuration puts deployments at risk (a Redis that
         evicts keys), for commands and servers to say; ``[]`` when it cannot tell."""
@@ -321,7 +331,13 @@ class Store(ABC):
         """Make *deployment_id* current (newer or older: a rollback is the same move)."""
         validate_id(deployment_id)
         with self.lock():
-            self.load(deployment_id)  # raises DeploymentNotFound
+            deployment = self.load(deployment_id)  # raises DeploymentNotFound
+            lost = self.missing_blobs({a.digest: a.encodings for a in deployment.assets.values()})
+            if lost:
+                raise StoreError(
+                    f"Cannot activate {deployment_id}: {len(lost)} of its blobs are missing from"
+                    f" {self.location}; build it again (the same folder restores them)"
+                )
             record = self.activations()
             # The probe's number too: an activation record that lost entries (a Redis
             # key evicted) must not give a number the store already used.
@@ -338,19 +354,19 @@ class Store(ABC):
         """Every readable deployment, newest first (by creation time, then id)."""
         return self._read_all()[0]
 
-    def _read_all(
-        self, current: str | None = None
-    ) -> tuple[list[Deployment], dict[str, str], list[str]]:
+    def _read_all(self, *also: str | None) -> tuple[list[Deployment], dict[str, str], list[str]]:
         """Every readable deployment, newest first; each unreadable one's id -> why; and
         the ids listed whose manifest is gone (a Redis key evicted).
 
-        The *current* deployment is read even when the list lost it.
+        Deployments the list lost are read too: those published but not listed
+        (:meth:`stray_ids`) and the ids in *also* (the current one, held ones).
         """
         found = []
         unreadable = {}
         vanished = []
         ids = self.ids()
-        extra = [current] if current is not None and current not in ids else []
+        listed = set(ids)
+        extra = sorted({i for i in (*self.stray_ids(), *also) if i is not None} - listed)
         for ident in [*ids, *extra]:
             try:
                 found.append(self.load(ident))
@@ -415,7 +431,7 @@ class Store(ABC):
         with self.lock():
             current = self.current()
             held = self.held()
-            deployments, unreadable, vanished = self._read_all(current)
+            deployments, unreadable, vanished = self._read_all(current, *held)
             if current is not None and current not in {d.id for d in deployments}:
                 unreadable.setdefault(current, "the current deployment's manifest is missing")
             if unreadable:

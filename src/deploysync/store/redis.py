@@ -723,6 +723,22 @@ class RedisStore(Store):
         self._remember("ids", ids)
         return ids
 
+    def stray_ids(self) -> list[str]:
+        prefix = self._key("deployment", "")
+        with self._io():
+            keys = list(self._redis.scan_iter(match=prefix + "*", count=1000))
+            members = self._redis.smembers(self._key("deployments"))
+        listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        found = ((k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys)
+        return sorted(i for i in found if is_valid_id(i) and i not in listed)
+
+    def announce(self, deployment_id: str) -> None:
+        with self._io():
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.incr(self._key("published"))
+            pipe.publish(self.channel, json.dumps({"published": deployment_id}))
+            pipe.execute()
+
     def exists(self, deployment_id: str) -> bool:
         if not is_valid_id(deployment_id):
             return False

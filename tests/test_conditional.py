@@ -251,15 +251,20 @@ def test_a_part_of_a_page_is_left_as_the_app_sent_it(
 def test_head_of_a_page_claims_no_length_it_would_not_have(
     make_any: Callable[..., Client], first: Deployment
 ) -> None:
-    spec = AppSpec(headers=[("Content-Type", "text/html"), ("ETag", '"h"')])
-    client = make_any(spec)
+    page = b"<!doctype html><html><head><title>t</title></head><body>b</body></html>"
+    headers = [("Content-Type", "text/html"), ("ETag", '"h"'), ("Content-Length", "71")]
+    client = make_any(AppSpec(headers=headers, chunks=[page]))
     get = client.get("/")
     head = client.request("HEAD", "/")
-    assert get.header("content-length") == str(len(get.body))
-    # The app's length is that of the page without the tags: better none (RFC 9110 §9.3.2).
-    assert head.header("content-length") is None
+    assert get.header("content-length") == str(len(get.body)) != "71"
+    # The app sent its body for HEAD too: it takes the tags, the length is the page's.
+    assert head.header("content-length") == get.header("content-length")
     assert head.header("etag") == get.header("etag") == f'"h.ds-{first.id}"'
     assert head.header("x-deployment-id") == first.id
+    # An app that sends no body for HEAD: the page's length is not known, the app's
+    # (without the tags) would be wrong: none (RFC 9110 §9.3.2).
+    bodiless = make_any(AppSpec(headers=headers, chunks=[]))
+    assert bodiless.request("HEAD", "/").header("content-length") is None
 
 
 # -- server specifics ------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The middleware under real servers: uvicorn (ASGI), gunicorn (WSGI) and granian (ASGI,
-with the pathsend extension), on 127.0.0.1.
+with the pathsend extension, and WSGI), on 127.0.0.1.
 
 Streaming injection with chunks cut inside ``<head>``, large files, and the hot switch: an
 activation made by another process is seen by the running servers without a restart, and
@@ -182,7 +182,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     path = os.pathsep.join(filter(None, [str(root / "app"), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "TEST_STORE": str(store), "PYTHONPATH": path}
     env.pop("DEPLOYSYNC_DEPLOYMENT", None)
-    ports = {"asgi": _free_port(), "wsgi": _free_port(), "granian": _free_port()}
+    ports = {
+        "asgi": _free_port(),
+        "wsgi": _free_port(),
+        "granian": _free_port(),
+        "granian-wsgi": _free_port(),
+    }
     commands = {
         "asgi": [
             sys.executable, "-m", "uvicorn", "served_app:asgi",
@@ -198,6 +203,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             sys.executable, "-m", "granian", "--interface", "asgi", "served_app:spied",
             "--host", "127.0.0.1", "--port", str(ports["granian"]), "--workers", "1",
             "--no-ws", "--log-level", "warning",
+        ],
+        # granian's WSGI side reads the status and headers as soon as the app returns.
+        "granian-wsgi": [
+            sys.executable, "-m", "granian", "--interface", "wsgi", "served_app:wsgi",
+            "--host", "127.0.0.1", "--port", str(ports["granian-wsgi"]), "--workers", "1",
+            "--log-level", "warning",
         ],
     }  # fmt: skip
     logs = {kind: open(root / f"{kind}.log", "wb") for kind in commands}  # noqa: SIM115
@@ -241,10 +252,12 @@ def _ids_and_link(response: httpx.Response) -> tuple[str | None, str | None, str
     )
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "granian-wsgi"])
 def test_streaming_injection(servers: Servers, kind: str) -> None:
     response = httpx.get(servers.urls[kind] + "/", timeout=5)
     assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache"
     assert response.content.count(b'name="deployment-id"') == 1
     assert response.content.startswith(
         b'<!DOCTYPE html>\n<!-- c --><html><head lang=en><meta name="deployment-id"'

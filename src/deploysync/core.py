@@ -750,6 +750,8 @@ class ResponseEdit:
     headers: list[Header]
     inject: bool
     content_length: int | None = None
+    # A HEAD answer: its length is known only if the app sent the page's body anyway.
+    head: bool = False
 
 
 def edit_response(
@@ -842,10 +844,10 @@ def edit_response(
             out = [header for index, header in enumerate(out) if index not in dropped]
     if inject and method == "HEAD":
         # The length of the injected page is known only from its body, which a HEAD
-        # answer may not carry (RFC 9110 §9.3.2 lets it omit the field): better none
-        # than the app's. A body the app sends anyway is injected like a GET's, for a
-        # server that counts it (granian), and dropped by the server.
-        return ResponseEdit(out, True)
+        # answer may not carry: the app's, grown by the tags when its body (sent anyway,
+        # as Starlette does) took them; else none (RFC 9110 §9.3.2 lets HEAD omit it).
+        # The server drops that body.
+        return ResponseEdit(out, True, content_length, head=True)
     if inject:
         return ResponseEdit(out, True, content_length)
     return ResponseEdit(_with_length(out, content_length), False)
@@ -877,6 +879,6 @@ def _with_length(headers: list[Header], length: int | None) -> list[Header]:
 def finish_headers(edit: ResponseEdit, added: int) -> list[Header]:
     """The headers to send once the injector decided it added *added* bytes."""
     headers = edit.headers
-    if edit.content_length is not None:
+    if edit.content_length is not None and (added or not edit.head):
         headers.append((b"content-length", b"%d" % (edit.content_length + added)))
     return headers

@@ -155,6 +155,7 @@ class Injector:
         "_name_end",
         "_pos",
         "_scan",
+        "_searched",
         "_seen",
         "_snippet",
         "_state",
@@ -172,6 +173,7 @@ class Injector:
         self._doc = False
         self._insert = -1
         self._scan = 0
+        self._searched = 0  # how many bytes were held when the meta was last looked for
         # The prolog item at _pos is incomplete: how far it has been read (the next chunk
         # resumes there instead of matching the item again from its start) and, for a
         # start tag, where its name ends and the state it was left in.
@@ -234,11 +236,16 @@ class Injector:
             self._insert = self._scan = found
             self._state = _IN_HEAD
         # In the head: wait for its end (or <body>), the end of the body or the
-        # lookahead limit; only then look for a deployment-id meta placed by the app, once
-        # (searching each chunk's part of an unfinished tag again would be quadratic).
+        # lookahead limit, then look for a deployment-id meta placed by the app. A head
+        # flushed early with such a meta goes out at once: held bytes are searched again
+        # each time they have doubled, not on every chunk (which would be quadratic).
         end_match = _HEAD_END_RE.search(buf, max(self._insert, self._scan - 16))
         if end_match is None and not final and len(buf) <= LOOKAHEAD:
             self._scan = len(buf)
+            if len(buf) >= 2 * self._searched:
+                self._searched = len(buf)
+                if _has_meta(buf, self._insert, len(buf)):
+                    return self._give_up()
             return b""
         limit = end_match.start() if end_match else len(buf)
         if _has_meta(buf, self._insert, limit):

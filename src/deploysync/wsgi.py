@@ -153,6 +153,7 @@ class _Response:
         "mw",
         "passthrough",
         "prefix",
+        "sent",
         "snapshot",
         "status",
         "upstream",
@@ -176,6 +177,7 @@ class _Response:
         self.snapshot = snapshot
         self.passthrough = False
         self.held = False
+        self.sent = False  # the server's start_response was called
         self.status = ""
         self.edit: core.ResponseEdit | None = None
         self.injector: Injector | None = None
@@ -203,7 +205,7 @@ class _Response:
         self.held = False
         self.injector = None
         if edit is None or not edit.inject:
-            self.passthrough = True
+            self.passthrough = self.sent = True
             out = headers if edit is None else _str_headers(edit.headers)
             self.write = (
                 self.upstream(status, out, exc_info) if exc_info else self.upstream(status, out)
@@ -222,6 +224,7 @@ class _Response:
         if not self.held or self.edit is None:
             return
         self.held = False
+        self.sent = True
         headers = _str_headers(core.finish_headers(self.edit, added))
         self.write = self.upstream(self.status, headers)
 
@@ -239,33 +242,57 @@ class _Response:
 
 
 class _Body:
-    """The app's iterable with the injection applied; ``close()`` reaches the app's."""
+    """The app's iterable with the injection applied; ``close()`` reaches the app's.
 
-    __slots__ = ("response", "result")
+    Made before the middleware returns, it reads the app's body until the headers are
+    final: PEP 3333 lets start_response wait for the first iteration, but some servers
+    (granian) read the status and headers as soon as the app returns. The lookahead is
+    bounded (64 KiB), so at most that much is read ahead.
+    """
+
+    __slots__ = ("ahead", "iterator", "response", "result")
 
     def __init__(self, response: _Response, result: Iterable[bytes]) -> None:
         self.response = response
         self.result = result
+        self.ahead: list[bytes] = []
+        self.iterator: Iterator[bytes] | None = iter(result)
+        try:
+            while not response.sent:
+                try:
+                    chunk = next(self.iterator)
+                except StopIteration:
+                    self.iterator = None
+                    break
+                self._take(chunk)
+            injector = response.injector
+            if self.iterator is None and response.held and injector is not None:
+                out = injector.finish()
+                response.release(injector.added)
+                if out:
+                    self.ahead.append(out)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take(self, chunk: bytes) -> None:
+        response = self.response
+        injector = response.injector
+        if not response.held or injector is None:
+            self.ahead.append(chunk)  # (a chunk before start_response: the server says)
+            return
+        # While undecided nothing goes out: yielding before start_response is final is
+        # not allowed by every server.
+        out = injector.feed(chunk)
+        if injector.decided:
+            response.release(injector.added)
+            self.ahead.append(out)
 
     def __iter__(self) -> Iterator[bytes]:
-        response = self.response
-        for chunk in self.result:
-            injector = response.injector
-            if not response.held or injector is None:
-                yield chunk
-                continue
-            # While undecided nothing is yielded: the lookahead is bounded (64 KiB),
-            # and yielding before start_response is final is not allowed by every server.
-            out = injector.feed(chunk)
-            if injector.decided:
-                response.release(injector.added)
-                yield out
-        injector = response.injector
-        if response.held and injector is not None:
-            out = injector.finish()
-            response.release(injector.added)
-            if out:
-                yield out
+        ahead, self.ahead = self.ahead, []
+        yield from ahead
+        if self.iterator is not None:
+            yield from self.iterator
 
     def close(self) -> None:
         close = getattr(self.result, "close", None)

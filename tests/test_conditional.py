@@ -190,6 +190,30 @@ def test_a_page_is_revalidated_until_a_deploy(
     assert after.header("etag") == f'"v1.ds-{second.id}"'
 
 
+@pytest.mark.parametrize(
+    "validators",
+    [[("If-None-Match", '"v1"')], [("If-Modified-Since", DATE)]],
+    ids=["etag", "date"],
+)
+def test_a_page_cached_before_it_carried_the_tags_is_sent_again(
+    clients: Callable[[Conditional], Client], first: Deployment, validators: list[tuple[str, str]]
+) -> None:
+    # The browser kept the app's page from before deploysync: its validators name no
+    # deployment. A page load gets the page (with the client); other requests (an API
+    # fetch of the same URL) keep their 304.
+    app = Conditional()
+    client = clients(app)
+    load = client.get("/", [*validators, ("Sec-Fetch-Dest", "document")])
+    assert app.seen[-1] == (None, None)
+    assert load.status == 200
+    assert f'content="{first.id}"'.encode() in load.body
+    navigation = client.get("/", [*validators, ("X-Deploysync", "navigate")])
+    assert navigation.status == 200
+    fetch = client.get("/", [*validators, ("Sec-Fetch-Dest", "empty")])
+    assert fetch.status == 304
+    assert app.seen[-1] != (None, None)
+
+
 def test_without_a_tag_a_date_cannot_keep_an_old_page(
     clients: Callable[[Conditional], Client], store: FileStore, first: Deployment
 ) -> None:

@@ -80,12 +80,10 @@ class DeploySync(Middleware[ASGIApp]):
         if plan is not None:
             await send_plan(plan, scope, send)
             return
-        conditional = None
-        if request.if_none_match is not None:
-            conditional = core.app_conditional(request.if_none_match, snapshot.current_id)
-            if conditional is not None:
-                headers = core.conditional_headers(scope["headers"], conditional)
-                scope = {**scope, "headers": headers}
+        conditional = core.request_conditional(request, snapshot.current_id)
+        if conditional is not None:
+            headers = core.conditional_headers(scope["headers"], conditional)
+            scope = {**scope, "headers": headers}
         # Read now: a Mount further in changes root_path in the scope it shares.
         prefix = mount_prefix(root) if root else ""
         responder = _Responder(self, scope, send, snapshot, conditional, prefix)

@@ -152,6 +152,9 @@ class Request:
     if_none_match: bytes | None = None
     navigate: bool = False
     page_id: str | None = None
+    # A page load (Sec-Fetch-Dest: document, iframe), and whether it sent If-Modified-Since.
+    document: bool = False
+    if_modified_since: bool = False
 
 
 _WANTED = {
@@ -159,9 +162,12 @@ _WANTED = {
     b"range",
     b"if-range",
     b"if-none-match",
+    b"if-modified-since",
+    b"sec-fetch-dest",
     b"x-deploysync",
     b"x-deployment-id",
 }
+_DOCUMENT_DESTS = (b"document", b"iframe", b"frame")
 
 
 # The CGI-style environ keys (PEP 3333, Django's ``request.META``) of the headers above.
@@ -229,6 +235,8 @@ def make_request(
         get(b"if-none-match"),
         navigate,
         page_id,
+        found.get(b"sec-fetch-dest", b"").strip().lower() in _DOCUMENT_DESTS,
+        b"if-modified-since" in found,
     )
 
 
@@ -449,6 +457,26 @@ def app_conditional(value: bytes, current_id: str | None) -> Conditional | None:
         else:
             stale = True
     return Conditional(b", ".join(kept) or None, current, stale)
+
+
+def request_conditional(request: Request, current_id: str | None) -> Conditional | None:
+    """How the request's validators reach the app; ``None``: unchanged (the common case).
+
+    :func:`app_conditional` for ``If-None-Match``; and a page load whose validators name
+    no deployment at all (an ETag or a date of a page cached before it carried the tags:
+    before deploysync was added) reaches the app without them, so the app sends the page
+    instead of a 304 that would keep the old one, without the client, in the browser.
+    """
+    if current_id is None:
+        return None
+    if request.if_none_match is not None:
+        conditional = app_conditional(request.if_none_match, current_id)
+        if conditional is not None or not (request.document or request.navigate):
+            return conditional
+        return Conditional(None, False, True)
+    if request.if_modified_since and (request.document or request.navigate):
+        return Conditional(None, False, True)
+    return None
 
 
 def conditional_headers(headers: Iterable[Header], conditional: Conditional) -> list[Header]:

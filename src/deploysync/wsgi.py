@@ -77,11 +77,9 @@ class DeploySync(Middleware[WSGIApp]):
         plan = core.decide(request, snapshot, self._static_path)
         if plan is not None:
             return _respond(plan, method, environ, start_response)
-        conditional = None
-        if request.if_none_match is not None:
-            conditional = core.app_conditional(request.if_none_match, snapshot.current_id)
-            if conditional is not None:
-                core.conditional_environ(environ, conditional)
+        conditional = core.request_conditional(request, snapshot.current_id)
+        if conditional is not None:
+            core.conditional_environ(environ, conditional)
         # Read now: a dispatcher further in changes SCRIPT_NAME in the environ it shares.
         script_name = environ.get("SCRIPT_NAME")
         prefix = mount_prefix(script_name, wsgi=True) if script_name else ""

@@ -36,13 +36,13 @@ from ...core import (
     FileRange,
     Plan,
     Snapshot,
-    app_conditional,
     conditional_environ,
     decide,
     edit_response,
     environ_headers,
     finish_headers,
     make_request,
+    request_conditional,
 )
 from ...inject import Injector
 from ...serving import restore_files
@@ -102,9 +102,9 @@ class DeploySyncMiddleware:
         )
         plan = decide(core_request, snapshot, runtime.static_path)
         conditional = None
-        if plan is None and core_request.if_none_match is not None:
+        if plan is None:
             # The views (and ConditionalGetMiddleware) compare the page's own tag.
-            conditional = app_conditional(core_request.if_none_match, snapshot.current_id)
+            conditional = request_conditional(core_request, snapshot.current_id)
             if conditional is not None:
                 conditional_environ(request.META, conditional)
         return snapshot, config, plan, conditional

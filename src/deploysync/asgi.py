@@ -80,20 +80,20 @@ class DeploySync(Middleware[ASGIApp]):
         if plan is not None:
             await send_plan(plan, scope, send)
             return
-        conditional = core.request_conditional(request, snapshot.current_id)
-        if conditional is not None:
-            headers = core.conditional_headers(scope["headers"], conditional)
-            scope = {**scope, "headers": headers}
+        conditional = None
+        if request.if_none_match is not None or request.if_modified_since:
+            conditional = core.request_conditional(request, snapshot.current_id)
+            if conditional is not None:
+                headers = core.conditional_headers(scope["headers"], conditional)
+                scope = {**scope, "headers": headers}
         # Read now: a Mount further in changes root_path in the scope it shares.
         prefix = mount_prefix(root) if root else ""
         responder = _Responder(self, scope, send, snapshot, conditional, prefix)
-        token = self._request_snapshot.set(snapshot)
-        prefix_token = self._request_prefix.set(prefix)
+        token = self._request_state.set((snapshot, prefix))
         try:
             await self.app(scope, receive, responder.send)
         finally:
-            self._request_prefix.reset(prefix_token)
-            self._request_snapshot.reset(token)
+            self._request_state.reset(token)
         await responder.close()
 
 

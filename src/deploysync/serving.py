@@ -134,15 +134,13 @@ class Runtime:
         self._watching = False
         _RUNTIMES.add(self)
         self._client_path, self._client = _client_file()
-        # The snapshot of the request being handled, so url() and head_tags() called by
-        # the app render against the deployment the middleware announces for it.
-        self.request_snapshot: contextvars.ContextVar[Snapshot | None] = contextvars.ContextVar(
-            f"deploysync_snapshot_{id(self):x}", default=None
-        )
-        # The URL path the app is mounted at, as the middleware saw it when the request
-        # came in (a sub-app's mount changes root_path / SCRIPT_NAME further in).
-        self.request_prefix: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-            f"deploysync_prefix_{id(self):x}", default=None
+        # The request being handled: the snapshot the middleware answers it with (so
+        # url() and head_tags() called by the app render against the deployment announced
+        # for it) and the URL path the app is mounted at, as the middleware saw it when
+        # the request came in (a sub-app's mount changes root_path / SCRIPT_NAME further
+        # in). One variable: it is set and reset for every request.
+        self.request_state: contextvars.ContextVar[tuple[Snapshot, str] | None] = (
+            contextvars.ContextVar(f"deploysync_request_{id(self):x}", default=None)
         )
         self._snippets: dict[str, bytes] = {}
         self._snippets_for: Snapshot | None = None
@@ -178,7 +176,7 @@ class Runtime:
         """The current deployment (``None`` before the first, or pinned to one not built).
 
         During a request, the one the middleware announces for that request."""
-        return (self.request_snapshot.get() or self.current()).deployment
+        return self._snapshot().deployment
 
     @property
     def client_path(self) -> str:
@@ -192,7 +190,8 @@ class Runtime:
         asset must never turn a page into a 500).
         """
         key = logical_path.lstrip("/")
-        snapshot = self.request_snapshot.get() or self.current()
+        state = self.request_state.get()
+        snapshot, prefix = state if state is not None else (self.current(), "")
         found = snapshot.urls.get(key)
         if found is None:
             if self.strict:
@@ -201,21 +200,25 @@ class Runtime:
                     f" of {self.store.location}"
                 )
             found = self.static_url + url_path(key)
-        prefix = self.request_prefix.get()
         return prefix + found if prefix and found.startswith("/") else found
 
     def name(self, logical_path: str) -> str | None:
         """The hashed name of *logical_path* below the static prefix (what :meth:`url`
         gives, before URL encoding); ``None`` when the current deployment lacks it."""
-        deployment = (self.request_snapshot.get() or self.current()).deployment
+        deployment = self._snapshot().deployment
         asset = deployment.assets.get(logical_path.lstrip("/")) if deployment else None
         return asset.name if asset is not None else None
 
     def prefix(self, root: str = "", *, wsgi: bool = False) -> str:
         """The URL path the app is mounted at: during a request, as the middleware saw it
         when the request came in; else that of *root* (see :func:`mount_prefix`)."""
-        prefix = self.request_prefix.get()
-        return mount_prefix(root, wsgi=wsgi) if prefix is None else prefix
+        state = self.request_state.get()
+        return mount_prefix(root, wsgi=wsgi) if state is None else state[1]
+
+    def _snapshot(self) -> Snapshot:
+        """The snapshot of the request being handled, else the current one."""
+        state = self.request_state.get()
+        return state[0] if state is not None else self.current()
 
     def snippet(self, snapshot: Snapshot, prefix: str = "", nonce: str | None = None) -> bytes:
         """The injected ``<head>`` tags of *snapshot* for an app mounted at *prefix* (a
@@ -238,7 +241,7 @@ class Runtime:
         the one of the request the middleware is handling."""
         if prefix is None:
             prefix = self.prefix()
-        return self._tags(self.request_snapshot.get() or self.current(), prefix, nonce)
+        return self._tags(self._snapshot(), prefix, nonce)
 
     def _tags(self, snapshot: Snapshot, prefix: str, nonce: str | None) -> str:
         if snapshot.current_id is None:
@@ -829,8 +832,7 @@ class Middleware(Generic[AppT]):
         )
         self.nonce = nonce
         self._static_path = self.runtime.static_path
-        self._request_snapshot = self.runtime.request_snapshot
-        self._request_prefix = self.runtime.request_prefix
+        self._request_state = self.runtime.request_state
 
     def url(self, logical_path: str) -> str:
         """The hashed URL of *logical_path* in the current deployment."""

@@ -77,20 +77,20 @@ class DeploySync(Middleware[WSGIApp]):
         plan = core.decide(request, snapshot, self._static_path)
         if plan is not None:
             return _respond(plan, method, environ, start_response)
-        conditional = core.request_conditional(request, snapshot.current_id)
-        if conditional is not None:
-            core.conditional_environ(environ, conditional)
+        conditional = None
+        if request.if_none_match is not None or request.if_modified_since:
+            conditional = core.request_conditional(request, snapshot.current_id)
+            if conditional is not None:
+                core.conditional_environ(environ, conditional)
         # Read now: a dispatcher further in changes SCRIPT_NAME in the environ it shares.
         script_name = environ.get("SCRIPT_NAME")
         prefix = mount_prefix(script_name, wsgi=True) if script_name else ""
         response = _Response(self, environ, start_response, snapshot, conditional, prefix)
-        token = self._request_snapshot.set(snapshot)
-        prefix_token = self._request_prefix.set(prefix)
+        token = self._request_state.set((snapshot, prefix))
         try:
             result = self.app(environ, response.start_response)
         finally:
-            self._request_prefix.reset(prefix_token)
-            self._request_snapshot.reset(token)
+            self._request_state.reset(token)
         if response.passthrough:
             return result  # untouched: a file_wrapper the app returned stays one
         return _Body(response, result)

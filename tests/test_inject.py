@@ -246,6 +246,17 @@ def test_any_chunking_gives_the_answer_of_one_chunk() -> None:
         assert run([doc[i : i + 1] for i in range(len(doc))]) == run([doc]), doc
 
 
+@pytest.mark.parametrize(
+    "before", [b"<style>" + b"x" * LOOKAHEAD + b"</style>", b""], ids=["long-head", "short"]
+)
+def test_a_meta_past_the_lookahead_counts_the_same_whatever_the_chunks(before: bytes) -> None:
+    doc = b"<!doctype html><html><head>" + before + b"<meta name=deployment-id></head><body>"
+    whole = inject_whole(doc, SNIP)
+    assert whole[1] is bool(before)  # past the lookahead: not seen, the tags go in
+    assert run([doc]) == whole
+    assert run([doc[i : i + 4096] for i in range(0, len(doc), 4096)]) == whole
+
+
 # -- the app's own deployment-id meta: found in one reading ------------------------------
 
 # What the meta search answered when it was one regex (quadratic on unclosed tags).

@@ -247,7 +247,9 @@ class Injector:
                 if _has_meta(buf, self._insert, len(buf)):
                     return self._give_up()
             return b""
-        limit = end_match.start() if end_match else len(buf)
+        # The meta is looked for up to the lookahead past the insertion point, as in
+        # inject_whole, whatever the chunks.
+        limit = min(end_match.start() if end_match else len(buf), self._insert + LOOKAHEAD)
         if _has_meta(buf, self._insert, limit):
             return self._give_up()
         return self._inject()

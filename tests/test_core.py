@@ -542,13 +542,18 @@ def test_no_deployment_means_no_edit() -> None:
 def test_a_compressed_page_is_told_once(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(core, "_told_compressed", False)
+    from deploysync import serving
+
+    monkeypatch.setattr(serving, "_told_compressed", False)
     headers = [(b"Content-Type", b"text/html"), (b"Content-Encoding", b"br")]
     with caplog.at_level(logging.WARNING, logger="deploysync"):
         for _ in range(3):
             edit = core.edit_response("GET", 200, headers, "abc")
-            assert edit is not None and not edit.inject
-        core.edit_response("GET", 200, [(b"Content-Type", b"text/css"), *headers[1:]], "abc")
+            assert edit is not None and not edit.inject and edit.compressed == b"br"
+            serving.tell_compressed(edit)
+        css = core.edit_response("GET", 200, [(b"Content-Type", b"text/css"), *headers[1:]], "abc")
+        assert css is None
+        serving.tell_compressed(css)
     told = [r.getMessage() for r in caplog.records]
     assert len(told) == 1
     assert "already compressed (Content-Encoding: br)" in told[0]

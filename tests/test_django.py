@@ -776,12 +776,12 @@ def test_other_compressing_middleware_is_placed_like_gzip(
 def test_templates_placing_the_tags_need_no_compression_order(
     deployed: Deployment, configure: Callable[..., None], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from deploysync import core
+    from deploysync import serving
 
     gzip = "django.middleware.gzip.GZipMiddleware"
     configure(INJECT=False, django_settings={"MIDDLEWARE": [SECURITY, MIDDLEWARE_PATH, gzip]})
     assert check_ids() == []
-    core._told_compressed = False
+    serving._told_compressed = False
     with caplog.at_level(logging.WARNING, logger="deploysync"):
         page = Client().get("/manual", headers={"Accept-Encoding": "gzip"})
     assert page["Content-Encoding"] == "gzip"

@@ -197,7 +197,8 @@ def test_mount_prefix() -> None:
     assert mount_prefix("/50%") == "/50%25"
     # Escapes already there stay: gunicorn passes SCRIPT_NAME still encoded.
     assert mount_prefix("/caf%C3%A9", wsgi=True) == "/caf%C3%A9"
-    assert mount_prefix("/my%20app/x%zz") == "/my%20app/x%25zz"
+    assert mount_prefix("/my%20app/x%zz", wsgi=True) == "/my%20app/x%25zz"
+    assert mount_prefix("/100%41") == "/100%2541"  # ASGI: decoded, "%" is a character
 
 
 def test_flask_helpers_under_a_script_name(deployed: tuple[Path, Deployment]) -> None:
@@ -217,5 +218,27 @@ def test_flask_helpers_under_a_script_name(deployed: tuple[Path, Deployment]) ->
         assert urls["script"].startswith("/app/_deploysync/client-")
         # Manual placement: the middleware sees the tags and adds no second copy.
         assert html.count("data-deploysync") == 1
+    finally:
+        ext.middleware(flask_app).close()
+
+
+def test_flask_streamed_template_under_a_script_name(deployed: tuple[Path, Deployment]) -> None:
+    from flask import stream_template_string
+
+    store, deployment = deployed
+    flask_app = Flask(__name__)
+    flask_app.config["DEPLOYSYNC_STORE"] = str(store)
+    ext = FlaskDeploySync(flask_app)
+
+    @flask_app.get("/")
+    def index() -> Any:
+        # Rendered while the server iterates, after the app (and the middleware) returned.
+        return stream_template_string(TEMPLATE)
+
+    try:
+        html = WerkzeugClient(flask_app).get("/", base_url="http://localhost/app/").text
+        urls = tag_urls(html)
+        assert urls["asset"] == "/app" + deployment.url("css/app.css")
+        assert urls["script"].startswith("/app/_deploysync/client-")
     finally:
         ext.middleware(flask_app).close()

@@ -47,6 +47,12 @@ def raw(redis_url: str) -> Iterator[Any]:
     client.close()
 
 
+def write_big_css(src: Path) -> None:
+    """A stylesheet large enough to get precompressed variants."""
+    rules = "".join(f".r{i} {{ margin: {i}px }}\n" for i in range(200))
+    (src / "css" / "big.css").write_text(rules)
+
+
 def run_cli(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -259,9 +265,7 @@ def test_a_running_server_serves_a_blob_a_build_restored(
     store: Any, raw: Any, site_src: SrcFactory, tmp_path: Path
 ) -> None:
     src = site_src("v1")
-    (src / "css" / "big.css").write_text(
-        "".join(f".r{i} {{ margin: {i}px }}\n" for i in range(200))
-    )
+    write_big_css(src)
     deployment = build(src, store, activate=True).deployment
     plain = deployment.assets["css/base.css"]
     coded = deployment.assets["css/big.css"]
@@ -324,3 +328,76 @@ def test_the_eviction_warning_follows_the_command_and_its_error(redis_url: str, 
     lines = err.splitlines()
     assert lines[0].startswith("deploysync: error: Unknown deployment")
     assert lines[1].startswith("deploysync: warning: Redis at")
+
+
+def test_a_failed_build_keeps_the_blobs_it_was_restoring(
+    store: Any, raw: Any, site_src: SrcFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = site_src("v1")
+    write_big_css(src)
+    current = build(src, store, activate=True).deployment
+    big = current.assets["css/big.css"]
+    raw.delete(f"deploysync:blob:{big.digest}:gzip")  # evicted
+    (src / "extra.txt").write_text("a new file")
+
+    def full(*args: Any, **kwargs: Any) -> bool:
+        raise StoreError("OOM command not allowed when used memory > 'maxmemory'")
+
+    monkeypatch.setattr(store, "publish", full)
+    with pytest.raises(StoreError, match="OOM"):
+        build(src, store)
+    # The blob the failed build was writing again is the current deployment's: kept.
+    assert store.read_blob(big.digest)
+    assert store.missing_blobs({big.digest: ()}) == set()
+
+
+def test_an_asset_that_failed_to_load_is_tried_again(
+    store: Any, site_src: SrcFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build(site_src("v1"), store, activate=True)
+    runtime = Runtime(store.url, cache_dir=tmp_path / "server-cache")
+    try:
+        newer = build(site_src("v2"), store, activate=True).deployment
+        real = runtime.store.blob_path
+        failing = {"left": 1}
+
+        def hiccup(digest: str, encoding: str | None = None) -> str:
+            if failing["left"]:
+                failing["left"] -= 1
+                raise StoreError("Cannot reach Redis at ...: Connection reset by peer")
+            return real(digest, encoding)
+
+        monkeypatch.setattr(runtime.store, "blob_path", hiccup)
+        runtime.refresh()
+        names = {a.name for a in newer.assets.values()}
+        assert runtime.snapshot.current_id == newer.id
+        assert not names <= set(runtime.snapshot.files)  # one failed this time
+        runtime.refresh()  # the store did not change: read again all the same
+        assert names <= set(runtime.snapshot.files)
+    finally:
+        runtime.close()
+
+
+def test_a_deployment_that_lost_a_variant_can_still_be_activated(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    src = site_src("v1")
+    write_big_css(src)
+    first = build(src, store, activate=True).deployment
+    build(site_src("v2"), store, activate=True)
+    big = first.assets["css/big.css"]
+    raw.delete(f"deploysync:blob:{big.digest}:gzip")  # its bytes stay: served without it
+    store.activate(first.id)
+    assert store.current() == first.id
+
+
+def test_a_server_pinned_to_a_deployment_not_built_yet_serves_the_others(
+    store: Any, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    built = build(site_src("v1"), store, activate=True).deployment
+    runtime = Runtime(store.url, deployment="0123456789abcdef", cache_dir=tmp_path / "c")
+    try:
+        assert runtime.snapshot.current_id == "0123456789abcdef"
+        assert {a.name for a in built.assets.values()} <= set(runtime.snapshot.files)
+    finally:
+        runtime.close()

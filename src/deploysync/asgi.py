@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 from . import core
 from .inject import Injector, inject_whole
-from .serving import Middleware, mount_prefix, resolve_nonce, restore_files
+from .serving import Middleware, mount_prefix, resolve_nonce, restore_files, tell_compressed
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -155,6 +155,7 @@ class _Responder:
                 self.passthrough = True
                 await self.upstream(message)
             elif not edit.inject:
+                tell_compressed(edit)
                 self.passthrough = True
                 await self.upstream({**message, "headers": edit.headers})
             else:

@@ -1131,7 +1131,8 @@ def _store(
             new.sort(key=lambda f: f.size, reverse=True)
             for batch in _in_order(pool, prepare, _batches(new, 8), ahead=2 * workers):
                 for file, data, encoded, value in batch:
-                    written.append(file.digest)  # a failing write may leave a part
+                    if file.digest not in lost:  # (a restored blob is others' too)
+                        written.append(file.digest)  # a failing write may leave a part
                     store.put_blob(file.digest, data, encoded)
                     variants[file.digest] = {name: len(encoded[name]) for name in sorted(encoded)}
                     signatures[file.digest] = value

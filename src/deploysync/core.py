@@ -13,7 +13,6 @@ the WSGI adapter converts (latin-1, PEP 3333) at its edge.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import secrets
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
@@ -22,8 +21,6 @@ from types import MappingProxyType
 from typing import Any
 
 from .manifest import Deployment, is_valid_id
-
-logger = logging.getLogger("deploysync")
 
 Header = tuple[bytes, bytes]
 Headers = Sequence[Header]
@@ -152,9 +149,16 @@ class Request:
     if_none_match: bytes | None = None
     navigate: bool = False
     page_id: str | None = None
-    # A page load (Sec-Fetch-Dest: document, iframe), and whether it sent If-Modified-Since.
-    document: bool = False
+    # Sec-Fetch-Dest (a page load: document, iframe), looked at only with validators,
+    # and whether the request sent If-Modified-Since.
+    fetch_dest: bytes | None = None
     if_modified_since: bool = False
+
+    @property
+    def document(self) -> bool:
+        """A page load (``Sec-Fetch-Dest: document``, ``iframe``)."""
+        dest = self.fetch_dest
+        return dest is not None and dest.strip().lower() in _DOCUMENT_DESTS
 
 
 _WANTED = {
@@ -235,7 +239,7 @@ def make_request(
         get(b"if-none-match"),
         navigate,
         page_id,
-        found.get(b"sec-fetch-dest", b"").strip().lower() in _DOCUMENT_DESTS,
+        get(b"sec-fetch-dest"),
         b"if-modified-since" in found,
     )
 
@@ -780,6 +784,8 @@ class ResponseEdit:
     content_length: int | None = None
     # A HEAD answer: its length is known only if the app sent the page's body anyway.
     head: bool = False
+    # A page the app sent compressed (its Content-Encoding): the tags cannot go in.
+    compressed: bytes = b""
 
 
 def edit_response(
@@ -789,7 +795,6 @@ def edit_response(
     current_id: str | None,
     id_header: tuple[Header, ...] = (),
     conditional: Conditional | None = None,
-    injecting: bool = True,
 ) -> ResponseEdit | None:
     """Decide how an app's response is changed; ``None``: it passes through untouched.
 
@@ -799,8 +804,8 @@ def edit_response(
     a date cannot tell one deployment's page from another's. A response carrying
     ``X-Deploysync: off`` opts out: the header is removed and nothing else changes.
     *conditional* is what :func:`app_conditional` made of the request. *headers* may
-    have names in any case. *injecting*: false when templates place the tags (only
-    then is a compressed page no loss worth a word).
+    have names in any case. A page the app compressed comes back with its coding in
+    ``compressed`` (no tags can go in; the adapters say so once).
     """
     content_type = b""
     opt_out = has_cache_control = False
@@ -858,8 +863,6 @@ def edit_response(
     # A part of the app's bytes (206) or a body the app compressed is left as it is.
     whole = status != 206 and not encoded
     inject = whole and status not in (204, 304)
-    if encoded and injecting and status == 200 and method != "HEAD":
-        _compressed_page(encoded)
     if whole and (status != 304 or restored):
         # What the browser keeps is the page with this deployment's tags in it.
         if etag_at >= 0:
@@ -878,24 +881,10 @@ def edit_response(
         return ResponseEdit(out, True, content_length, head=True)
     if inject:
         return ResponseEdit(out, True, content_length)
-    return ResponseEdit(_with_length(out, content_length), False)
-
-
-_told_compressed = False
-
-
-def _compressed_page(coding: bytes) -> None:
-    """Say once per process that the app compresses its pages itself."""
-    global _told_compressed
-    if _told_compressed:
-        return
-    _told_compressed = True
-    logger.warning(
-        "deploysync: an HTML page came from the app already compressed (Content-Encoding:"
-        " %s), so its deployment tags could not be added; compress outside the deploysync"
-        " middleware (a compressing middleware around it, or the proxy) instead",
-        coding.decode("latin-1"),
-    )
+    edit = ResponseEdit(_with_length(out, content_length), False)
+    if encoded and status == 200 and method != "HEAD":
+        edit.compressed = encoded
+    return edit
 
 
 def _with_length(headers: list[Header], length: int | None) -> list[Header]:

@@ -46,7 +46,7 @@ from .manifest import (
     url_path,
     validate_id,
 )
-from .store import CacheError, Store, StoreError, open_store
+from .store import CacheError, DeploymentNotFound, Store, StoreError, open_store
 from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
@@ -283,9 +283,9 @@ class Runtime:
             script_path=self._client_path,
         )
 
-    def _report(self, message: str, *, asset: bool = False) -> None:
-        """Log *message* once (until another one), with what is still served; *asset*:
-        it concerns one asset, which answers 404 while the rest is served."""
+    def _report(self, message: str, *, then: str | None = None) -> None:
+        """Log *message* once (until another one), with what is still served, or *then*
+        (what follows for one asset while the rest is served)."""
         if self.store.unreachable:
             # An outage: the store logs it once from the watcher, and its end (a command
             # that builds a runtime must not print what only a server would say).
@@ -293,8 +293,8 @@ class Runtime:
         if message != self._last_error:
             self._last_error = message
             serving = getattr(self, "snapshot", None)  # not yet while constructed
-            if asset:
-                logger.error("%s; that asset answers 404 until it can be read", message)
+            if then is not None:
+                logger.error("%s; %s", message, then)
             elif serving is not None and serving.current_id is not None:
                 logger.error("%s; still serving deployment %s", message, serving.current_id)
             else:
@@ -313,12 +313,14 @@ class Runtime:
         # The current (or pinned) deployment is read even when the list lost it (a
         # Redis set evicted or deleted): its pages are out there.
         current_id = self.pinned or (activations[-1].id if activations else None)
+        listed = ids
         if current_id is not None:
             ids |= {current_id}
         state = (token, ids)
         if state == self._state:
             return None
-        if not activations and self._state is not None and self.snapshot.current_id is not None:
+        serving = getattr(self, "snapshot", None)  # not yet while constructed
+        if not activations and serving is not None and serving.deployment is not None:
             # An activation record never shrinks to nothing: a store that reads as empty
             # after having a current deployment was lost (a Redis restarted without its
             # data, a wiped folder). Serving nothing would break every open page.
@@ -331,10 +333,13 @@ class Runtime:
         for ident in sorted(ids - set(self._deployments)):
             try:
                 self._deployments[ident] = store.load(ident)
+            except DeploymentNotFound:
+                if ident in listed:  # else pinned to one not built (yet)
+                    self._report(f"Deployment {ident} is missing from {store.location}")
             except (StoreError, OSError, ValueError) as exc:
                 self._report(f"Cannot load deployment {ident} from {store.location}: {exc}")
         current = self._deployments.get(current_id) if current_id else None
-        if current_id is not None and current is None and current_id in ids:
+        if current_id is not None and current is None and current_id in listed:
             # The current manifest is unreadable: keep what we have, try again later.
             return None
         if current is not None and current.static_url != self.static_url:
@@ -355,6 +360,7 @@ class Runtime:
         )
         files: dict[str, StaticFile] = {}
         used: set[tuple[str, str, tuple[tuple[str, int], ...]]] = set()
+        incomplete = False  # an asset (or a variant) could not be read this time
         for deployment in ordered:
             if deployment.static_url != self.static_url:
                 continue  # its pages point elsewhere; nothing here would be asked for
@@ -368,9 +374,12 @@ class Runtime:
                 if static is None:
                     static = self._load_file(asset)
                     if static is None:
+                        incomplete = True
                         continue
-                    if _complete(static, asset):  # else tried again at the next read
+                    if _complete(static, asset):
                         self._files[key] = static
+                    else:
+                        incomplete = True
                 used.add(key)
                 files[asset.name] = static
         for stale in set(self._files) - used:
@@ -382,10 +391,13 @@ class Runtime:
         )
         seq = order.get(current_id) if current_id else None
         version, version_head = core.version_plans(current_id, self.static_url, seq)
-        if self._last_error is not None:
+        if self._last_error is not None and not incomplete:
             logger.info("deploysync store %s readable again", store.location)
             self._last_error = None
-        self._state = state
+        # With an asset missing, the next read builds the snapshot again, whatever the
+        # probe says (the watcher reads every RESCAN_POLLS polls): a blob that failed
+        # once (Redis unreachable for a moment, a blob written again) is tried again.
+        self._state = None if incomplete else state
         if gone:
             # A prune removed deployments: their local copies (a remote store's cache)
             # are of no use any more.
@@ -420,7 +432,7 @@ class Runtime:
             if identity is None:
                 return None
         except (StoreError, OSError, UnicodeEncodeError, ValueError) as exc:
-            self._report(f"Cannot read asset {asset.name}: {exc}", asset=True)
+            self._report(f"Cannot read asset {asset.name}: {exc}", then=_ASSET_404)
             return None
         coded: dict[str, core.Variant] = {}
         for encoding, size in asset.encodings.items():
@@ -431,7 +443,10 @@ class Runtime:
                 variant = self._variant(asset, encoding, size, tag, content_type, vary)
             except (StoreError, OSError, ValueError) as exc:
                 # Served without it (identity or the other encoding) meanwhile.
-                self._report(f"Cannot read asset {asset.name} ({encoding}): {exc}", asset=True)
+                self._report(
+                    f"Cannot read asset {asset.name} ({encoding}): {exc}",
+                    then="it is served without that variant until it can be read",
+                )
                 continue
             if variant is not None:
                 coded[encoding] = variant
@@ -484,14 +499,14 @@ class Runtime:
         if not path.startswith(root) or os.path.getsize(path) != size:
             self._report(
                 f"Blob of {asset.name} ({encoding or 'identity'}) is not a file of the store",
-                asset=True,
+                then=_ASSET_404,
             )
             return None
         if size > MEMORY_LIMIT:
             return None, path
         data = store.read_blob(asset.digest, encoding)
         if not _matches(data, size, asset.digest if encoding is None else None):
-            self._report(f"Blob of {asset.name} does not match its manifest entry", asset=True)
+            self._report(f"Blob of {asset.name} does not match its manifest entry", then=_ASSET_404)
             return None
         return data, None
 
@@ -529,7 +544,7 @@ class Runtime:
             store.drop_copy(asset.digest, encoding)
         self._report(
             f"Blob of {asset.name} ({encoding or 'identity'}) does not match its manifest entry",
-            asset=True,
+            then=_ASSET_404,
         )
         return None
 
@@ -699,6 +714,25 @@ def _matches(data: bytes, size: int, digest: str | None) -> bool:
     return len(data) == size and (digest is None or hashlib.sha256(data).hexdigest() == digest)
 
 
+_ASSET_404 = "that asset answers 404 until it can be read"
+_told_compressed = False
+
+
+def tell_compressed(edit: core.ResponseEdit | None) -> None:
+    """Say once per process that the app compresses its pages itself (the tags cannot be
+    added to them), if *edit* is such a page."""
+    global _told_compressed
+    if edit is None or not edit.compressed or _told_compressed:
+        return
+    _told_compressed = True
+    logger.warning(
+        "deploysync: an HTML page came from the app already compressed (Content-Encoding:"
+        " %s), so its deployment tags could not be added; compress outside the deploysync"
+        " middleware (a compressing middleware around it, or the proxy) instead",
+        edit.compressed.decode("latin-1"),
+    )
+
+
 def _complete(static: StaticFile, asset: Asset) -> bool:
     """Whether *static* serves every variant the manifest lists for *asset*."""
     found = {"gzip": static.gzip, "br": static.br}
@@ -717,8 +751,10 @@ def mount_prefix(root: str, *, wsgi: bool = False) -> str:
     root = root.rstrip("/")
     if not root:
         return ""
+    if not wsgi:  # decoded text (ASGI): every "%" is one
+        return quote(root, safe=URL_PATH_SAFE, errors="surrogateescape")
     try:
-        raw = root.encode("latin-1" if wsgi else "utf-8", "surrogateescape")
+        raw = root.encode("latin-1")
     except UnicodeEncodeError:  # not latin-1: not from a server following PEP 3333
         raw = root.encode("utf-8", "surrogateescape")
     # Escapes already there stay (gunicorn passes SCRIPT_NAME as the client sent it,

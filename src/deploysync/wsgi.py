@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from . import core
 from .inject import Injector
-from .serving import Middleware, mount_prefix, resolve_nonce, restore_files
+from .serving import Middleware, mount_prefix, resolve_nonce, restore_files, tell_compressed
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -93,7 +93,7 @@ class DeploySync(Middleware[WSGIApp]):
             self._request_state.reset(token)
         if response.passthrough:
             return result  # untouched: a file_wrapper the app returned stays one
-        return _Body(response, result)
+        return _Body(response, result, (snapshot, prefix))
 
 
 def _respond(
@@ -203,6 +203,7 @@ class _Response:
         self.held = False
         self.injector = None
         if edit is None or not edit.inject:
+            tell_compressed(edit)
             self.passthrough = self.sent = True
             out = headers if edit is None else _str_headers(edit.headers)
             self.write = (
@@ -248,18 +249,20 @@ class _Body:
     bounded (64 KiB), so at most that much is read ahead.
     """
 
-    __slots__ = ("ahead", "iterator", "response", "result")
+    __slots__ = ("ahead", "iterator", "response", "result", "state")
 
-    def __init__(self, response: _Response, result: Iterable[bytes]) -> None:
+    def __init__(
+        self, response: _Response, result: Iterable[bytes], state: tuple[core.Snapshot, str]
+    ) -> None:
         self.response = response
         self.result = result
+        self.state = state
         self.ahead: list[bytes] = []
         self.iterator: Iterator[bytes] | None = iter(result)
         try:
             while not response.sent:
-                try:
-                    chunk = next(self.iterator)
-                except StopIteration:
+                chunk = self._next()
+                if chunk is None:
                     self.iterator = None
                     break
                 self._take(chunk)
@@ -272,6 +275,16 @@ class _Body:
         except BaseException:
             self.close()
             raise
+
+    def _next(self) -> bytes | None:
+        """The app's next chunk (``None`` at the end), made in the request's context: a
+        streamed template renders as it is iterated, after the app returned."""
+        assert self.iterator is not None
+        token = self.response.mw._request_state.set(self.state)
+        try:
+            return next(self.iterator, None)
+        finally:
+            self.response.mw._request_state.reset(token)
 
     def _take(self, chunk: bytes) -> None:
         response = self.response
@@ -289,8 +302,8 @@ class _Body:
     def __iter__(self) -> Iterator[bytes]:
         ahead, self.ahead = self.ahead, []
         yield from ahead
-        if self.iterator is not None:
-            yield from self.iterator
+        while self.iterator is not None and (chunk := self._next()) is not None:
+            yield chunk
 
     def close(self) -> None:
         close = getattr(self.result, "close", None)

@@ -180,6 +180,11 @@ def _reason(exc: BaseException) -> str:
     return " ".join(reason.split())
 
 
+def _glob_prefix(prefix: str) -> str:
+    """A SCAN pattern for the keys starting with *prefix*, taken literally."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+
+
 def _write_atomic(target: Path, data: bytes, *, mode: int) -> None:
     """Write *target* through a temporary file: readers see the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name[:16] + ".")
@@ -318,8 +323,11 @@ class RedisStore(Store):
     def keep_last_known(self) -> None:
         self._keep = True
         # A server reads small keys and blobs in parts; a Redis that hangs is better
-        # given up on sooner than a command's writes of large values allow.
-        self._redis.connection_pool.connection_kwargs["socket_timeout"] = SERVER_SOCKET_TIMEOUT
+        # given up on sooner than a command's writes of large values allow (unless the
+        # URL sets its own timeout).
+        if "socket_timeout=" not in urlsplit(self.url).query:
+            kwargs = self._redis.connection_pool.connection_kwargs
+            kwargs["socket_timeout"] = SERVER_SOCKET_TIMEOUT
 
     def _remember(self, part: str, value: Any) -> None:
         if not self._keep:
@@ -726,7 +734,7 @@ class RedisStore(Store):
     def stray_ids(self) -> list[str]:
         prefix = self._key("deployment", "")
         with self._io():
-            keys = list(self._redis.scan_iter(match=prefix + "*", count=1000))
+            keys = list(self._redis.scan_iter(match=_glob_prefix(prefix), count=1000))
             members = self._redis.smembers(self._key("deployments"))
         listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
         found = ((k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys)
@@ -766,7 +774,7 @@ class RedisStore(Store):
     def held(self) -> set[str]:
         prefix = self._key("hold", "")
         with self._io():
-            keys = list(self._redis.scan_iter(match=prefix + "*", count=500))
+            keys = list(self._redis.scan_iter(match=_glob_prefix(prefix), count=500))
         found = set()
         for key in keys:
             ident = (key.decode() if isinstance(key, bytes) else str(key))[len(prefix) :]
@@ -878,7 +886,7 @@ class RedisStore(Store):
                 self._drop_pubsub()
                 if self._closed:
                     return
-                self._down = _reason(exc)
+                self._down, self._down_at = _reason(exc), time.monotonic()
                 self._log_outage()
         left = deadline - time.monotonic()
         if left > 0:

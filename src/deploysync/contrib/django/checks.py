@@ -63,6 +63,8 @@ def _compresses(path: str) -> bool:
     """Whether a middleware compresses responses, by its name: Django's GZipMiddleware,
     django-compression-middleware's CompressionMiddleware, and their like."""
     name = path.rsplit(".", 1)[-1].lower()
+    if "decompress" in name:  # (request bodies)
+        return False
     return any(word in name for word in ("gzip", "compress", "brotli", "zstd"))
 
 

@@ -45,7 +45,7 @@ from ...core import (
     request_conditional,
 )
 from ...inject import Injector
-from ...serving import restore_files
+from ...serving import restore_files, tell_compressed
 from .conf import Config, get_config, get_runtime, request_nonce, script_prefix
 
 __all__ = ["DeploySyncMiddleware"]
@@ -129,8 +129,9 @@ class DeploySyncMiddleware:
             snapshot.current_id,
             snapshot.id_header,
             conditional,
-            injecting=config.inject,
         )
+        if config.inject:  # (templates that place the tags lose nothing to compression)
+            tell_compressed(edit)
         if edit is None:
             return response
         snippet = b""

@@ -401,3 +401,16 @@ def test_a_server_pinned_to_a_deployment_not_built_yet_serves_the_others(
         assert {a.name for a in built.assets.values()} <= set(runtime.snapshot.files)
     finally:
         runtime.close()
+
+
+def test_a_pinned_server_of_a_store_never_activated_sees_new_deployments(
+    store: Any, site_src: SrcFactory, tmp_path: Path
+) -> None:
+    first = build(site_src("v1"), store).deployment  # pinned containers: no activation
+    runtime = Runtime(store.url, deployment=first.id, cache_dir=tmp_path / "c")
+    try:
+        second = build(site_src("v2"), store).deployment
+        runtime.refresh()
+        assert {a.name for a in second.assets.values()} <= set(runtime.snapshot.files)
+    finally:
+        runtime.close()

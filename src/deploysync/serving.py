@@ -124,6 +124,7 @@ class Runtime:
         self._deployments: dict[str, Deployment] = {}
         self._files: dict[tuple[str, str, tuple[tuple[str, int], ...]], StaticFile] = {}
         self._state: tuple[Hashable, frozenset[str]] | None = None
+        self._activated = False  # the store's activation record was seen non-empty
         self._last_error: str | None = None
         self._refresh_lock = threading.Lock()
         self._watch_lock = threading.Lock()
@@ -319,13 +320,13 @@ class Runtime:
         state = (token, ids)
         if state == self._state:
             return None
-        serving = getattr(self, "snapshot", None)  # not yet while constructed
-        if not activations and serving is not None and serving.deployment is not None:
+        if not activations and self._activated:
             # An activation record never shrinks to nothing: a store that reads as empty
             # after having a current deployment was lost (a Redis restarted without its
             # data, a wiped folder). Serving nothing would break every open page.
             self._report(f"deploysync store {store.location} reads as empty")
             return None
+        self._activated = self._activated or bool(activations)
         order = {a.id: a.seq for a in activations}
         gone = set(self._deployments) - ids
         for ident in gone:

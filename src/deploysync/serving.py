@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import gzip
 import hashlib
 import logging
@@ -743,6 +744,7 @@ def _complete(static: StaticFile, asset: Asset) -> bool:
 _ESCAPE = re.compile(rb"(%[0-9A-Fa-f]{2})")
 
 
+@functools.lru_cache(maxsize=64)  # per request under a mount: a server has one or a few
 def mount_prefix(root: str, *, wsgi: bool = False) -> str:
     """The URL path of an app mounted at *root*, percent-encoded, without a trailing "/".
 

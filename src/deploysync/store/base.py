@@ -243,9 +243,9 @@ class Store(ABC):
         (a directory store cannot lose them, so there is nothing to say)."""
         return None
 
-    def stray_ids(self) -> list[str]:
-        """Published deployments missing from :meth:`ids` (a Redis set that lost
-        members); looked for by the commands that must see every deployment."""
+    def stray_ids(self, listed: Collection[str]) -> list[str]:
+        """Published deployments missing from *listed*, what :meth:`ids` gave (a Redis
+        set that lost members); looked for by the commands that must see every one."""
         return []
 
     def config_warnings(self) -> list[str]:
@@ -368,7 +368,7 @@ class Store(ABC):
         vanished = []
         ids = self.ids()
         listed = set(ids)
-        extra = sorted({i for i in (*self.stray_ids(), *also) if i is not None} - listed)
+        extra = sorted({i for i in (*self.stray_ids(listed), *also) if i is not None} - listed)
         for ident in [*ids, *extra]:
             try:
                 found.append(self.load(ident))

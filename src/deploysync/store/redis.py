@@ -731,12 +731,10 @@ class RedisStore(Store):
         self._remember("ids", ids)
         return ids
 
-    def stray_ids(self) -> list[str]:
+    def stray_ids(self, listed: Collection[str]) -> list[str]:
         prefix = self._key("deployment", "")
         with self._io():
             keys = list(self._redis.scan_iter(match=_glob_prefix(prefix), count=1000))
-            members = self._redis.smembers(self._key("deployments"))
-        listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
         found = ((k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys)
         return sorted(i for i in found if is_valid_id(i) and i not in listed)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,55 @@ def test_cli_build_activate_list_prune(
 def test_cli_errors_exit_non_zero(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["deploysync", "activate", "no-such-id"])
     assert result.exit_code != 0
+
+
+def test_a_store_not_built_yet_is_said_by_a_server_not_by_a_command(
+    tmp_path: Path, site_src: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path / "new-store")
+    app = make_app(store, DEPLOYSYNC_POLL_INTERVAL=0.05)
+    DeploySync(app)
+    # `flask deploysync build` loads the app first: nothing to say about the store yet.
+    result = app.test_cli_runner().invoke(args=["deploysync", "build", str(site_src("v1"))])
+    assert result.exit_code == 0, result.output
+    assert "Cannot read" not in result.output and not caplog.records
+    # A server serving before any build says so at its first request.
+    other = make_app(FileStore(tmp_path / "never-built"), DEPLOYSYNC_POLL_INTERVAL=0.05)
+    DeploySync(other)
+    assert not caplog.records
+    try:
+        other.test_client().get("/")
+        deadline = time.monotonic() + 5
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.02)
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == [
+            f"Cannot read deploysync store {tmp_path / 'never-built'}: Store directory"
+            f" '{tmp_path / 'never-built'}' does not exist; no deployment is served until"
+            " it can be read"
+        ]
+    finally:
+        other.extensions[EXTENSION].close()
+
+
+def test_url_for_static_with_a_cdn_static_url(store: FileStore, site_src: Callable[..., Path]) -> None:
+    # The CDN pulls from the app's own /static/: url_for gives the hashed URL on the app
+    # (served there), asset_url() the CDN's.
+    cdn = "https://cdn.example.com/static/"
+    v1 = build(site_src("v1"), store, static_url=cdn, activate=True).deployment
+    app = make_app(store, DEPLOYSYNC_STATIC_URL=cdn)
+    DeploySync(app)
+    with app.test_request_context("/"):
+        local = url_for("static", filename="css/app.css")
+        assert local == "/static/" + v1.assets["css/app.css"].name
+        assert app.jinja_env.globals["asset_url"]("css/app.css") == v1.url("css/app.css")
+        assert v1.url("css/app.css").startswith(cdn)
+    assert app.test_client().get(local).status_code == 200
+    # A CDN under another path: the app's static view is Flask's own, url_for is left alone.
+    other = Path(str(store.root) + "-other")
+    v2 = build(site_src("v1"), other, static_url="https://cdn.example.com/assets/", activate=True)
+    app2 = make_app(FileStore(other), DEPLOYSYNC_STATIC_URL="https://cdn.example.com/assets/")
+    DeploySync(app2)
+    with app2.test_request_context("/"):
+        assert url_for("static", filename="css/app.css") == "/static/css/app.css"
+    assert v2.deployment.static_url == "https://cdn.example.com/assets/"

@@ -47,7 +47,7 @@ from .manifest import (
     url_path,
     validate_id,
 )
-from .store import CacheError, DeploymentNotFound, Store, StoreError, open_store
+from .store import CacheError, DeploymentNotFound, Store, StoreError, StoreNotFound, open_store
 from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
@@ -310,7 +310,11 @@ class Runtime:
             activations = store.activations()
             ids = frozenset(store.ids())
         except (StoreError, OSError, ValueError) as exc:
-            self._report(f"Cannot read deploysync store {store.location}: {exc}")
+            # A store folder not created yet (nothing built so far) is said by the
+            # watcher, which a first request starts: a command that loads the app (to
+            # build into that store, say) must not print what only a server would say.
+            if not (initial and isinstance(exc, StoreNotFound)):
+                self._report(f"Cannot read deploysync store {store.location}: {exc}")
             return None
         # The current (or pinned) deployment is read even when the list lost it (a
         # Redis set evicted or deleted): its pages are out there.
@@ -640,6 +644,9 @@ class Runtime:
                     polls = 0
                     token = fresh
                     self.refresh()
+            except (StoreError, OSError, ValueError) as exc:  # said as a read would say it
+                self._report(f"Cannot read deploysync store {self.store.location}: {exc}")
+                stop.wait(self.poll_interval)
             except Exception as exc:  # the watcher must outlive any store hiccup
                 self._report(f"deploysync watcher: {exc!r}")
                 stop.wait(self.poll_interval)

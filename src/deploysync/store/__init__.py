@@ -12,6 +12,7 @@ from .base import (
     PruneResult,
     Store,
     StoreError,
+    StoreNotFound,
     check_digest,
 )
 from .fs import FileStore
@@ -25,6 +26,7 @@ __all__ = [
     "PruneResult",
     "Store",
     "StoreError",
+    "StoreNotFound",
     "check_digest",
     "open_store",
 ]

@@ -88,6 +88,10 @@ class StoreError(DeploySyncError):
     """The store is missing, unwritable, unreachable or inconsistent."""
 
 
+class StoreNotFound(StoreError):
+    """The store does not exist (yet): nothing was ever built into it."""
+
+
 class CacheError(StoreError):
     """A remote store's local cache cannot be used (a folder other users could write, a
     full or read-only disk); the bytes can still be read from the store itself."""

@@ -40,6 +40,7 @@ from .base import (
     DeploymentNotFound,
     Store,
     StoreError,
+    StoreNotFound,
     check_digest,
     make_folders,
 )
@@ -91,7 +92,7 @@ class FileStore(Store):
     # -- helpers ---------------------------------------------------------------------------
     def _require(self) -> None:
         if not self.root.is_dir():
-            raise StoreError(f"Store directory '{self.root}' does not exist")
+            raise StoreNotFound(f"Store directory '{self.root}' does not exist")
 
     def _blob(self, digest: str, encoding: str | None = None) -> Path:
         check_digest(digest)

@@ -1152,14 +1152,14 @@ def _store(
                 static_url=static_url,
                 assets=MappingProxyType(
                     {
-                        file.path: Asset(
-                            path=file.path,
-                            name=file.name,
-                            digest=file.digest,
-                            size=file.size,
-                            content_type=kind,
-                            integrity=signatures[file.digest],
-                            encodings=MappingProxyType(variants[file.digest]),  # sorted already
+                        file.path: Asset._of(
+                            file.path,
+                            file.name,
+                            file.digest,
+                            file.size,
+                            kind,
+                            signatures[file.digest],
+                            MappingProxyType(variants[file.digest]),  # sorted already
                         )
                         for file, kind in zip(files, kinds, strict=True)
                     }

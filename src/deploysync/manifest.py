@@ -242,15 +242,23 @@ class Deployment:
         # rebuild's work on them.
         head = json.dumps(self._head(), sort_keys=True, ensure_ascii=False)[:-1]
         text = _json_text
+        assets = self.assets
+        kinds: dict[str, str] = {}  # a handful of content types, thousands of assets
         lines = []
-        for path in sorted(self.assets):
-            asset = self.assets[path]
-            codings = ", ".join(
-                f"{text(str(k))}: {int(v)}" for k, v in sorted(asset.encodings.items())
+        for path in sorted(assets):
+            asset = assets[path]
+            encodings = asset.encodings
+            codings = (
+                ", ".join([f"{text(str(k))}: {int(encodings[k])}" for k in sorted(encodings)])
+                if encodings
+                else ""
             )
+            kind = kinds.get(asset.content_type)
+            if kind is None:
+                kind = kinds[asset.content_type] = text(asset.content_type)
             lines.append(
                 f" {text(path)}: {{"
-                f'"content_type": {text(asset.content_type)}, '
+                f'"content_type": {kind}, '
                 f'"digest": {text(asset.digest)}, '
                 f'"encodings": {{{codings}}}, '
                 f'"integrity": {text(asset.integrity)}, '

@@ -262,7 +262,9 @@ def test_a_store_not_built_yet_is_said_by_a_server_not_by_a_command(
         other.extensions[EXTENSION].close()
 
 
-def test_url_for_static_with_a_cdn_static_url(store: FileStore, site_src: Callable[..., Path]) -> None:
+def test_url_for_static_with_a_cdn_static_url(
+    store: FileStore, site_src: Callable[..., Path]
+) -> None:
     # The CDN pulls from the app's own /static/: url_for gives the hashed URL on the app
     # (served there), asset_url() the CDN's.
     cdn = "https://cdn.example.com/static/"

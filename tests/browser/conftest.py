@@ -36,6 +36,7 @@ CACHE = HERE.parent / ".cache" / "vendor"
 # npm package spec -> (file inside the package, name in the deployment)
 VENDOR = {
     "htmx.org@2.0.11": ("package/dist/htmx.min.js", "htmx.min.js"),
+    "htmx.org@4.0.1": ("package/dist/htmx.min.js", "htmx4.min.js"),
     "@hotwired/turbo@8.0.23": ("package/dist/turbo.es2017-esm.js", "turbo.es2017-esm.js"),
 }
 
@@ -47,7 +48,7 @@ sync_api.expect.set_options(timeout=8000)
 
 @pytest.fixture(scope="session")
 def vendor() -> dict[str, Path]:
-    """htmx and Turbo dist files, from the npm registry once, then from the cache."""
+    """htmx (2 and 4) and Turbo dist files, from the npm registry once, then from the cache."""
     CACHE.mkdir(parents=True, exist_ok=True)
     files = {}
     for spec, (member, name) in VENDOR.items():

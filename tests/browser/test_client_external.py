@@ -12,6 +12,10 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.browser
 
 
+# The routers that boost links and forms: htmx 2, htmx 4 (other event names, fetch
+# instead of XMLHttpRequest) and Turbo Drive.
+BOOSTING = pytest.mark.parametrize("lib", ["htmx", "htmx4", "turbo"])
+
 NAVIGATION_API = pytest.mark.parametrize(
     "navigation_api", [True, False], ids=["navigation-api", "history-wrap"]
 )
@@ -111,7 +115,7 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
     assert marked(page), "the router resumes on the new version"
 
 
-@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+@BOOSTING
 def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
@@ -133,7 +137,7 @@ def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
     assert marked(page), f"{lib} resumes on the new version"
 
 
-@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+@BOOSTING
 def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
@@ -150,7 +154,7 @@ def test_a_boosted_form_posted_across_a_deploy_is_processed_once(
     assert site.stats()["posts"] == 1
 
 
-@pytest.mark.parametrize("lib", ["htmx", "turbo"])
+@BOOSTING
 def test_a_boosted_link_to_a_fragment_after_a_deploy_lands_on_the_fragment(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:

@@ -16,7 +16,17 @@ from typing import Any
 
 import pytest
 from harness import DEADLINE, MakeSite, Site, Tab
-from helpers import check, client_routed, mark, marked, page_id, stale, title_is, wait_stale
+from helpers import (
+    RELOAD_409,
+    check,
+    client_routed,
+    mark,
+    marked,
+    page_id,
+    stale,
+    title_is,
+    wait_stale,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -112,9 +122,9 @@ def proxied(
 
 
 def follow(page: Any, link: str) -> None:
-    """Click *link* without hovering it first: Turbo would prefetch it on hover, without
-    the navigate headers, and show that response instead of a visit of its own. htmx
-    boosts a swapped page's links while it settles: a click before that is a plain one."""
+    """Click *link* without hovering it first: Turbo would prefetch it on hover and show
+    that response instead of a visit of its own (a test of its own). htmx boosts a
+    swapped page's links while it settles: a click before that is a plain one."""
     page.wait_for_function(
         "!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')"
     )
@@ -135,9 +145,10 @@ ROUTERS = pytest.mark.parametrize(
     [
         ("client", "/", "#to-a", "A", "#to-b", "B"),
         ("external", "/htmx", "#htmx-a", "htmx a", "#htmx-b", "htmx b"),
+        ("external", "/htmx4", "#htmx4-a", "htmx4 a", "#htmx4-b", "htmx4 b"),
         ("external", "/turbo", "#turbo-a", "turbo a", "#turbo-b", "turbo b"),
     ],
-    ids=["own-router", "htmx", "turbo"],
+    ids=["own-router", "htmx", "htmx4", "turbo"],
 )
 
 
@@ -316,3 +327,71 @@ def test_another_tabs_news_makes_a_page_stale_only_when_the_server_finds_it_outd
     title_is(older.page, "A")
     assert not marked(older.page)
     assert page_id(older.page) == v3
+
+
+# -- external routers: prefetches, and the loop guard ----------------------------------------
+
+
+def test_a_turbo_link_prefetched_on_hover_after_a_deploy_is_a_full_load(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # Turbo 8 prefetches a link after 100 ms of hover and shows that response on the
+    # click. The prefetch carries the page's id, so the server refuses it: a slow
+    # version check cannot let the new page be swapped into the old document.
+    site, _ = proxied(make_site, "external", lambda path, name: False, version_delay=2)
+    page = open_at(tab, site.url("/turbo"))
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    with page.expect_response(lambda r: r.url == site.url("/turbo/b")) as prefetched:
+        page.hover("#turbo-b")
+    assert prefetched.value.request.headers.get("x-sec-purpose") == "prefetch"
+    assert prefetched.value.status == 409
+    assert marked(page), "a hover alone never loads a page"
+    page.click("#turbo-b")
+    title_is(page, "turbo b")
+    assert not marked(page), "the prefetched page was swapped into the old document"
+    assert page_id(page) == new
+
+
+class LoadsToStraggler(Balancer):
+    """Navigation fetches reach the newest server; page loads reach ``to``."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (b"x-deploysync", b"navigate") in scope["headers"]:
+            await self.servers["v2"](scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+@pytest.mark.parametrize("lib", ["htmx", "htmx4", "turbo"])
+def test_an_external_routers_loop_guard_page_moves_on_once_the_straggler_is_gone(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    made: list[LoadsToStraggler] = []
+    site = make_site(
+        routing="external",
+        wrap=lambda site: made.append(LoadsToStraggler(site, "external", ["v1", "v2"])) or made[0],
+    )
+    lb = made[0]
+    lb.to = "v1"
+    page = open_at(tab, site.url(f"/{lib}"))
+    old, new = site.versions["v1"], site.versions["v2"]
+    assert page_id(page) == old
+    tab.allow(RELOAD_409)
+    # The v2 server refuses the navigation; the straggler answers the full load.
+    follow(page, f"#{lib}-a")
+    title_is(page, f"{lib} a")
+    assert page_id(page) == old
+    assert page.evaluate("window.deploysync.router.guard"), "the page runs in guard mode"
+    mark(page)
+    lb.to = "v2"  # the straggler is gone
+    follow(page, f"#{lib}-b")
+    title_is(page, f"{lib} b")
+    assert not marked(page), "the guard page swapped the new page into the old document"
+    assert page_id(page) == new
+    client_routed(page)
+    mark(page)
+    follow(page, f"#{lib}-a")
+    title_is(page, f"{lib} a")
+    assert marked(page), f"{lib} resumes on the new version"

@@ -211,7 +211,7 @@ class App:
             links = "".join(f' <a id="nav-{n}" href="/nav/{n}">{n}</a>' for n in ("x", "y"))
             head = f'<script type="module" src="{self.url("nav.js")}"></script>'
             return self.page("Navigation API", f'<p id="view"></p>{links}', head)
-        for lib in ("htmx", "turbo"):
+        for lib in ("htmx", "htmx4", "turbo"):
             if path == f"/{lib}" or path.startswith(f"/{lib}/"):
                 return self.library_page(lib, path, method, headers, body)
         return self.page("Not found", "<p>nothing here</p>", status=404)
@@ -226,12 +226,16 @@ class App:
     def library_page(
         self, lib: str, path: str, method: str, headers: dict[str, str], body: bytes
     ) -> Response:
-        """Pages of an htmx-boosted or Turbo Drive site."""
+        """Pages of an htmx-boosted (htmx 2, htmx 4) or Turbo Drive site."""
         if method == "POST":
             return self.posted(headers, body, to=f"/{lib}/result")
         if lib == "htmx":
             head = f'<script src="{self.url("vendor/htmx.min.js")}"></script>'
             attrs = ' hx-boost="true"'
+        elif lib == "htmx4":
+            # htmx 4 inherits attributes only when told to
+            head = f'<script src="{self.url("vendor/htmx4.min.js")}"></script>'
+            attrs = ' hx-boost:inherited="true"'
         else:
             head = f'<script type="module" src="{self.url("vendor/turbo.es2017-esm.js")}"></script>'
             attrs = ""

@@ -41,7 +41,6 @@ const script = (el, n) => {
 
 class Router {
   stale = false
-  on = false
   last = 0
   /** @type {Promise<boolean> | null} */
   req = null
@@ -54,7 +53,6 @@ class Router {
   from = location.href
   sub = null
   hash = ""
-  timer = 0
   bc = new BroadcastChannel(KEY)
 
   constructor() {
@@ -66,13 +64,13 @@ class Router {
     // we fled this id and got it again
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
-    this.external = config.routing == "external" && !this.guard
+    this.external = config.routing == "external"
   }
 
-  /** @returns {any[][]} */
-  listeners() {
+  start() {
     const d = document
-    return [
+    /** @type {any[][]} */
+    const on = [
       [self, "error", this.onError, true],
       [self, "unhandledrejection", this.onRejection],
       [self, "vite:preloadError", this.hint],
@@ -86,30 +84,18 @@ class Router {
         [self, "submit", this.onSubmitSeen, true],
         [d, "htmx:configRequest", this.onHtmxRequest],
         [d, "htmx:beforeOnLoad", this.onHtmxLoad],
+        [d, "htmx:config:request", this.onHtmxRequest],
+        [d, "htmx:before:response", this.onHtmxLoad],
         [d, "turbo:before-fetch-request", this.onTurboRequest],
         [d, "turbo:before-fetch-response", this.onTurboResponse],
       ] : []),
     ]
-  }
-
-  start() {
-    if (this.on) return
-    this.on = true
-    for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
-    if (config.interval > 0) this.timer = setInterval(this.check, config.interval * 1e3)
+    for (const [t, type, fn, capture] of on) t?.addEventListener(type, fn, capture)
+    if (config.interval > 0) setInterval(this.check, config.interval * 1e3)
     if (this.client) {
       history.scrollRestoration = "manual"
       history.replaceState({ ...history.state, ds: this.key }, "")
     }
-  }
-
-  stop() {
-    if (!this.on) return
-    this.on = false
-    for (const [t, type, fn, capture] of this.listeners()) t?.removeEventListener(type, fn, capture)
-    clearInterval(this.timer)
-    this.ctl.abort()
-    if (this.client) history.scrollRestoration = "auto"
   }
 
   /** Resolves to stale. */
@@ -154,7 +140,7 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  // back/forward (bfcache, HTTP cache; type 2) is a navigation
+  // back/forward (bfcache, HTTP cache) is a navigation
   onShow = (e) =>
     (e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
@@ -272,8 +258,7 @@ class Router {
     // focus went to <body>; announce the page
     const af = document.querySelector("[autofocus]")
     if (af instanceof HTMLElement) af.focus()
-    const live = Object.assign(document.createElement("p"), { style: "position:fixed;clip-path:inset(50%)" })
-    live.setAttribute("role", "status")
+    const live = Object.assign(document.createElement("p"), { role: "status", style: "position:fixed;clip-path:inset(50%)" })
     document.body.append(live)
     setTimeout(() => (live.textContent = document.title), 99)
     dispatch("navigated", { url: location.href })
@@ -281,7 +266,7 @@ class Router {
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
-  // stale: a push to another page is a full load, not intercepted
+  // stale: a push to another page is a full load
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
@@ -291,22 +276,29 @@ class Router {
     }
   }
 
-  onHtmxRequest = (e) => e.detail.boosted && Object.assign(e.detail.headers, HEADERS)
+  // htmx 2 and 4
+  onHtmxRequest = ({ detail: d }) => {
+    const h = (d.ctx?.request || d).headers
+    h["HX-Boosted"] && Object.assign(h, HEADERS)
+  }
 
   onHtmxLoad = (e) => {
-    const { xhr, boosted, elt, pathInfo } = e.detail
-    if (boosted && (this.seen(xhr) || (this.stale && !/post/i.test(elt.method)))) {
+    const { xhr, ctx, pathInfo, requestConfig } = e.detail
+    const q = ctx?.request || requestConfig
+    const r = xhr || ctx.response.raw
+    const a = (pathInfo || q).anchor
+    if (q.headers["HX-Boosted"] && (this.seen(r) || (this.stale && !/post/i.test(q.verb || q.method)))) {
       e.preventDefault()
-      this.full(xhr.responseURL + new URL(pathInfo.requestPath, location.href).hash, elt, this.sub)
+      this.full((r.responseURL || r.url) + (a ? "#" + a : ""), q.elt || q.form, this.sub)
     }
   }
 
-  // not frames, prefetches
+  // not frames
   onTurboRequest = (e) => {
-    if (e.target.matches("html, form")) {
-      Object.assign(e.detail.fetchOptions.headers, HEADERS)
-      this.hash = e.detail.url.hash
-    }
+    const h = e.detail.fetchOptions.headers
+    if (e.target.matches("html, form")) this.hash = e.detail.url.hash
+    else if (h["Turbo-Frame"]) return
+    Object.assign(h, HEADERS)
   }
 
   onTurboResponse = (e) => {
@@ -328,7 +320,7 @@ if (!(KEY in window)) {
     for (const m of /** @type {const} */ (["push", "replace"])) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
-        (f.apply(h, a), router.on && router.external && router.stale && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
+        (f.apply(h, a), router.external && router.stale && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
   /** @type {any} */ (window)[KEY] = {
     get stale() { return router.stale },

@@ -45,14 +45,33 @@ def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     expect(page.locator("#view")).to_have_text("view /spa/x")
     assert marked(page), "the router navigates by itself before a deploy"
     new = site.deploy("v2")
-    # the user comes back to the tab: the page checks the version
-    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
-    wait_stale(page)
+    # the page checks the version (its router's navigation just did, so on coming back
+    # to the tab it would wait 30 s)
+    assert check(page)
     assert marked(page)
     page.click("#spa-y")
     expect(page.locator("#view")).to_have_text("view /spa/y")
     assert not marked(page), "the router's push must become a full load"
     assert page.url == site.url("/spa/y")
+    assert page_id(page) == new
+
+
+@pytest.mark.parametrize("router", ["spa", "nav"], ids=["pushstate", "navigation-api-router"])
+def test_a_routers_navigation_checks_the_version_so_the_next_one_is_a_full_load(
+    make_site: MakeSite, tab: Tab, router: str
+) -> None:
+    # No check_interval and the tab never hidden: the router's navigations themselves
+    # ask the server (at most every 30 s), so a deploy is learned at the first one and
+    # the one after it is a full load.
+    site, page = _open(make_site, tab, f"/{router}")
+    new = site.deploy("v2")
+    page.click(f"#{router}-x")
+    expect(page.locator("#view")).to_have_text(f"view /{router}/x")
+    assert marked(page), "the navigation that learns of the deploy stays client-side"
+    wait_stale(page)
+    page.click(f"#{router}-y")
+    expect(page.locator("#view")).to_have_text(f"view /{router}/y")
+    assert not marked(page), "the next navigation must be a full load"
     assert page_id(page) == new
 
 

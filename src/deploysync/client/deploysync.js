@@ -255,7 +255,7 @@ class Router {
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
     const p = this.pos[pop]
     p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
-    // focus went to <body>; announce the page
+    // autofocus; announce the page
     const af = document.querySelector("[autofocus]")
     if (af instanceof HTMLElement) af.focus()
     const live = Object.assign(document.createElement("p"), { role: "status", style: "position:fixed;clip-path:inset(50%)" })
@@ -270,10 +270,11 @@ class Router {
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
-    if (this.external && this.stale && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null && !here(url)) {
+    if (!this.external || here(url)) return
+    if (this.stale && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
       if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
-    }
+    } else this.onVisible()
   }
 
   // htmx 2 and 4

@@ -395,3 +395,54 @@ def test_an_external_routers_loop_guard_page_moves_on_once_the_straggler_is_gone
     follow(page, f"#{lib}-a")
     title_is(page, f"{lib} a")
     assert marked(page), f"{lib} resumes on the new version"
+
+
+def test_a_turbo_prefetch_whose_link_left_the_page_never_navigates(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # Turbo answers a prefetch on <html> when its link left the page meanwhile (a
+    # Turbo Stream or a morph re-rendered the list): that is no visit of the user's.
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/turbo"))
+    page.evaluate(
+        """document.addEventListener("turbo:before-fetch-request", (e) => {
+             if (e.detail.fetchOptions.headers["X-Sec-Purpose"] == "prefetch")
+               e.target.replaceWith(e.target.cloneNode(true))
+           })"""
+    )
+    mark(page)
+    site.deploy("v2")
+    tab.allow(RELOAD_409)
+    with page.expect_response(lambda r: r.url == site.url("/turbo/b")) as prefetched:
+        page.hover("#turbo-b")
+    assert prefetched.value.status == 409
+    page.mouse.move(0, 0)
+    time.sleep(1)
+    assert marked(page), "the page left for a link the user only hovered"
+    assert page.url == site.url("/turbo")
+    assert tab.documents == 1
+
+
+@pytest.mark.parametrize("lib", ["htmx", "htmx4", "turbo"])
+def test_an_external_routers_guard_page_stays_one_while_the_straggler_answers(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    made: list[LoadsToStraggler] = []
+    site = make_site(
+        routing="external",
+        wrap=lambda site: made.append(LoadsToStraggler(site, "external", ["v1", "v2"])) or made[0],
+    )
+    made[0].to = "v1"  # page loads keep reaching the straggler
+    page = open_at(tab, site.url(f"/{lib}"))
+    tab.allow(RELOAD_409)
+    for i, link in enumerate(["a", "b"] * 2):
+        before = tab.documents
+        follow(page, f"#{lib}-{link}")
+        title_is(page, f"{lib} {link}")
+        client_routed(page)
+        assert tab.documents - before == 1, "one full load per navigation, no more"
+        if i:
+            assert page.evaluate("window.deploysync.router.guard"), f"navigation {i}"
+    assert page_id(page) == site.versions["v1"]
+    # stale once (the first refusal), then guard pages: no more stale events
+    assert len(stale_events(page)) == 1

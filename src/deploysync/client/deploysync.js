@@ -41,7 +41,7 @@ const script = (el, n) => {
 
 class Router {
   stale = false
-  last = 0
+  last = Date.now()
   /** @type {Promise<boolean> | null} */
   req = null
   ctl = new AbortController()
@@ -82,6 +82,7 @@ class Router {
       ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
       ...(this.external ? [
         [self, "submit", this.onSubmitSeen, true],
+        [nav, "navigatesuccess", this.onVisible],
         [d, "htmx:configRequest", this.onHtmxRequest],
         [d, "htmx:beforeOnLoad", this.onHtmxLoad],
         [d, "htmx:config:request", this.onHtmxRequest],
@@ -140,7 +141,7 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  // back/forward (bfcache, HTTP cache) is a navigation
+  // back/forward is a navigation
   onShow = (e) =>
     (e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
@@ -155,7 +156,7 @@ class Router {
   /** Leave (loop guard noted). @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
   full(url, how = "push", sub) {
     try {
-      if (this.stale) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
+      if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how instanceof HTMLFormElement) {
@@ -175,7 +176,7 @@ class Router {
 
   onClick = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
-    // a #fragment (even "#") of this page only scrolls
+    // a #fragment of this page only scrolls
     if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
     if (this.stale) return this.full(a.href, "browser")
     e.preventDefault()
@@ -274,10 +275,9 @@ class Router {
     if (this.stale && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
       if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
-    } else this.onVisible()
+    }
   }
 
-  // htmx 2 and 4
   onHtmxRequest = ({ detail: d }) => {
     const h = (d.ctx?.request || d).headers
     h["HX-Boosted"] && Object.assign(h, HEADERS)
@@ -305,7 +305,8 @@ class Router {
   onTurboResponse = (e) => {
     const r = e.detail.fetchResponse.response
     const t = e.target
-    if (t.matches("html, form") && (this.seen(r) || (this.stale && t.localName == "html"))) {
+    // Turbo marks a visit or form busy
+    if (t.ariaBusy && (this.seen(r) || (this.stale && t.localName == "html"))) {
       e.preventDefault()
       this.full(r.url + this.hash, t, this.sub)
     }

@@ -27,6 +27,7 @@ from helpers import (
     title_is,
     wait_stale,
 )
+from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
 
@@ -446,3 +447,88 @@ def test_an_external_routers_guard_page_stays_one_while_the_straggler_answers(
     assert page_id(page) == site.versions["v1"]
     # stale once (the first refusal), then guard pages: no more stale events
     assert len(stale_events(page)) == 1
+
+
+class Slow:
+    """One server whose Turbo pages answer after *delay* seconds (network latency)."""
+
+    def __init__(self, site: Site, routing: str, delay: float) -> None:
+        from testapp import make_asgi
+
+        self.server = make_asgi(str(site.store), routing)
+        site.closers.append(self.server.close)
+        self.delay = delay
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"].startswith("/turbo"):
+            await asyncio.sleep(self.delay)
+        await self.server(scope, receive, send)
+
+
+def test_a_prefetch_refused_during_another_visit_leaves_for_the_clicked_page(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # A hover's prefetch, then a click on another link whose cached preview replaces the
+    # hovered link: the prefetch's 409 is answered on <html> while the visit is busy.
+    made: list[Slow] = []
+    site = make_site(
+        routing="external", wrap=lambda site: made.append(Slow(site, "external", 0.3)) or made[0]
+    )
+    page = open_at(tab, site.url("/turbo"))
+    follow(page, "#turbo-a")
+    title_is(page, "turbo a")
+    # Turbo's "pausing requests" (an app adding a token) holds the visit back.
+    page.evaluate(
+        """document.addEventListener("turbo:before-fetch-request", (e) => {
+             if (e.target == document.documentElement
+                 && !e.detail.fetchOptions.headers["X-Sec-Purpose"]) {
+               e.preventDefault(); setTimeout(e.detail.resume, 800) }
+           })
+           document.body.insertAdjacentHTML("afterbegin", '<a id="home" href="/turbo">home</a>')"""
+    )
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.hover("#turbo-b")
+    time.sleep(0.2)
+    page.click("#home")
+    # Turbo shows its cached preview of /turbo at once; the full load follows.
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    client_routed(page)
+    title_is(page, "turbo turbo")  # the page at /turbo
+    assert not marked(page)
+    assert page.url == site.url("/turbo"), "left for the hovered link, not the clicked one"
+
+
+def test_a_turbo_form_removed_as_it_is_sent_across_a_deploy_marks_the_page_stale(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # Its answer comes on <html> (a modal closing on submit): the 409 still tells the
+    # page it is outdated, so its next navigation is a full load.
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/turbo"))
+    page.evaluate("""document.addEventListener("turbo:submit-start", (e) => e.target.remove())""")
+    page.fill("#message", "hello")
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click("#send")
+    wait_stale(page)
+    assert marked(page)
+    assert site.stats()["posts"] == 0
+    follow(page, "#turbo-b")
+    title_is(page, "turbo b")
+    assert not marked(page)
+    assert page_id(page) == new
+
+
+def test_coming_back_to_a_tab_soon_after_its_load_checks_the_version(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/spa"))
+    mark(page)
+    site.deploy("v2")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    wait_stale(page)
+    assert marked(page)

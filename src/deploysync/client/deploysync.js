@@ -41,7 +41,7 @@ const script = (el, n) => {
 
 class Router {
   stale = false
-  last = Date.now()
+  last = 0
   /** @type {Promise<boolean> | null} */
   req = null
   ctl = new AbortController()
@@ -52,7 +52,7 @@ class Router {
   key = "" + Date.now()
   from = location.href
   sub = null
-  hash = ""
+  u = new URL(location.href)
   bc = new BroadcastChannel(KEY)
 
   constructor() {
@@ -82,7 +82,7 @@ class Router {
       ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
       ...(this.external ? [
         [self, "submit", this.onSubmitSeen, true],
-        [nav, "navigatesuccess", this.onVisible],
+        [nav, "navigatesuccess", () => performance.now() > 3e4 && this.onVisible()],
         [d, "htmx:configRequest", this.onHtmxRequest],
         [d, "htmx:beforeOnLoad", this.onHtmxLoad],
         [d, "htmx:config:request", this.onHtmxRequest],
@@ -141,7 +141,6 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  // back/forward is a navigation
   onShow = (e) =>
     (e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
@@ -256,7 +255,6 @@ class Router {
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
     const p = this.pos[pop]
     p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
-    // autofocus; announce the page
     const af = document.querySelector("[autofocus]")
     if (af instanceof HTMLElement) af.focus()
     const live = Object.assign(document.createElement("p"), { role: "status", style: "position:fixed;clip-path:inset(50%)" })
@@ -294,10 +292,9 @@ class Router {
     }
   }
 
-  // not frames
   onTurboRequest = (e) => {
     const h = e.detail.fetchOptions.headers
-    if (e.target.matches("html, form")) this.hash = e.detail.url.hash
+    if (e.target.matches("html, form")) this.u = e.detail.url
     else if (h["Turbo-Frame"]) return
     Object.assign(h, HEADERS)
   }
@@ -305,10 +302,11 @@ class Router {
   onTurboResponse = (e) => {
     const r = e.detail.fetchResponse.response
     const t = e.target
-    // Turbo marks a visit or form busy
-    if (t.ariaBusy && (this.seen(r) || (this.stale && t.localName == "html"))) {
+    const s = this.seen(r)
+    // Turbo marks a visit or form busy; a prefetch answers another URL
+    if (t.ariaBusy && (t.localName == "form" ? s : (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
-      this.full(r.url + this.hash, t, this.sub)
+      this.full(r.url + this.u.hash, t, this.sub)
     }
   }
 }
@@ -317,7 +315,6 @@ if (!(KEY in window)) {
   const router = new Router()
   router.start()
   const h = /** @type {any} */ (history)
-  // without the Navigation API
   if (!nav)
     for (const m of /** @type {const} */ (["push", "replace"])) {
       const f = h[m + "State"]

@@ -532,3 +532,103 @@ def test_coming_back_to_a_tab_soon_after_its_load_checks_the_version(
     page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     wait_stale(page)
     assert marked(page)
+
+
+NEWS = (
+    b"<!doctype html><html><head><title>news</title></head><body>"
+    b'<turbo-frame id="news"><p id="news-1">news 1</p></turbo-frame></body></html>'
+)
+
+
+class FrameSource:
+    """The app, plus ``/news`` (302 -> ``/news/1``): a Turbo frame's source that moved."""
+
+    def __init__(self, site: Site) -> None:
+        from testapp import make_asgi
+
+        self.server = make_asgi(str(site.store), "external")
+        site.closers.append(self.server.close)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if path == "/news":
+            headers = [(b"location", b"/news/1"), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 302, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/news/1":
+            length = str(len(NEWS)).encode()
+            headers = [(b"content-type", b"text/html"), (b"content-length", length)]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": NEWS})
+        else:
+            await self.server(scope, receive, send)
+
+
+@pytest.mark.parametrize("how", ["lazy frame", "link in a frame"])
+def test_a_turbo_frames_answer_never_takes_a_stale_page_away(
+    make_site: MakeSite, tab: Tab, how: str
+) -> None:
+    # Turbo marks a frame busy too; its answer (redirected here) is the frame's, not a
+    # navigation of the page.
+    made: list[FrameSource] = []
+    site = make_site(
+        routing="external", wrap=lambda site: made.append(FrameSource(site)) or made[0]
+    )
+    page = open_at(tab, site.url("/turbo"))
+    if how == "lazy frame":
+        page.evaluate(
+            """document.body.insertAdjacentHTML("beforeend",
+                 '<turbo-frame id="news" src="/news" loading="lazy">...</turbo-frame>')"""
+        )
+    else:
+        page.evaluate(
+            """document.body.insertAdjacentHTML("afterbegin",
+                 '<turbo-frame id="news"><a id="more" href="/news">more</a></turbo-frame>')"""
+        )
+    mark(page)
+    site.deploy("v2")
+    assert check(page), "the page is stale"
+    if how == "lazy frame":
+        page.mouse.wheel(0, 5000)  # the user scrolls: no navigation
+    else:
+        page.evaluate("document.querySelector('#more').click()")  # a frame navigation
+    expect(page.locator("#news-1")).to_have_text("news 1")
+    time.sleep(0.5)
+    assert marked(page), "a frame's answer took the page away"
+    assert page.url == site.url("/turbo")
+
+
+def test_a_prefetch_whose_link_left_before_it_was_sent_never_takes_the_visit(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # The hovered link is re-rendered before Turbo sends its prefetch: the prefetch's
+    # request is then dispatched on <html>, like a visit's, while a visit waits.
+    made: list[Slow] = []
+    site = make_site(
+        routing="external", wrap=lambda site: made.append(Slow(site, "external", 0.3)) or made[0]
+    )
+    page = open_at(tab, site.url("/turbo"))
+    follow(page, "#turbo-a")
+    title_is(page, "turbo a")
+    page.evaluate(
+        """document.addEventListener("turbo:before-fetch-request", (e) => {
+             if (e.target == document.documentElement
+                 && !e.detail.fetchOptions.headers["X-Sec-Purpose"]) {
+               e.preventDefault(); setTimeout(e.detail.resume, 800) }
+           })
+           document.addEventListener("mouseover", (e) => e.target.id == "turbo-b"
+             && setTimeout(() => e.target.isConnected
+                           && e.target.replaceWith(e.target.cloneNode(true)), 30))
+           document.body.insertAdjacentHTML("afterbegin", '<a id="home" href="/turbo">home</a>')"""
+    )
+    page.mouse.move(0, 0)
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click("#home")  # Turbo shows its preview of /turbo; the visit waits
+    time.sleep(0.1)
+    page.hover("#turbo-b")  # in the preview
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    time.sleep(0.5)
+    assert page.url == site.url("/turbo"), "left for the hovered link, not the clicked one"
+    assert not marked(page)

@@ -294,7 +294,7 @@ class Router {
 
   onTurboRequest = (e) => {
     const h = e.detail.fetchOptions.headers
-    if (e.target.matches("html, form")) this.u = e.detail.url
+    if (e.target.matches("html, form")) h["X-Sec-Purpose"] || (this.u = e.detail.url)
     else if (h["Turbo-Frame"]) return
     Object.assign(h, HEADERS)
   }
@@ -303,8 +303,8 @@ class Router {
     const r = e.detail.fetchResponse.response
     const t = e.target
     const s = this.seen(r)
-    // Turbo marks a visit or form busy; a prefetch answers another URL
-    if (t.ariaBusy && (t.localName == "form" ? s : (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
+    // a form, or a visit for its own URL
+    if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
       this.full(r.url + this.u.hash, t, this.sub)
     }

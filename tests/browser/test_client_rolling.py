@@ -632,3 +632,143 @@ def test_a_prefetch_whose_link_left_before_it_was_sent_never_takes_the_visit(
     time.sleep(0.5)
     assert page.url == site.url("/turbo"), "left for the hovered link, not the clicked one"
     assert not marked(page)
+
+
+# -- POSTs processed by a straggler, history restores, pushes the user did not start --------
+
+
+class PostToStraggler(Balancer):
+    """POSTs reach the v1 server (a straggler); everything else reaches ``to``."""
+
+    log: list[str]
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.log = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        self.log.append(f"{scope['method']} {scope['path']}")
+        if scope["method"] == "POST":
+            await self.servers["v1"](scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    ("routing", "start", "result"),
+    [
+        ("client", "/form", "Result"),
+        ("external", "/htmx", "htmx result"),
+        ("external", "/htmx4", "htmx4 result"),
+        ("external", "/turbo", "turbo result"),
+    ],
+    ids=["own-router", "htmx", "htmx4", "turbo"],
+)
+def test_a_post_processed_whose_redirect_is_refused_is_not_sent_again(
+    make_site: MakeSite, tab: Tab, routing: str, start: str, result: str
+) -> None:
+    made: list[PostToStraggler] = []
+    site = make_site(
+        routing=routing,
+        wrap=lambda s: made.append(PostToStraggler(s, routing, ["v1", "v2"])) or made[0],
+    )
+    lb = made[0]
+    lb.to = "v1"
+    page = open_at(tab, site.url(start))
+    assert page_id(page) == site.versions["v1"]
+    mark(page)
+    lb.to = "v2"  # the rolling deploy moves on; the POST still reaches the straggler
+    tab.allow(RELOAD_409)
+    page.fill("#message", "once")
+    page.click("#send")
+    title_is(page, result)
+    time.sleep(0.5)
+    posted = "POST " + (start if routing == "client" else start + "/form")
+    assert lb.log.count(posted) == 1, "the processed POST was submitted again"
+
+
+@pytest.mark.parametrize("lib", ["htmx", "htmx4", "turbo"])
+def test_back_after_a_deploy_never_swaps_the_new_deployments_page_in(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    site = make_site(routing="external")
+    page = open_at(tab, site.url(f"/{lib}"))
+    follow(page, f"#{lib}-a")
+    title_is(page, f"{lib} a")
+    mark(page)
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    # a history cache miss: htmx 2 keeps 10 snapshots in localStorage (none with
+    # hx-history="false"), htmx 4 keeps none, Turbo keeps 10 in memory
+    page.evaluate(
+        "localStorage.clear(); sessionStorage.removeItem('htmx-history-cache');"
+        " window.Turbo?.cache.clear()"
+    )
+    seen: list[tuple[int, str | None, str | None]] = []
+    page.on(
+        "response",
+        lambda r: (
+            r.url == site.url(f"/{lib}")
+            and seen.append(
+                (r.status, r.headers.get("x-deployment-id"), r.request.headers.get("x-deploysync"))
+            )
+        ),
+    )
+    tab.allow("htmx:historyCacheMissLoadError")  # htmx 2 logs the refused restore
+    page.go_back()
+    title_is(page, f"{lib} {lib}")
+    time.sleep(1)
+    assert not (marked(page) and (200, new, None) in seen), (
+        "the new deployment's page was swapped into the old document"
+    )
+
+
+@pytest.mark.parametrize("how", ["turbo lazy frame advance", "htmx revealed push-url"])
+def test_a_stale_page_never_leaves_while_the_user_only_scrolls(
+    make_site: MakeSite, tab: Tab, how: str
+) -> None:
+    # Infinite scroll that keeps the URL in step with the page reached.
+    lib = "turbo" if how.startswith("turbo") else "htmx"
+    made: list[FrameSource] = []
+    site = make_site(
+        routing="external", wrap=lambda site: made.append(FrameSource(site)) or made[0]
+    )
+    page = open_at(tab, site.url(f"/{lib}"))
+    if lib == "turbo":
+        html = (
+            '<div style="height:3000px"></div><turbo-frame id="news" src="/news/1"'
+            ' loading="lazy" data-turbo-action="advance">...</turbo-frame>'
+        )
+    else:
+        html = (
+            '<div hx-get="/htmx/a?page=2" hx-trigger="revealed" hx-push-url="true"'
+            ' hx-select="h1" hx-swap="outerHTML">...</div>'
+        )
+    page.evaluate(
+        "(html) => { document.body.insertAdjacentHTML('beforeend', html);"
+        " window.htmx?.process(document.body) }",
+        html,
+    )
+    mark(page)
+    site.deploy("v2")
+    assert check(page), "the page is stale"
+    before = tab.documents
+    time.sleep(5.5)  # page.evaluate runs as a user gesture: let that activation expire
+    page.mouse.wheel(0, 20000)  # the user scrolls; no link, no form
+    time.sleep(2)
+    assert marked(page) and tab.documents == before, "the stale page left by itself"
+
+
+def test_a_turbo_link_on_a_stale_page_is_one_full_load(make_site: MakeSite, tab: Tab) -> None:
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/turbo"))
+    mark(page)
+    site.deploy("v2")
+    assert check(page)
+    tab.allow(RELOAD_409)
+    before = tab.documents
+    follow(page, "#turbo-a")
+    title_is(page, "turbo a")
+    client_routed(page)
+    time.sleep(0.5)
+    assert tab.documents - before == 1

@@ -41,6 +41,7 @@ const script = (el, n) => {
 
 class Router {
   stale = false
+  on = false
   last = 0
   /** @type {Promise<boolean> | null} */
   req = null
@@ -54,6 +55,7 @@ class Router {
   sub = null
   u = new URL(location.href)
   bc = new BroadcastChannel(KEY)
+  timer = 0
 
   constructor() {
     let g
@@ -61,16 +63,15 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       sessionStorage.removeItem(KEY)
     } catch {}
-    // we fled this id and got it again
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
     this.external = config.routing == "external"
   }
 
-  start() {
+  /** @returns {any[][]} */
+  listeners() {
     const d = document
-    /** @type {any[][]} */
-    const on = [
+    return [
       [self, "error", this.onError, true],
       [self, "unhandledrejection", this.onRejection],
       [self, "vite:preloadError", this.hint],
@@ -82,21 +83,37 @@ class Router {
       ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
       ...(this.external ? [
         [self, "submit", this.onSubmitSeen, true],
-        [nav, "navigatesuccess", () => performance.now() > 3e4 && this.onVisible()],
+        [nav, "navigatesuccess", this.onMoved],
         [d, "htmx:configRequest", this.onHtmxRequest],
         [d, "htmx:beforeOnLoad", this.onHtmxLoad],
+        [d, "htmx:historyCacheMiss", this.onHtmxRestore],
+        [d, "htmx:historyCacheMissLoadError", this.onHtmxRestored],
         [d, "htmx:config:request", this.onHtmxRequest],
         [d, "htmx:before:response", this.onHtmxLoad],
         [d, "turbo:before-fetch-request", this.onTurboRequest],
         [d, "turbo:before-fetch-response", this.onTurboResponse],
       ] : []),
     ]
-    for (const [t, type, fn, capture] of on) t?.addEventListener(type, fn, capture)
-    if (config.interval > 0) setInterval(this.check, config.interval * 1e3)
+  }
+
+  start() {
+    if (this.on) return
+    this.on = true
+    for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
+    if (config.interval > 0) this.timer = setInterval(this.check, config.interval * 1e3)
     if (this.client) {
       history.scrollRestoration = "manual"
       history.replaceState({ ...history.state, ds: this.key }, "")
     }
+  }
+
+  stop() {
+    if (!this.on) return
+    this.on = false
+    for (const [t, type, fn, capture] of this.listeners()) t?.removeEventListener(type, fn, capture)
+    clearInterval(this.timer)
+    this.ctl.abort()
+    if (this.client) history.scrollRestoration = "auto"
   }
 
   /** Resolves to stale. */
@@ -104,7 +121,6 @@ class Router {
     (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
       .then((v) => {
-        // the server judges: a straggler's older id is no news
         if (v.outdated ?? v.id != pageId) this.mark(v.id, reason)
       })
       .catch(() => reason == "asset" && this.mark(null, "check-failed"))
@@ -139,6 +155,8 @@ class Router {
 
   onVisible = () => !document.hidden && Date.now() - this.last > 3e4 && this.check()
 
+  onMoved = () => performance.now() > 3e4 && this.onVisible()
+
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
   onShow = (e) =>
@@ -146,7 +164,7 @@ class Router {
     this.check().then((s) => s && this.full(location.href, "reload"))
 
   onPop = (e) => {
-    if (here(this.from)) return // the #fragment only: no navigation
+    if (here(this.from)) return
     this.from = location.href
     if (this.stale) this.full(location.href, "reload")
     else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
@@ -159,10 +177,9 @@ class Router {
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how instanceof HTMLFormElement) {
-      // a form: submit natively, unseen by routers
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
-      sub?.removeAttribute("disabled") // Turbo disabled it
+      sub?.removeAttribute("disabled")
       how.requestSubmit(sub)
     } else if (how != "browser") location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
@@ -175,7 +192,6 @@ class Router {
 
   onClick = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
-    // a #fragment of this page only scrolls
     if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
     if (this.stale) return this.full(a.href, "browser")
     e.preventDefault()
@@ -219,10 +235,9 @@ class Router {
     let res
     try {
       res = (await hit) || (await fetch(url, { ...o, headers: HEADERS, signal: ctl.signal }))
-      url = res.url + new URL(url).hash // fetch drops it
-      if (this.seen(res)) res = 0 // the app was not called
-      // a POST answered in place was processed
-      if (!res || (this.stale && (!form || res.redirected)) || !/html/.test(res.headers.get("Content-Type"))) throw 0
+      url = res.url + new URL(url).hash
+      if (this.seen(res)) throw (res = res.redirected)
+      if ((this.stale && (!form || res.redirected)) || !/html/.test(res.headers.get("Content-Type"))) throw 0
       const doc = new DOMParser().parseFromString(await res.text(), "text/html")
       if (ctl == this.ctl) await this.render(doc, url, pop)
     } catch {
@@ -237,7 +252,6 @@ class Router {
     this.pos[this.key] = [scrollX, scrollY]
     this.key = pop ?? "" + Date.now()
     pop ?? history[here(url) ? "replaceState" : "pushState"]({ ds: this.key }, "", url)
-    // new stylesheets load before the swap: no flash
     const key = (el) => (el.localName == "script" ? el.getAttribute("src") || el.textContent : el.outerHTML)
     const old = new Map([...document.head.children].map((el) => [key(el), el]))
     const n = doc.querySelector("script[data-deploysync]")?.getAttribute("nonce")
@@ -265,12 +279,11 @@ class Router {
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
-  // stale: a push to another page is a full load
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
     if (!this.external || here(url)) return
-    if (this.stale && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
+    if (this.stale && navigator.userActivation?.isActive && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
       if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
     }
@@ -278,17 +291,24 @@ class Router {
 
   onHtmxRequest = ({ detail: d }) => {
     const h = (d.ctx?.request || d).headers
-    h["HX-Boosted"] && Object.assign(h, HEADERS)
+    if (/Boo|Hist/.test("" + Object.keys(h))) Object.assign(h, HEADERS)
   }
+
+  onHtmxRestore = (e) => {
+    for (const k in HEADERS) e.detail.xhr.setRequestHeader(k, HEADERS[k])
+  }
+
+  onHtmxRestored = (e) => this.seen(e.detail.xhr) && this.full(location.href, "reload")
 
   onHtmxLoad = (e) => {
     const { xhr, ctx, pathInfo, requestConfig } = e.detail
     const q = ctx?.request || requestConfig
     const r = xhr || ctx.response.raw
     const a = (pathInfo || q).anchor
-    if (q.headers["HX-Boosted"] && (this.seen(r) || (this.stale && !/post/i.test(q.verb || q.method)))) {
+    const u = r.responseURL || r.url
+    if (/Boo|Hist/.test("" + Object.keys(q.headers)) && (this.seen(r) || (this.stale && !/post/i.test(q.verb || q.method)))) {
       e.preventDefault()
-      this.full((r.responseURL || r.url) + (a ? "#" + a : ""), q.elt || q.form, this.sub)
+      this.full(u + (a ? "#" + a : ""), !(r.redirected ?? u != abs(pathInfo.finalRequestPath)) && (q.elt || q.form), this.sub)
     }
   }
 
@@ -303,10 +323,9 @@ class Router {
     const r = e.detail.fetchResponse.response
     const t = e.target
     const s = this.seen(r)
-    // a form, or a visit for its own URL
     if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
-      this.full(r.url + this.u.hash, t, this.sub)
+      this.full(r.url + this.u.hash, !r.redirected && t, this.sub)
     }
   }
 }
@@ -319,7 +338,7 @@ if (!(KEY in window)) {
     for (const m of /** @type {const} */ (["push", "replace"])) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
-        (f.apply(h, a), router.external && router.stale && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
+        (f.apply(h, a), router.on && router.external && router.stale && navigator.userActivation?.isActive && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
   /** @type {any} */ (window)[KEY] = {
     get stale() { return router.stale },

@@ -465,11 +465,10 @@ class Slow:
         await self.server(scope, receive, send)
 
 
-def test_a_prefetch_refused_during_another_visit_leaves_for_the_clicked_page(
-    make_site: MakeSite, tab: Tab
-) -> None:
-    # A hover's prefetch, then a click on another link whose cached preview replaces the
-    # hovered link: the prefetch's 409 is answered on <html> while the visit is busy.
+def turbo_with_held_visits(make_site: MakeSite, tab: Tab) -> tuple[Site, Any]:
+    """A Turbo page (/turbo/a) of a slow server whose visits wait 0.8 s before they go
+    out (Turbo's "pausing requests": an app adding a token), with a link ``#home`` to
+    /turbo, which Turbo has a cached preview of."""
     made: list[Slow] = []
     site = make_site(
         routing="external", wrap=lambda site: made.append(Slow(site, "external", 0.3)) or made[0]
@@ -477,7 +476,6 @@ def test_a_prefetch_refused_during_another_visit_leaves_for_the_clicked_page(
     page = open_at(tab, site.url("/turbo"))
     follow(page, "#turbo-a")
     title_is(page, "turbo a")
-    # Turbo's "pausing requests" (an app adding a token) holds the visit back.
     page.evaluate(
         """document.addEventListener("turbo:before-fetch-request", (e) => {
              if (e.target == document.documentElement
@@ -486,6 +484,15 @@ def test_a_prefetch_refused_during_another_visit_leaves_for_the_clicked_page(
            })
            document.body.insertAdjacentHTML("afterbegin", '<a id="home" href="/turbo">home</a>')"""
     )
+    return site, page
+
+
+def test_a_prefetch_refused_during_another_visit_leaves_for_the_clicked_page(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # A hover's prefetch, then a click on another link whose cached preview replaces the
+    # hovered link: the prefetch's 409 is answered on <html> while the visit is busy.
+    site, page = turbo_with_held_visits(make_site, tab)
     mark(page)
     new = site.deploy("v2")
     tab.allow(RELOAD_409)
@@ -603,23 +610,11 @@ def test_a_prefetch_whose_link_left_before_it_was_sent_never_takes_the_visit(
 ) -> None:
     # The hovered link is re-rendered before Turbo sends its prefetch: the prefetch's
     # request is then dispatched on <html>, like a visit's, while a visit waits.
-    made: list[Slow] = []
-    site = make_site(
-        routing="external", wrap=lambda site: made.append(Slow(site, "external", 0.3)) or made[0]
-    )
-    page = open_at(tab, site.url("/turbo"))
-    follow(page, "#turbo-a")
-    title_is(page, "turbo a")
+    site, page = turbo_with_held_visits(make_site, tab)
     page.evaluate(
-        """document.addEventListener("turbo:before-fetch-request", (e) => {
-             if (e.target == document.documentElement
-                 && !e.detail.fetchOptions.headers["X-Sec-Purpose"]) {
-               e.preventDefault(); setTimeout(e.detail.resume, 800) }
-           })
-           document.addEventListener("mouseover", (e) => e.target.id == "turbo-b"
+        """document.addEventListener("mouseover", (e) => e.target.id == "turbo-b"
              && setTimeout(() => e.target.isConnected
-                           && e.target.replaceWith(e.target.cloneNode(true)), 30))
-           document.body.insertAdjacentHTML("afterbegin", '<a id="home" href="/turbo">home</a>')"""
+                           && e.target.replaceWith(e.target.cloneNode(true)), 30))"""
     )
     page.mouse.move(0, 0)
     mark(page)

@@ -767,3 +767,64 @@ def test_a_turbo_link_on_a_stale_page_is_one_full_load(make_site: MakeSite, tab:
     client_routed(page)
     time.sleep(0.5)
     assert tab.documents - before == 1
+
+
+def test_a_refused_htmx_post_from_a_page_with_a_fragment_is_sent_again(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # htmx 2 posts a form without action to location.href, #fragment included; the
+    # response URL has none: that is no redirect, the POST was not processed.
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/htmx/x#top"))
+    page.evaluate(
+        """document.body.insertAdjacentHTML("afterbegin", '<form id="f2" method="post">'
+             + '<input name="message" value="once"><button id="send2">Send</button></form>');
+           htmx.process(document.body)"""
+    )
+    site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click("#send2")
+    title_is(page, "htmx result")
+    assert site.stats()["posts"] == 1
+
+
+@pytest.mark.parametrize("lib", ["htmx", "htmx4"])
+@pytest.mark.parametrize("name", ["X-Booking-Ref", "X-History-Token"])
+def test_an_htmx_partial_with_an_apps_header_is_no_navigation(
+    make_site: MakeSite, tab: Tab, lib: str, name: str
+) -> None:
+    site = make_site(routing="external")
+    page = open_at(tab, site.url(f"/{lib}"))
+    page.evaluate(
+        """([name, lib]) => { document.body.insertAdjacentHTML("afterbegin",
+             `<p id="slot"></p><button id="part" hx-get="/${lib}/a" hx-select="h1"
+                hx-target="#slot" hx-headers='{"${name}": "1"}'>part</button>`);
+           htmx.process(document.body) }""",
+        [name, lib],
+    )
+    mark(page)
+    site.deploy("v2")
+    page.click("#part")
+    expect(page.locator("#slot")).to_have_text(f"{lib} a")
+    assert marked(page), "a partial took the page away"
+    assert page.url == site.url(f"/{lib}")
+
+
+def test_a_browser_without_user_activation_still_full_loads_a_stale_routers_push(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # Safari before 16.4, Firefox ESR 115: neither navigator.userActivation nor the
+    # Navigation API; the client wraps pushState.
+    tab.page.add_init_script(
+        "delete Navigator.prototype.userActivation; delete window.navigation;"
+        " delete Window.prototype.navigation"
+    )
+    site = make_site(routing="external")
+    page = open_at(tab, site.url("/spa"))
+    assert page.evaluate("!window.navigation && !navigator.userActivation")
+    mark(page)
+    new = site.deploy("v2")
+    assert check(page)
+    page.click("#spa-x")
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    assert not marked(page)

@@ -283,7 +283,7 @@ class Router {
     const { url, sameDocument } = e.destination
     this.from = location.href
     if (!this.external || here(url)) return
-    if (this.stale && navigator.userActivation?.isActive && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
+    if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
       if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
     }
@@ -291,7 +291,7 @@ class Router {
 
   onHtmxRequest = ({ detail: d }) => {
     const h = (d.ctx?.request || d).headers
-    if (/Boo|Hist/.test("" + Object.keys(h))) Object.assign(h, HEADERS)
+    if (/(^|,)HX-(Boo|Hist)/.test("" + Object.keys(h))) Object.assign(h, HEADERS)
   }
 
   onHtmxRestore = (e) => {
@@ -306,9 +306,9 @@ class Router {
     const r = xhr || ctx.response.raw
     const a = (pathInfo || q).anchor
     const u = r.responseURL || r.url
-    if (/Boo|Hist/.test("" + Object.keys(q.headers)) && (this.seen(r) || (this.stale && !/post/i.test(q.verb || q.method)))) {
+    if (/(^|,)HX-(Boo|Hist)/.test("" + Object.keys(q.headers)) && (this.seen(r) || (this.stale && !/post/i.test(q.verb || q.method)))) {
       e.preventDefault()
-      this.full(u + (a ? "#" + a : ""), !(r.redirected ?? u != abs(pathInfo.finalRequestPath)) && (q.elt || q.form), this.sub)
+      this.full(u + (a ? "#" + a : ""), !(r.redirected ?? u != abs(pathInfo.finalRequestPath).split("#")[0]) && (q.elt || q.form), this.sub)
     }
   }
 
@@ -338,7 +338,7 @@ if (!(KEY in window)) {
     for (const m of /** @type {const} */ (["push", "replace"])) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
-        (f.apply(h, a), router.on && router.external && router.stale && navigator.userActivation?.isActive && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
+        (f.apply(h, a), router.on && router.external && router.stale && (navigator.userActivation?.isActive ?? 1) && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
   /** @type {any} */ (window)[KEY] = {
     get stale() { return router.stale },

@@ -285,6 +285,10 @@ class Runtime:
             script_path=self._client_path,
         )
 
+    def _cannot_read(self, exc: Exception) -> None:
+        """Report a failed read of the store (by a snapshot or the watcher's probe)."""
+        self._report(f"Cannot read deploysync store {self.store.location}: {exc}")
+
     def _report(self, message: str, *, then: str | None = None) -> None:
         """Log *message* once (until another one), with what is still served, or *then*
         (what follows for one asset while the rest is served)."""
@@ -314,7 +318,7 @@ class Runtime:
             # watcher, which a first request starts: a command that loads the app (to
             # build into that store, say) must not print what only a server would say.
             if not (initial and isinstance(exc, StoreNotFound)):
-                self._report(f"Cannot read deploysync store {store.location}: {exc}")
+                self._cannot_read(exc)
             return None
         # The current (or pinned) deployment is read even when the list lost it (a
         # Redis set evicted or deleted): its pages are out there.
@@ -644,8 +648,8 @@ class Runtime:
                     polls = 0
                     token = fresh
                     self.refresh()
-            except (StoreError, OSError, ValueError) as exc:  # said as a read would say it
-                self._report(f"Cannot read deploysync store {self.store.location}: {exc}")
+            except (StoreError, OSError, ValueError) as exc:
+                self._cannot_read(exc)
                 stop.wait(self.poll_interval)
             except Exception as exc:  # the watcher must outlive any store hiccup
                 self._report(f"deploysync watcher: {exc!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from harness import DEADLINE, MakeSite, Site, Tab
@@ -32,6 +32,8 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.browser
 
 VERSION_PATH = "/_deploysync/version"
+
+_App = TypeVar("_App")
 
 # Keeps the tab's deploysync:stale details, across full loads too.
 RECORD_STALE = """document.addEventListener("deploysync:stale", (e) => {
@@ -98,28 +100,26 @@ class Proxy:
         await self.server({**scope, "headers": headers}, receive, send)
 
 
-def rolling(make_site: MakeSite, routing: str, versions: list[str]) -> tuple[Site, Balancer]:
-    made: list[Balancer] = []
+def behind(make_site: MakeSite, routing: str, front: Callable[[Site], _App]) -> tuple[Site, _App]:
+    """A site whose server is the ASGI app ``front(site)`` builds (a balancer, a proxy)."""
+    made: list[_App] = []
 
-    def wrap(site: Site) -> Balancer:
-        made.append(Balancer(site, routing, versions))
+    def wrap(site: Site) -> _App:
+        made.append(front(site))
         return made[0]
 
     site = make_site(routing=routing, wrap=wrap)
     return site, made[0]
+
+
+def rolling(make_site: MakeSite, routing: str, versions: list[str]) -> tuple[Site, Balancer]:
+    return behind(make_site, routing, lambda site: Balancer(site, routing, versions))
 
 
 def proxied(
     make_site: MakeSite, routing: str, drop: Callable[[str, bytes], bool], version_delay: float = 0
 ) -> tuple[Site, Proxy]:
-    made: list[Proxy] = []
-
-    def wrap(site: Site) -> Proxy:
-        made.append(Proxy(site, routing, drop, version_delay))
-        return made[0]
-
-    site = make_site(routing=routing, wrap=wrap)
-    return site, made[0]
+    return behind(make_site, routing, lambda site: Proxy(site, routing, drop, version_delay))
 
 
 def follow(page: Any, link: str) -> None:
@@ -369,12 +369,9 @@ class LoadsToStraggler(Balancer):
 def test_an_external_routers_loop_guard_page_moves_on_once_the_straggler_is_gone(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
-    made: list[LoadsToStraggler] = []
-    site = make_site(
-        routing="external",
-        wrap=lambda site: made.append(LoadsToStraggler(site, "external", ["v1", "v2"])) or made[0],
+    site, lb = behind(
+        make_site, "external", lambda site: LoadsToStraggler(site, "external", ["v1", "v2"])
     )
-    lb = made[0]
     lb.to = "v1"
     page = open_at(tab, site.url(f"/{lib}"))
     old, new = site.versions["v1"], site.versions["v2"]
@@ -428,12 +425,10 @@ def test_a_turbo_prefetch_whose_link_left_the_page_never_navigates(
 def test_an_external_routers_guard_page_stays_one_while_the_straggler_answers(
     make_site: MakeSite, tab: Tab, lib: str
 ) -> None:
-    made: list[LoadsToStraggler] = []
-    site = make_site(
-        routing="external",
-        wrap=lambda site: made.append(LoadsToStraggler(site, "external", ["v1", "v2"])) or made[0],
+    site, lb = behind(
+        make_site, "external", lambda site: LoadsToStraggler(site, "external", ["v1", "v2"])
     )
-    made[0].to = "v1"  # page loads keep reaching the straggler
+    lb.to = "v1"  # page loads keep reaching the straggler
     page = open_at(tab, site.url(f"/{lib}"))
     tab.allow(RELOAD_409)
     for i, link in enumerate(["a", "b"] * 2):
@@ -469,10 +464,7 @@ def turbo_with_held_visits(make_site: MakeSite, tab: Tab) -> tuple[Site, Any]:
     """A Turbo page (/turbo/a) of a slow server whose visits wait 0.8 s before they go
     out (Turbo's "pausing requests": an app adding a token), with a link ``#home`` to
     /turbo, which Turbo has a cached preview of."""
-    made: list[Slow] = []
-    site = make_site(
-        routing="external", wrap=lambda site: made.append(Slow(site, "external", 0.3)) or made[0]
-    )
+    site, _ = behind(make_site, "external", lambda site: Slow(site, "external", 0.3))
     page = open_at(tab, site.url("/turbo"))
     follow(page, "#turbo-a")
     title_is(page, "turbo a")
@@ -577,10 +569,7 @@ def test_a_turbo_frames_answer_never_takes_a_stale_page_away(
 ) -> None:
     # Turbo marks a frame busy too; its answer (redirected here) is the frame's, not a
     # navigation of the page.
-    made: list[FrameSource] = []
-    site = make_site(
-        routing="external", wrap=lambda site: made.append(FrameSource(site)) or made[0]
-    )
+    site, _ = behind(make_site, "external", FrameSource)
     page = open_at(tab, site.url("/turbo"))
     if how == "lazy frame":
         page.evaluate(
@@ -662,12 +651,7 @@ class PostToStraggler(Balancer):
 def test_a_post_processed_whose_redirect_is_refused_is_not_sent_again(
     make_site: MakeSite, tab: Tab, routing: str, start: str, result: str
 ) -> None:
-    made: list[PostToStraggler] = []
-    site = make_site(
-        routing=routing,
-        wrap=lambda s: made.append(PostToStraggler(s, routing, ["v1", "v2"])) or made[0],
-    )
-    lb = made[0]
+    site, lb = behind(make_site, routing, lambda site: PostToStraggler(site, routing, ["v1", "v2"]))
     lb.to = "v1"
     page = open_at(tab, site.url(start))
     assert page_id(page) == site.versions["v1"]
@@ -724,10 +708,7 @@ def test_a_stale_page_never_leaves_while_the_user_only_scrolls(
 ) -> None:
     # Infinite scroll that keeps the URL in step with the page reached.
     lib = "turbo" if how.startswith("turbo") else "htmx"
-    made: list[FrameSource] = []
-    site = make_site(
-        routing="external", wrap=lambda site: made.append(FrameSource(site)) or made[0]
-    )
+    site, _ = behind(make_site, "external", FrameSource)
     page = open_at(tab, site.url(f"/{lib}"))
     if lib == "turbo":
         html = (

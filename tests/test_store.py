@@ -683,6 +683,68 @@ def test_namespaces_are_independent(redis_url: str, site_src: SrcFactory, tmp_pa
 
 
 @pytest.mark.redis
+def test_the_url_names_the_namespace(
+    redis_url: str, site_src: SrcFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    main = cli_main()
+    assert main is not None
+    shop = f"{redis_url}?namespace=shop"
+    assert main(["build", str(site_src("v1")), "--store", shop, "--activate"]) == 0
+    ident = capsys.readouterr().out.splitlines()[-1]
+    named = RedisStore(redis_url, cache_dir=tmp_path / "c1", namespace="shop")
+    default = RedisStore(redis_url, cache_dir=tmp_path / "c2")
+    opened = open_store(f"{redis_url}?socket_timeout=5&namespace=shop", cache_dir=tmp_path / "c3")
+    try:
+        assert named.current() == ident and default.current() is None
+        assert default.ids() == [] and list(default.all_blobs()) == []
+        # The parameter is the store's, not a connection's: the others stay in the URL.
+        assert isinstance(opened, RedisStore)
+        assert (opened.namespace, opened.url) == ("shop", f"{redis_url}?socket_timeout=5")
+        assert opened.current() == ident
+    finally:
+        for store in (named, default, opened):
+            store.close()
+    assert main(["list", "--store", shop]) == 0
+    assert ident in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("namespace=", "Invalid Redis namespace ''"),
+        ("namespace=a%20b", "Invalid Redis namespace 'a b'"),
+        ("namespace=a&namespace=b", "names more than one namespace"),
+    ],
+)
+def test_a_bad_namespace_in_the_url_is_refused_in_one_line(
+    query: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("redis")
+    url = f"redis://:secret@127.0.0.1:1/0?{query}"
+    with pytest.raises(StoreError, match=reason):
+        open_store(url)
+    main = cli_main()
+    assert main is not None
+    capsys.readouterr()
+    assert main(["list", "--store", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and reason in err and "secret" not in err
+
+
+def test_a_namespace_given_twice_must_agree() -> None:
+    pytest.importorskip("redis")
+    from deploysync.store.redis import RedisStore
+
+    with pytest.raises(StoreError, match="names namespace 'a', the store was given 'b'"):
+        RedisStore("redis://127.0.0.1:1/0?namespace=a", namespace="b")
+    store = RedisStore("redis://127.0.0.1:1/0?namespace=a", namespace="a")
+    assert store.namespace == "a"
+    store.close()
+
+
+@pytest.mark.redis
 def test_local_copies_of_unused_blobs_are_trimmed_once_old(redis_store: Any) -> None:
     kept, dropped = b"still used\n" * 40, b"pruned away\n" * 40
     paths = {data: Path(redis_store.blob_path(put(redis_store, data))) for data in (kept, dropped)}

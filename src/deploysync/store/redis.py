@@ -42,7 +42,7 @@ from collections.abc import Collection, Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from ..manifest import Deployment, ManifestError, is_valid_id, validate_id
 from .base import (
@@ -64,6 +64,8 @@ from .base import (
 
 log = logging.getLogger(__name__)
 
+#: The prefix of the store's keys unless its URL or constructor names another.
+DEFAULT_NAMESPACE = "deploysync"
 INSTALL_HINT = "the redis store needs `pip install deploysync[redis]`"
 #: The writers' lock expires this long after its holder stops renewing it (a crash).
 LOCK_TTL_MS = 30_000
@@ -168,6 +170,27 @@ def _check_url(url: str, client: Any) -> None:
         raise ValueError(f"unknown parameter {match.group(1)!r}" if match else str(exc)) from None
 
 
+def _split_namespace(url: str, given: str | None) -> tuple[str, str]:
+    """(*url* without its ``namespace`` parameter, the namespace to use)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    named = [value for key, value in query if key == "namespace"]
+    if len(set(named)) > 1:
+        raise StoreError(f"Redis URL {redact(url)!r} names more than one namespace")
+    if named and given is not None and named[0] != given:
+        raise StoreError(f"Redis URL names namespace {named[0]!r}, the store was given {given!r}")
+    namespace = named[0] if named else given if given is not None else DEFAULT_NAMESPACE
+    if not namespace or any(c.isspace() for c in namespace):
+        raise StoreError(f"Invalid Redis namespace {namespace!r}")
+    if named:
+        # The other parameters as written: redis-py reads them.
+        rest = [
+            pair for pair in parts.query.split("&") if unquote(pair.split("=")[0]) != "namespace"
+        ]
+        url = urlunsplit(parts._replace(query="&".join(rest)))
+    return url, namespace
+
+
 def _reason(exc: BaseException) -> str:
     """The one-line reason of a connection error (``Connection refused``)."""
     cause = exc.__cause__ or exc.__context__
@@ -217,13 +240,14 @@ class RedisStore(Store):
         url: str,
         *,
         cache_dir: str | os.PathLike[str] | None = None,
-        namespace: str = "deploysync",
+        namespace: str | None = None,
     ) -> None:
         """*cache_dir*: deploysync's cache folder (default :func:`default_cache_home`);
-        this store keeps its local copies in a folder of its own inside it."""
+        this store keeps its local copies in a folder of its own inside it. *namespace*:
+        the prefix of its keys (default ``deploysync``), also given as the URL's
+        ``?namespace=`` parameter, so that several projects can share one database."""
         redis = _import_redis()
-        if not namespace or any(c.isspace() for c in namespace):
-            raise StoreError(f"Invalid Redis namespace {namespace!r}")
+        url, namespace = _split_namespace(url, namespace)
         self.url = url
         self.location = redact(url)
         self.namespace = namespace

@@ -29,7 +29,9 @@ ETAG = b'"0123456789abcdef0123456789abcdef"'
 DATA = bytes(range(256)) * 4  # 1024 bytes
 
 
-def _file(encodings: tuple[str, ...] = ("gzip", "br")) -> StaticFile:
+def _file(
+    encodings: tuple[str, ...] = ("gzip", "br"), sizes: dict[str, int] | None = None
+) -> StaticFile:
     vary = bool(encodings)
     identity = core.make_variant(
         None, etag=ETAG, content_type=b"text/css", size=len(DATA), data=DATA, path=None, vary=vary
@@ -39,8 +41,8 @@ def _file(encodings: tuple[str, ...] = ("gzip", "br")) -> StaticFile:
             enc,
             etag=ETAG[:-1] + b"-" + enc.encode() + b'"',
             content_type=b"text/css",
-            size=10,
-            data=b"x" * 10,
+            size=(sizes or {}).get(enc, 10),
+            data=b"x" * (sizes or {}).get(enc, 10),
             path=None,
             vary=True,
         )
@@ -438,6 +440,17 @@ def test_choose_variant_only_gzip_stored() -> None:
     assert choose_variant(only_gzip, b"br, gzip").encoding == "gzip"
     assert choose_variant(only_gzip, b"br").encoding is None
     assert choose_variant(_file(()), b"br, gzip").encoding is None
+
+
+def test_choose_variant_prefers_the_smaller_coding_of_equal_preference() -> None:
+    # A low brotli quality (--brotli-quality 1) can give a br variant larger than gzip.
+    larger_br = _file(sizes={"gzip": 10, "br": 12})
+    assert choose_variant(larger_br, b"gzip, br").encoding == "gzip"
+    assert choose_variant(larger_br, b"br, gzip").encoding == "gzip"
+    assert choose_variant(larger_br, b"*").encoding == "gzip"
+    assert choose_variant(larger_br, b"br, gzip;q=0.9").encoding == "br"
+    assert choose_variant(larger_br, b"br").encoding == "br"
+    assert choose_variant(_file(sizes={"gzip": 10, "br": 10}), b"gzip, br").encoding == "br"
 
 
 def test_parse_accept_encoding() -> None:

@@ -604,9 +604,9 @@ def parse_accept_encoding(value: bytes) -> dict[bytes, float] | None:
 
 
 def choose_variant(file: StaticFile, accept_encoding: bytes | None) -> Variant:
-    """The representation to send: highest qvalue among those stored, ties going
-    br > gzip > identity (smallest first). Without Accept-Encoding, identity (§12.5.3:
-    "no preference", and the safest for old clients)."""
+    """The representation to send: highest qvalue among those stored, ties going to
+    the smaller of br and gzip (br when equal), then identity. Without Accept-Encoding,
+    identity (§12.5.3: "no preference", and the safest for old clients)."""
     if accept_encoding is None or (file.br is None and file.gzip is None):
         return file.identity
     prefs = parse_accept_encoding(accept_encoding)
@@ -620,7 +620,8 @@ def choose_variant(file: StaticFile, accept_encoding: bytes | None) -> Variant:
         if variant is None:
             continue
         q = prefs.get(name, star if star is not None else 0.0)
-        if q > best_q:
+        # A low brotli quality can make br larger than gzip.
+        if q > best_q or (q == best_q and best is not None and variant.size < best.size):
             best, best_q = variant, q
     # Identity not listed is acceptable (§12.5.3) but ranks below any accepted coding.
     identity_q = prefs.get(b"identity", star if star is not None else 0.0)

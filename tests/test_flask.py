@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -260,6 +263,59 @@ def test_a_store_not_built_yet_is_said_by_a_server_not_by_a_command(
         ]
     finally:
         other.extensions[EXTENSION].close()
+
+
+APP_MODULE = """
+import os
+from flask import Flask
+from deploysync.contrib.flask import DeploySync
+
+app = Flask(__name__)
+app.config["DEPLOYSYNC_STORE"] = os.environ["STORE"]
+if os.environ.get("CDN"):
+    app.config["DEPLOYSYNC_STATIC_URL"] = os.environ["CDN"]
+DeploySync(app)
+"""
+
+
+def test_flask_commands_run_while_the_static_url_differs_from_the_deployments(
+    tmp_path: Path, site_src: Callable[..., Path]
+) -> None:
+    # The app moves to a CDN: the current deployment was built for /static/. The
+    # commands that repair this (a build for the new URL) load the app first.
+    (tmp_path / "cdnapp.py").write_text(APP_MODULE)
+    store = tmp_path / "store"
+    build(site_src("v1"), store, activate=True)
+    cdn = "https://cdn.example.com/static/"
+    env = {**os.environ, "STORE": str(store), "CDN": cdn, "PYTHONPATH": str(tmp_path)}
+
+    def flask(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "flask", "--app", "cdnapp", *args]
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+
+    done = flask("routes")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("deploysync: warning: Deployment ")
+    assert f"configured with '{cdn}'" in done.stderr
+    done = flask("deploysync", "build", str(site_src("v2")), "--activate")
+    assert done.returncode == 0, done.stderr
+    new = done.stdout.splitlines()[-1]
+    assert FileStore(store).load(new).static_url == cdn
+    assert FileStore(store).current() == new
+    done = flask("deploysync", "list")
+    assert done.returncode == 0 and new in done.stdout and not done.stderr
+    # A server loading the app outside a command still refuses to start on a mismatch.
+    env["CDN"] = ""
+    done = subprocess.run(
+        [sys.executable, "-c", "import cdnapp"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0 and "DeploySyncError" in done.stderr
+    assert f"built for the static URL '{cdn}'" in done.stderr
 
 
 def test_url_for_static_with_a_cdn_static_url(

@@ -91,26 +91,33 @@ class DeploySync:
                 "deploysync has no store: set app.config['DEPLOYSYNC_STORE'] (a directory "
                 "or a redis:// URL) or the DEPLOYSYNC_STORE variable"
             )
-        static_url = config.get("DEPLOYSYNC_STATIC_URL") or (app.static_url_path or "") + "/"
         strict = config.get("DEPLOYSYNC_STRICT")
         # Flask's wsgi_app is typed with typeshed's StartResponse, deploysync.wsgi with its
         # own (equivalent at run time) protocol.
         inner: Any = app.wsgi_app
-        middleware = wsgi.DeploySync(
-            inner,
-            store=store,
-            static_url=static_url,
-            routing=config.get("DEPLOYSYNC_ROUTING", "server"),
-            check_interval=config.get("DEPLOYSYNC_CHECK_INTERVAL", 0),
-            deployment=config.get("DEPLOYSYNC_DEPLOYMENT"),
-            strict=bool(app.debug) if strict is None else bool(strict),
-            nonce=_nonce_option(config.get("DEPLOYSYNC_NONCE")),
-            poll_interval=config.get("DEPLOYSYNC_POLL_INTERVAL", 0.5),
-            cache_dir=config.get("DEPLOYSYNC_CACHE_DIR") or None,
-        )
-        wrapped: Any = middleware
+        wrapped: Any
+        try:
+            wrapped = wsgi.DeploySync(
+                inner,
+                store=store,
+                static_url=_static_url(app),
+                routing=config.get("DEPLOYSYNC_ROUTING", "server"),
+                check_interval=config.get("DEPLOYSYNC_CHECK_INTERVAL", 0),
+                deployment=config.get("DEPLOYSYNC_DEPLOYMENT"),
+                strict=bool(app.debug) if strict is None else bool(strict),
+                nonce=_nonce_option(config.get("DEPLOYSYNC_NONCE")),
+                poll_interval=config.get("DEPLOYSYNC_POLL_INTERVAL", 0.5),
+                cache_dir=config.get("DEPLOYSYNC_CACHE_DIR") or None,
+            )
+        except DeploySyncError as exc:
+            if click.get_current_context(silent=True) is None:
+                raise  # a server starting: it must not serve broken URLs
+            # Loaded by a `flask` command, maybe the one that repairs this (a build for
+            # a new static URL, an activation): said now, raised by every request.
+            click.echo(f"deploysync: warning: {exc}", err=True)
+            wrapped = _Unavailable(exc)
         app.wsgi_app = wrapped  # type: ignore[method-assign]
-        app.extensions[EXTENSION] = middleware
+        app.extensions[EXTENSION] = wrapped
         app.url_defaults(_hashed_static_filename)
         app.jinja_env.globals.update(
             asset_url=asset_url, vite_tags=vite_tags, deploysync_head=deploysync_head
@@ -122,14 +129,33 @@ class DeploySync:
         """The WSGI middleware of *app* (default: the current app)."""
         target = app if app is not None else current_app
         try:
-            found: wsgi.DeploySync = target.extensions[EXTENSION]
+            found: wsgi.DeploySync | _Unavailable = target.extensions[EXTENSION]
         except KeyError:
             raise RuntimeError("deploysync is not set up on this app: call init_app(app)") from None
+        if isinstance(found, _Unavailable):
+            raise found.error
         return found
 
     def url(self, path: str) -> str:
         """The hashed URL of *path* in the current app's current deployment."""
         return self.middleware().url(path)
+
+
+class _Unavailable:
+    """The app's WSGI callable when deploysync could not be set up while a ``flask``
+    command loaded the app: every request raises the reason."""
+
+    def __init__(self, error: DeploySyncError) -> None:
+        self.error = error
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        raise self.error
+
+
+def _static_url(app: Flask) -> str:
+    """The static URL the app's deployments are built for."""
+    configured: str | None = app.config.get("DEPLOYSYNC_STATIC_URL")
+    return configured or (app.static_url_path or "") + "/"
 
 
 def _nonce_option(option: Any) -> Any:
@@ -155,8 +181,8 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
     """
     if endpoint != "static" or "filename" not in values:
         return
-    middleware: wsgi.DeploySync | None = current_app.extensions.get(EXTENSION)
-    if middleware is None:
+    middleware = current_app.extensions.get(EXTENSION)
+    if not isinstance(middleware, wsgi.DeploySync):
         return
     runtime = middleware.runtime
     prefix = (current_app.static_url_path or "") + "/"
@@ -219,15 +245,14 @@ def _run(command: str, args: Sequence[str]) -> None:
     from deploysync import cli
 
     argv = [command, *args]
-    middleware: wsgi.DeploySync | None = current_app.extensions.get(EXTENSION)
     given = {arg.split("=", 1)[0] for arg in args}
     store = current_app.config.get("DEPLOYSYNC_STORE")
     if "--store" not in given and store:
         # The configured spec, not the store's display location (a redis:// URL with
         # its password, say); without one the command falls back to $DEPLOYSYNC_STORE.
         argv += ["--store", str(store)]
-    if command == "build" and "--static-url" not in given and middleware is not None:
-        argv += ["--static-url", middleware.runtime.static_url]
+    if command == "build" and "--static-url" not in given and EXTENSION in current_app.extensions:
+        argv += ["--static-url", _static_url(current_app)]
     cache_dir = current_app.config.get(CACHE_ENV)
     previous = os.environ.get(CACHE_ENV)
     if command == "build" and cache_dir:

@@ -449,9 +449,19 @@ def test_e001_no_store(configure: Callable[..., None], monkeypatch: pytest.Monke
     assert check_ids() == ["deploysync.E001"]
 
 
-def test_e001_store_missing(configure: Callable[..., None], tmp_path: Path) -> None:
-    configure(STORE=str(tmp_path / "nowhere"))
+def test_e001_store_unreadable(configure: Callable[..., None], tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "current.json").write_text("{not json")
+    configure(STORE=str(tmp_path / "store"))
     assert check_ids() == ["deploysync.E001"]
+
+
+def test_w005_store_not_created_yet(configure: Callable[..., None], tmp_path: Path) -> None:
+    # A fresh checkout: runserver starts (and serves the unhashed URLs) before a build.
+    configure(STORE=str(tmp_path / "nowhere"))
+    assert check_ids() == ["deploysync.W005"]
+    (message,) = [m for m in checks.run_checks() if m.id == "deploysync.W005"]
+    assert "does not exist yet" in message.msg and "collectstatic" in (message.hint or "")
 
 
 def test_e002_static_url_mismatch(

@@ -5,8 +5,8 @@
 ============== ==========================================================================
 id             means
 ============== ==========================================================================
-deploysync.E001 no store configured, or the store cannot be read (directory missing,
-                Redis unreachable, corrupt activation record)
+deploysync.E001 no store configured, or the store cannot be read (Redis unreachable,
+                corrupt activation record)
 deploysync.E002 the static URL prefix differs from the one the current (or pinned)
                 deployment was built for: every asset URL would be broken
 deploysync.E003 an invalid ``DEPLOYSYNC`` value (unknown key, ``ROUTING``, intervals,
@@ -20,8 +20,9 @@ deploysync.W003 ``GZipMiddleware`` is below the middleware: HTML reaches deploys
 deploysync.W004 ``deploysync.contrib.django`` is listed after ``django.contrib.staticfiles``
                 while ``DEBUG`` is on: ``runserver`` answers ``/static/`` itself and the
                 hashed URLs 404
-deploysync.W005 the store has no current deployment yet (run ``collectstatic`` with the
-                deploysync storage, or ``deploysync build --activate``)
+deploysync.W005 the store has no current deployment yet, or its directory does not exist
+                yet (run ``collectstatic`` with the deploysync storage, or
+                ``deploysync build --activate``)
 ============== ==========================================================================
 """
 
@@ -35,7 +36,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from ...manifest import DeploySyncError
-from ...store import open_store
+from ...store import StoreNotFound, open_store
 from .conf import read_config as get_config
 
 MIDDLEWARE_PATH = "deploysync.contrib.django.middleware.DeploySyncMiddleware"
@@ -68,6 +69,12 @@ def _compresses(path: str) -> bool:
     return any(word in name for word in ("gzip", "compress", "brotli", "zstd"))
 
 
+NOTHING_BUILT = (
+    "Run 'manage.py collectstatic' with the deploysync staticfiles storage, or "
+    "'deploysync build STATIC_ROOT --store ... --activate'."
+)
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
     """E001, E002, E003, W005: the settings and the store they point at."""
@@ -94,8 +101,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
             return [
                 Warning(
                     f"The deploysync store {store.location} has no current deployment yet.",
-                    hint="Run 'manage.py collectstatic' with the deploysync staticfiles "
-                    "storage, or 'deploysync build STATIC_ROOT --store ... --activate'.",
+                    hint=NOTHING_BUILT,
                     id="deploysync.W005",
                 )
             ]
@@ -111,6 +117,15 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                     )
                 ]
             raise
+    except StoreNotFound:
+        # A fresh checkout: nothing built yet, as with an empty store.
+        return [
+            Warning(
+                f"The deploysync store {store.location} does not exist yet.",
+                hint=NOTHING_BUILT,
+                id="deploysync.W005",
+            )
+        ]
     except DeploySyncError as exc:
         return [
             Error(

@@ -194,6 +194,7 @@ class Client:
         root_path: str = "",
         extensions: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        on_body: Callable[[], object] | None = None,
     ) -> Response:
         raise NotImplementedError
 
@@ -217,6 +218,7 @@ class AsgiClient(Client):
         root_path: str = "",
         extensions: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        on_body: Callable[[], object] | None = None,
     ) -> Response:
         scope: dict[str, Any] = {
             "type": "http",
@@ -244,6 +246,8 @@ class AsgiClient(Client):
                 fh.seek(message.get("offset") or 0)
                 message = {**message, "data": fh.read(message["count"])}
             messages.append(message)
+            if on_body is not None and message["type"] != "http.response.start":
+                on_body()
 
         asyncio.run(self.mw(scope, receive, send))
         start = messages[0]
@@ -274,6 +278,7 @@ class WsgiClient(Client):
         root_path: str = "",
         extensions: dict[str, Any] | None = None,
         extra: dict[str, Any] | None = None,
+        on_body: Callable[[], object] | None = None,
     ) -> Response:
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
@@ -308,7 +313,11 @@ class WsgiClient(Client):
 
         result = self.mw(environ, start_response)
         try:
-            body = b"".join(result)
+            body = b""
+            for chunk in result:
+                body += chunk
+                if on_body is not None:
+                    on_body()
         finally:
             close = getattr(result, "close", None)
             if close is not None:

@@ -889,6 +889,30 @@ def test_a_pruned_blob_is_404_not_500(
     assert response.header("cache-control") == "no-store"
 
 
+@pytest.mark.parametrize(
+    ("ranges", "status"), [("bytes=0-9,100-109", 206), ("bytes=10-", 206), (None, 200)]
+)
+def test_a_blob_pruned_while_it_is_sent_is_sent_to_the_end(
+    client: Client, store: FileStore, deployed: Deployment, ranges: str | None, status: int
+) -> None:
+    # A prune unlinks the file after the first part is out: what was opened stays readable.
+    blob = Path(store.blob_path(deployed.assets["big.bin"].digest))
+    response = client.request(
+        "GET",
+        deployed.url("big.bin"),
+        [("Range", ranges)] if ranges else [],
+        on_body=lambda: blob.unlink(missing_ok=True),
+    )
+    assert not blob.exists()
+    assert response.status == status
+    if ranges == "bytes=0-9,100-109":
+        assert BIG[0:10] in response.body and BIG[100:110] in response.body
+        assert response.body.lower().count(b"content-range: bytes ") == 2
+    else:
+        assert response.body == BIG[10:] if ranges else BIG
+    assert len(response.body) == int(response.header("content-length") or 0)
+
+
 def test_every_store_backend_serves_and_switches(kind: str, any_store: Store) -> None:
     """The same serving over the filesystem and the Redis store (blobs from its cache)."""
     import time

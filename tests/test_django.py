@@ -595,6 +595,23 @@ def test_large_file_is_streamed_whole_and_by_range(
     assert read_body(part) == data[1000:2000]
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_blob_pruned_while_its_ranges_are_sent_is_sent_to_the_end(
+    big: tuple[Deployment, bytes], store: FileStore, mode: str
+) -> None:
+    deployment, data = big
+    url = deployment.url("video.bin")
+    headers = {"Range": "bytes=0-9,1000-1009"}
+    response = Client().get(url, headers=headers) if mode == "sync" else aget(url, headers=headers)
+    assert response.status_code == 206
+    # The answer started: a prune unlinks the blob before the parts are read.
+    Path(store.blob_path(deployment.assets["video.bin"].digest)).unlink()
+    body = read_body(response)
+    response.close()
+    assert data[0:10] in body and data[1000:1010] in body
+    assert len(body) == int(response["Content-Length"])
+
+
 def test_static_url_with_query_and_fragment(deployed: Deployment) -> None:
     from django.templatetags.static import static
 

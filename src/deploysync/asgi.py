@@ -34,13 +34,12 @@ first deployment exists, pages pass through without injection.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from . import core
 from .inject import Injector, inject_whole
-from .serving import Middleware, mount_prefix, resolve_nonce, restore_files, tell_compressed
+from .serving import Middleware, mount_prefix, open_files, resolve_nonce, tell_compressed
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -228,13 +227,22 @@ class _Responder:
 async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
     """Send a core plan, using the server's file extensions when it offers them."""
     body = plan.body
-    if body and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body):
-        # A local copy a cache cleaner removed is fetched again (off the event loop);
-        # else a prune removed the blob after this snapshot was built: it is gone now.
-        files = [p.path for p in body if not isinstance(p, bytes)]
-        if not await _off_loop(restore_files, files):
+    files: dict[str, BinaryIO] = {}
+    if not all(isinstance(part, bytes) for part in body):
+        opened = await _off_loop(open_files, body)
+        if opened is None:  # a prune removed the blob after this snapshot was built
             plan = core.NOT_FOUND
-            body = plan.body
+        else:
+            files = opened
+    try:
+        await _send_body(plan, files, scope, send)
+    finally:
+        for fh in files.values():
+            fh.close()
+
+
+async def _send_body(plan: core.Plan, files: dict[str, BinaryIO], scope: Scope, send: Send) -> None:
+    body = plan.body
     # A list, not the plan's tuple: middleware outside this one may edit it in place.
     start = {"type": "http.response.start", "status": plan.status, "headers": list(plan.headers)}
     await send(start)
@@ -254,18 +262,16 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
             # ASGI pathsend extension: the server sends the file itself (sendfile).
             await send({"type": PATHSEND, "path": part.path})
         elif ZEROCOPYSEND in extensions:
-            with open(part.path, "rb") as fh:
-                await send(
-                    {
-                        "type": ZEROCOPYSEND,
-                        "file": fh,
-                        "offset": part.offset,
-                        "count": part.length,
-                        "more_body": more,
-                    }
-                )
+            message = {
+                "type": ZEROCOPYSEND,
+                "file": files[part.path],
+                "offset": part.offset,
+                "count": part.length,
+                "more_body": more,
+            }
+            await send(message)
         else:
-            await _send_chunks(part, more, send)
+            await _send_chunks(part, files[part.path], more, send)
 
 
 _T = TypeVar("_T")
@@ -290,14 +296,13 @@ def _read_bytes(path: str) -> bytes:
         return fh.read()
 
 
-async def _send_chunks(part: core.FileRange, more: bool, send: Send) -> None:
-    with open(part.path, "rb") as fh:
-        fh.seek(part.offset)
-        left = part.length
-        while left > 0:
-            size = min(READ_CHUNK, left)
-            chunk = await _off_loop(fh.read, size)
-            if not chunk:
-                raise OSError(f"{part.path} is shorter than expected")
-            left -= len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": more or left > 0})
+async def _send_chunks(part: core.FileRange, fh: BinaryIO, more: bool, send: Send) -> None:
+    await _off_loop(fh.seek, part.offset)
+    left = part.length
+    while left > 0:
+        size = min(READ_CHUNK, left)
+        chunk = await _off_loop(fh.read, size)
+        if not chunk:
+            raise OSError(f"{part.path} is shorter than expected")
+        left -= len(chunk)
+        await send({"type": "http.response.body", "body": chunk, "more_body": more or left > 0})

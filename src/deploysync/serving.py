@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 from urllib.parse import quote, urlsplit
 
 from . import core
@@ -700,6 +700,26 @@ def _ranking(
     for rank, deployment in enumerate(pending, max(order.values(), default=0) + 1):
         ranking[deployment.id] = rank
     return ranking
+
+
+def open_files(body: Iterable[core.BodyPart]) -> dict[str, BinaryIO] | None:
+    """The files *body* is read from, each opened once before the answer starts: a prune
+    that unlinks one while it is sent leaves it readable to the end (the parts of a
+    multi-range answer included). ``None`` when one is gone for good; the local copies a
+    cache cleaner removed are fetched again first. The caller closes them."""
+    paths = list(dict.fromkeys(p.path for p in body if not isinstance(p, bytes)))
+    for retry in (False, True):
+        files: dict[str, BinaryIO] = {}
+        try:
+            for path in paths:
+                files[path] = open(path, "rb")  # noqa: SIM115 - the caller closes them
+            return files
+        except FileNotFoundError:
+            for fh in files.values():
+                fh.close()
+        if retry or not restore_files(paths):
+            return None
+    return None
 
 
 def restore_files(paths: Iterable[str]) -> bool:

@@ -15,15 +15,14 @@ app's iterable (whose ``close()`` is always called). The CSP ``nonce`` option is
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from . import core
 from .inject import Injector
-from .serving import Middleware, mount_prefix, resolve_nonce, restore_files, tell_compressed
+from .serving import Middleware, mount_prefix, open_files, resolve_nonce, tell_compressed
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -100,17 +99,22 @@ def _respond(
     plan: core.Plan, method: str, environ: Environ, start_response: StartResponse
 ) -> Iterable[bytes]:
     body = plan.body
-    if (
-        body
-        and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in body)
-        # A local copy a cache cleaner removed is fetched again; else a prune removed
-        # the blob after this snapshot was built: it is gone now.
-        and not restore_files([p.path for p in body if not isinstance(p, bytes)])
-    ):
-        plan = core.NOT_FOUND
-        body = plan.body
-    start_response(_status_line(plan.status), _str_headers(plan.headers))
+    files: dict[str, BinaryIO] = {}
+    if not all(isinstance(part, bytes) for part in body):
+        opened = open_files(body)
+        if opened is None:  # a prune removed the blob after this snapshot was built
+            plan = core.NOT_FOUND
+            body = plan.body
+        else:
+            files = opened
+    parts = _Parts(body, files)
+    try:
+        start_response(_status_line(plan.status), _str_headers(plan.headers))
+    except BaseException:
+        parts.close()
+        raise
     if not body or method == "HEAD":
+        parts.close()
         return []
     if len(body) == 1:
         part = body[0]
@@ -119,16 +123,26 @@ def _respond(
         wrapper = environ.get("wsgi.file_wrapper")
         if part.whole and wrapper is not None:
             # The server may turn this into sendfile (PEP 3333 §optional-platform-specific).
-            return wrapper(open(part.path, "rb"), READ_CHUNK)  # type: ignore[no-any-return]
-    return _parts(body)
+            return wrapper(files[part.path], READ_CHUNK)  # type: ignore[no-any-return]
+    return parts
 
 
-def _parts(body: tuple[core.BodyPart, ...]) -> Iterator[bytes]:
-    for part in body:
-        if isinstance(part, bytes):
-            yield part
-            continue
-        with open(part.path, "rb") as fh:
+class _Parts:
+    """The body of a plan, read from files opened before the answer started; the
+    server's ``close()`` closes them (PEP 3333), whether or not it read them all."""
+
+    __slots__ = ("body", "files")
+
+    def __init__(self, body: tuple[core.BodyPart, ...], files: dict[str, BinaryIO]) -> None:
+        self.body = body
+        self.files = files
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.body:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            fh = self.files[part.path]
             fh.seek(part.offset)
             left = part.length
             while left > 0:
@@ -137,6 +151,10 @@ def _parts(body: tuple[core.BodyPart, ...]) -> Iterator[bytes]:
                     raise OSError(f"{part.path} is shorter than expected")
                 left -= len(chunk)
                 yield chunk
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
 
 
 class _Response:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import (
@@ -45,7 +45,7 @@ from ...core import (
     request_conditional,
 )
 from ...inject import Injector
-from ...serving import restore_files, tell_compressed
+from ...serving import open_files, tell_compressed
 from .conf import Config, get_config, get_runtime, request_nonce, script_prefix
 
 __all__ = ["DeploySyncMiddleware"]
@@ -197,68 +197,75 @@ def plan_response(
     if request is not None:
         request.META.pop("HTTP_ACCEPT_ENCODING", None)
     parts = plan.body
-    if (
-        parts
-        and not all(isinstance(p, bytes) or os.path.isfile(p.path) for p in parts)
-        # A local copy a cache cleaner removed is fetched again; else a prune removed
-        # the blob after this snapshot was built: it is gone now.
-        and not restore_files([p.path for p in parts if not isinstance(p, bytes)])
-    ):
-        plan = NOT_FOUND
-        parts = plan.body
+    files: dict[str, BinaryIO] = {}
+    if not all(isinstance(part, bytes) for part in parts):
+        opened = open_files(parts)
+        if opened is None:  # a prune removed the blob after this snapshot was built
+            plan = NOT_FOUND
+            parts = plan.body
+        else:
+            files = opened
     response: HttpResponseBase
     if all(isinstance(part, bytes) for part in parts):
         response = HttpResponse(b"".join(part for part in parts if isinstance(part, bytes)))
     elif not async_body and len(parts) == 1 and isinstance(parts[0], FileRange) and parts[0].whole:
         # A whole file: FileResponse lets the WSGI server use wsgi.file_wrapper/sendfile.
-        response = FileResponse(open(parts[0].path, "rb"))  # noqa: SIM115 - closed by Django
+        response = FileResponse(files[parts[0].path])  # closed by Django
         response.block_size = CHUNK_SIZE
     elif async_body:
-        response = StreamingHttpResponse(_aiter_parts(parts))
+        response = StreamingHttpResponse(_AsyncParts(parts, files))
     else:
-        response = StreamingHttpResponse(_iter_parts(parts))
+        response = StreamingHttpResponse(_Parts(parts, files))
     response.status_code = plan.status
     set_headers(response, list(plan.headers))
     return response
 
 
-def _read_range(part: FileRange) -> Iterator[bytes]:
-    with open(part.path, "rb") as fh:
-        fh.seek(part.offset)
-        left = part.length
-        while left > 0:
-            data = fh.read(min(CHUNK_SIZE, left))
-            if not data:
-                return
-            left -= len(data)
-            yield data
+class _Files:
+    """The files of a plan's body, opened before the answer started; Django's
+    ``response.close()`` closes them, whether or not they were read."""
+
+    def __init__(self, parts: tuple[bytes | FileRange, ...], files: dict[str, BinaryIO]) -> None:
+        self.parts = parts
+        self.files = files
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
 
 
-def _iter_parts(parts: tuple[bytes | FileRange, ...]) -> Iterator[bytes]:
-    for part in parts:
-        if isinstance(part, bytes):
-            yield part
-        else:
-            yield from _read_range(part)
+class _Parts(_Files):
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            fh = self.files[part.path]
+            fh.seek(part.offset)
+            left = part.length
+            while left > 0:
+                data = fh.read(min(CHUNK_SIZE, left))
+                if not data:
+                    return
+                left -= len(data)
+                yield data
 
 
-async def _aiter_parts(parts: tuple[bytes | FileRange, ...]) -> AsyncIterator[bytes]:
-    for part in parts:
-        if isinstance(part, bytes):
-            yield part
-            continue
-        fh = await asyncio.to_thread(open, part.path, "rb")
-        try:
+class _AsyncParts(_Files):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            fh = self.files[part.path]
             await asyncio.to_thread(fh.seek, part.offset, os.SEEK_SET)
             left = part.length
             while left > 0:
                 data = await asyncio.to_thread(fh.read, min(CHUNK_SIZE, left))
                 if not data:
-                    break
+                    return
                 left -= len(data)
                 yield data
-        finally:
-            fh.close()
 
 
 def inject_sync(chunks: Iterator[bytes], snippet: bytes) -> Iterator[bytes]:

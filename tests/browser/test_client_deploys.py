@@ -137,3 +137,57 @@ def test_a_multipart_form_posted_across_a_deploy_is_processed_once(
     title_is(page, "Result")
     assert page.inner_text("#received") == "multi part via send #1"
     assert site.stats()["posts"] == 1
+
+
+def test_a_link_prefetched_before_a_deploy_is_not_shown_once_the_prefetch_is_old(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # A hover's prefetch is the page as it was then: kept 10 s, as Turbo keeps its own.
+    site = make_site(routing="client")
+    page = tab.page
+    page.clock.install()
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    before = site.stats()["navigate"]
+    page.hover("#to-prefetch")
+    for _ in range(50):
+        if site.stats()["navigate"] > before:
+            break
+        page.wait_for_timeout(50)
+    assert site.stats()["navigate"] == before + 1, "the hover prefetched the link"
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)  # the click's own fetch is refused
+    page.clock.fast_forward(11_000)
+    page.click("#to-prefetch")
+    title_is(page, "A")
+    assert page_id(page) == new, "the old prefetched page was swapped in after the deploy"
+    assert not marked(page)
+
+
+def test_the_app_can_cancel_a_stale_pages_navigation(make_site: MakeSite, tab: Tab) -> None:
+    # An app's "leave without saving?" guard holds on a stale page too.
+    site = make_site(routing="client")
+    page = tab.page
+    page.goto(site.url("/form"))
+    client_routed(page)
+    mark(page)
+    site.deploy("v2")
+    assert check(page)
+    page.evaluate(
+        """() => document.addEventListener("deploysync:before-navigate", (e) => {
+            if (!confirm("leave?")) e.preventDefault()
+        })"""
+    )
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#to-a")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#other")
+    page.wait_for_timeout(300)
+    title_is(page, "Form")
+    assert marked(page), "the stale page left although the app cancelled"
+    assert site.stats()["posts"] == 0
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#to-a")
+    title_is(page, "A")
+    assert not marked(page)

@@ -159,6 +159,42 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
     assert marked(page), "the router resumes on the new version"
 
 
+def test_back_on_a_navigation_api_router_that_takes_reloads_is_a_full_load(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # The test router intercepts every navigation, reloads included (MDN's pattern): the
+    # reload the client starts for a stale page's back/forward is not the router's.
+    site, page = _open(make_site, tab, "/nav")
+    page.click("#nav-x")
+    page.click("#nav-y")
+    expect(page.locator("#view")).to_have_text("view /nav/y")
+    new = site.deploy("v2")
+    assert check(page)
+    before = tab.documents
+    page.go_back()
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    expect(page.locator("#view")).to_have_text("view /nav/x")
+    assert not marked(page)
+    assert page.evaluate("location.href") == site.url("/nav/x")
+    assert tab.documents == before + 1, "one full load, no loop"
+
+
+def test_navigate_is_a_full_load_under_a_navigation_api_router(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, page = _open(make_site, tab, "/nav")
+    before = tab.documents
+    page.evaluate("window.deploysync.navigate('/nav/y')")
+    expect(page.locator("#view")).to_have_text("view /nav/y")
+    assert not marked(page), "navigate() in external mode is a full load, not the router's"
+    assert tab.documents == before + 1
+    client_routed(page)
+    mark(page)
+    page.click("#nav-x")
+    expect(page.locator("#view")).to_have_text("view /nav/x")
+    assert marked(page), "the router has the next navigation again"
+
+
 @BOOSTING
 def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
     make_site: MakeSite, tab: Tab, lib: str

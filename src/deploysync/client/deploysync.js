@@ -56,6 +56,7 @@ class Router {
   u = new URL(location.href)
   bc = new BroadcastChannel(KEY)
   timer = 0
+  bye = 0
 
   constructor() {
     let g
@@ -160,7 +161,7 @@ class Router {
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
   onShow = (e) =>
-    (e.persisted || performance.navigation.type == 2) &&
+    (this.bye = 0, e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
 
   onPop = (e) => {
@@ -170,18 +171,19 @@ class Router {
     else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
-  /** Leave (loop guard noted). @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
+  /** Leave (loop guard noted). @param {string} url @param {Element | "push" | "replace" | "reload"} [how] @param {any} [sub] */
   full(url, how = "push", sub) {
     try {
       if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
     } catch {}
     dispatch("before-reload", { url, pageId })
+    this.bye = 1
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
       sub?.removeAttribute("disabled")
       how.requestSubmit(sub)
-    } else if (how != "browser") location[how == "replace" || how == "reload" ? how : "assign"](url)
+    } else location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -193,7 +195,6 @@ class Router {
   onClick = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
     if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
-    if (this.stale) return this.full(a.href, "browser")
     e.preventDefault()
     this.visit(a.href)
   }
@@ -206,7 +207,6 @@ class Router {
     const method = at("method").toUpperCase()
     const url = new URL(abs(at("action") || location.href))
     if (url.origin != location.origin || method == "DIALOG" || !/^(_self)?$/.test(at("target"))) return
-    if (this.stale) return this.full(url.href, "browser")
     e.preventDefault()
     const body = new FormData(f, s)
     const params = new URLSearchParams(/** @type {any} */ (body))
@@ -219,6 +219,7 @@ class Router {
     if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !(config.prefetch || a.closest("[data-deploysync-prefetch]"))) return
     if (this.cache.size > 7) this.cache.clear()
     this.cache.set(a.href, fetch(a.href, { headers: HEADERS }).catch(() => {}))
+    setTimeout(() => this.cache.delete(a.href), 1e4)
   }
 
   /** @param {string} url @param {any} [o] */
@@ -282,6 +283,7 @@ class Router {
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
+    if (this.bye) return e.stopImmediatePropagation()
     if (!this.external || here(url)) return
     if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()

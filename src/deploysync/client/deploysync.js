@@ -117,7 +117,7 @@ class Router {
     if (this.client) history.scrollRestoration = "auto"
   }
 
-  /** Resolves to stale. */
+  /** @returns {Promise<boolean>} stale */
   check = (reason = "check") =>
     (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
@@ -182,7 +182,7 @@ class Router {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
       sub?.removeAttribute("disabled")
-      how.requestSubmit(sub)
+      setTimeout(() => how.requestSubmit(sub))
     } else location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
 

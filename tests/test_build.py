@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1077,3 +1078,43 @@ def test_a_failing_preparation_stops_the_build_with_the_store_unchanged(
     assert build(src, store, cache=False).deployment.assets.keys() == {
         f"f{n}.css" for n in range(40)
     }
+
+
+def _running(pid: int) -> bool:
+    """Whether *pid* runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_scan_workers_exit_when_the_build_is_killed() -> None:
+    # A killed build's workers must not live on holding the caller's pipes: a deploy
+    # script reading the id (`ID=$(deploysync build ... | tail -n1)`) would hang.
+    script = textwrap.dedent(
+        """
+        import os, time
+        from deploysync.build import _scan_pool
+        pool = _scan_pool(2)
+        pids = {pool.submit(os.getpid).result() for _ in range(4)}
+        for _ in range(2):
+            pool.submit(time.sleep, 60)
+        print(*pids, flush=True)
+        time.sleep(60)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    ) as build_process:
+        assert build_process.stdout is not None
+        workers = [int(pid) for pid in build_process.stdout.readline().split()]
+        assert workers and all(_running(pid) for pid in workers)
+        build_process.kill()
+    deadline = time.monotonic() + 5
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "scan workers outlived the killed build"

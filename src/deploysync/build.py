@@ -962,6 +962,27 @@ def _scan_batch(jobs: list[tuple[str, str]]) -> list[list[list[Any]]]:
     return results
 
 
+def _scan_pool(workers: int) -> ProcessPoolExecutor:
+    """Forked workers that exit by themselves once the build is gone."""
+    context = multiprocessing.get_context("fork")
+    return ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a scan worker: exit once the build that forked it was killed, rather than wait
+    forever on a pipe nobody reads, holding its caller's stdout open (a deploy script
+    reading the id would hang)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="deploysync-orphan-watch", daemon=True).start()
+
+
 def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[list[Any]]]:
     """The references of each (path, text), on several processes when there is much text."""
     total = sum(len(text) for _, text in jobs)
@@ -979,7 +1000,7 @@ def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[list[Any]]]:
         batches[lightest].append(index)
         loads[lightest] += len(jobs[index][1])
     results: list[list[list[Any]]] = [[] for _ in jobs]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as procs:
+    with _scan_pool(workers) as procs:
         scanned = procs.map(_scan_batch, [[jobs[i] for i in batch] for batch in batches])
         for batch, batch_refs in zip(batches, scanned, strict=True):
             for index, refs in zip(batch, batch_refs, strict=True):

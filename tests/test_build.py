@@ -854,6 +854,30 @@ def test_symlink_outside_the_source_is_refused(
     assert not store.root.exists()
 
 
+def test_a_name_that_is_not_utf8_is_refused_in_one_line(
+    site: Path, store: FileStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open(os.fsencode(site) + b"/img/bad\xff.png", "wb") as fh:
+        fh.write(b"x")
+    with pytest.raises(BuildError, match=r"'img/bad\\xff\.png' has a name that is not valid UTF-8"):
+        build(site, store)
+    assert not store.root.exists()
+    from deploysync.cli import main
+
+    assert main(["build", str(site), "--store", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "bad\\xff.png" in err
+
+
+def test_a_store_and_cache_inside_the_source_are_not_built_into_it(site: Path) -> None:
+    # `deploysync build . --store .deploysync`: the store is not part of the frontend.
+    store, cache = site / ".deploysync", site / ".cache"
+    first = build(site, store, cache_dir=cache).deployment
+    again = build(site, store, cache_dir=cache).deployment
+    assert first.id == again.id
+    assert not any(name.startswith((".deploysync", ".cache")) for name in first.assets)
+
+
 def test_symlinks_inside_the_source_are_followed(site: Path, store: FileStore) -> None:
     (site / "img" / "alias.png").symlink_to(site / "img" / "bg.png")
     (site / "again").symlink_to(site / "img")

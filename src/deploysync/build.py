@@ -289,6 +289,14 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.
             rel = prefix + entry.name
             if rel in skipped:
                 continue
+            if not entry.name.isascii():
+                try:
+                    entry.name.encode()
+                except UnicodeEncodeError:
+                    shown = os.fsencode(rel).decode(errors="backslashreplace")
+                    raise BuildError(
+                        f"'{shown}' has a name that is not valid UTF-8: rename it"
+                    ) from None
             path = entry.path
             if entry.is_symlink():
                 target = os.path.realpath(path)
@@ -816,14 +824,18 @@ def build(
     if vite is None:
         vite = (root / VITE_MANIFEST).is_file()
     vite_manifest = load_vite_manifest(root) if vite else {}
-    entries = collect(root, skip=(".vite",) if vite else ())
+    cache_folder = (
+        (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
+    )
+    # A store or build cache kept inside the source is not part of the frontend.
+    skip = [".vite"] if vite else []
+    for inside in (getattr(store, "root", None), cache_folder):
+        if isinstance(inside, Path) and inside.resolve().is_relative_to(root.resolve()):
+            skip.append(inside.resolve().relative_to(root.resolve()).as_posix())
+    entries = collect(root, skip=skip)
     if not entries:
         raise BuildError(f"Source folder '{src}' is empty")
-    build_cache = BuildCache.open(
-        (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None,
-        root,
-        store,
-    )
+    build_cache = BuildCache.open(cache_folder, root, store)
     total_steps = 2 * len(entries)
     done = 0
 

@@ -1018,6 +1018,26 @@ def test_an_id_already_naming_other_content_is_refused(site: Path, store: FileSt
     assert snapshot(store.root) == before
 
 
+def test_an_id_already_naming_another_vite_manifest_is_refused(
+    tmp_path: Path, store: FileStore
+) -> None:
+    entry = {"file": "assets/main-AbCd1234.js", "isEntry": True}
+    dist = write_tree(
+        tmp_path / "dist",
+        {
+            "assets/main-AbCd1234.js": "console.log(1)\n",
+            ".vite/manifest.json": json.dumps({"src/main.ts": entry}),
+        },
+    )
+    build(dist, store, deployment_id="release-1")
+    before = snapshot(store.root)
+    manifest = {"src/main.ts": entry, "src/admin.ts": {**entry, "isEntry": True}}
+    (dist / ".vite" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BuildError, match=r"'release-1' already exists .* other content"):
+        build(dist, store, deployment_id="release-1")
+    assert snapshot(store.root) == before
+
+
 def test_rebuilding_the_same_content_under_its_id_changes_nothing(
     site: Path, store: FileStore
 ) -> None:

@@ -1096,7 +1096,7 @@ def _store(
     with store.lock():
         if store.exists(ident):
             return _existing(
-                store, ident, files, kinds, static_url, activate, cache, step, brotli_quality
+                store, ident, files, kinds, static_url, extra, activate, cache, step, brotli_quality
             )
         new: list[_File] = []
         unsigned: list[_File] = []
@@ -1229,6 +1229,7 @@ def _existing(
     files: list[_File],
     kinds: list[str],
     static_url: str,
+    extra: Mapping[str, Any],
     activate: bool,
     cache: BuildCache,
     step: Callable[[int], None],
@@ -1239,7 +1240,9 @@ def _existing(
     existing = store.load(ident)
     same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
     content = {(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)}
-    if same != content or existing.static_url != static_url:
+    # JSON's view of the extras: a stored Vite manifest came back through json.loads.
+    extras = json.loads(json.dumps(dict(extra))), json.loads(json.dumps(dict(existing.extra)))
+    if same != content or existing.static_url != static_url or extras[0] != extras[1]:
         raise BuildError(
             f"Deployment {ident!r} already exists in {store.location} with other"
             " content; choose another --id"

@@ -46,6 +46,18 @@ CSS_CASES = [
     ("a{}\n/* unterminated url(x.png)", []),
     ('a { b: url("unterminated.png) }', []),
     ("a { b: image-set(url(a.png) 1x, url(b.png) 2x) }", ["a.png", "b.png"]),
+    # image-set()'s strings are URLs; those of type() and of other functions are not
+    ('a { b: image-set(url(a.png) 1x, "a2x.png" 2x) }', ["a.png", "a2x.png"]),
+    ("a { b: -webkit-image-set('a.png' 1x, 'b.png' 2x) }", ["a.png", "b.png"]),
+    (
+        'a { b: IMAGE-SET("a.avif" type("image/avif"), "a.jpg" type("image/jpeg")) }',
+        ["a.avif", "a.jpg"],
+    ),
+    ('a { b: image-set(/* "c.png" */ "a.png" 1x) }', ["a.png"]),
+    ('a { b: image-set("a.png" 1x); content: "b.png" }', ["a.png"]),
+    ('a { b: my-image-set("a.png" 1x) }', []),
+    ('a { b: image-set("unterminated.png', []),
+    ('a { b: image-set("a\\"b.png" 1x) }', []),
 ]
 
 

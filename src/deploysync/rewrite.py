@@ -68,7 +68,12 @@ def line_of(text: str, offset: int) -> int:
 
 # -- CSS -------------------------------------------------------------------------------------
 
-_CSS_EVENT = re.compile(r"/\*|\"|'|(?<![\w-])url\(|@import(?![\w-])", re.IGNORECASE)
+_CSS_EVENT = re.compile(
+    r"/\*|\"|'|(?<![\w-])url\(|@import(?![\w-])|(?<![\w-])(?:-webkit-)?image-set\(",
+    re.IGNORECASE,
+)
+# Inside image-set(): its strings are URLs too, those of nested functions (type()) not.
+_CSS_IMAGE_SET_EVENT = re.compile(r"/\*|\"|'|\(|\)|(?<![\w-])url\(", re.IGNORECASE)
 _CSS_STRINGS = {
     '"': re.compile(r'"((?:[^"\\\n]|\\[\s\S])*)("?)'),
     "'": re.compile(r"'((?:[^'\\\n]|\\[\s\S])*)('?)"),
@@ -101,15 +106,49 @@ def scan_css(text: str) -> list[Reference]:
             pos = _CSS_STRINGS[token].match(text, event.start()).end()  # type: ignore[union-attr]
         elif token == "url(":
             pos = _css_url(text, pos, refs)
+        elif token.endswith("image-set("):
+            pos = _css_image_set(text, pos, refs)
         else:  # @import "x.css"; @import url(x.css) is found as a url( next time round
             pos = _CSS_SPACE.match(text, pos).end()  # type: ignore[union-attr]
-            quote_char = text[pos : pos + 1]
-            if quote_char in _CSS_STRINGS:
-                string = _CSS_STRINGS[quote_char].match(text, pos)
-                assert string is not None  # the pattern matches any opening quote
-                if string.group(2) and string.group(1) and "\\" not in string.group(1):
-                    refs.append(Reference(string.start(1), string.end(1), string.group(1)))
-                pos = string.end()
+            if text[pos : pos + 1] in _CSS_STRINGS:
+                pos = _css_string(text, pos, refs)
+
+
+def _css_string(text: str, pos: int, refs: list[Reference]) -> int:
+    """Add the URL of the CSS string at *pos* (not one with escapes); where it ends."""
+    string = _CSS_STRINGS[text[pos]].match(text, pos)
+    assert string is not None  # the pattern matches any opening quote
+    if string.group(2) and string.group(1) and "\\" not in string.group(1):
+        refs.append(Reference(string.start(1), string.end(1), string.group(1)))
+    return string.end()
+
+
+def _css_image_set(text: str, pos: int, refs: list[Reference]) -> int:
+    """The references of ``image-set(...)`` from *pos* (after its parenthesis): its
+    strings and ``url()``s; where it ends."""
+    depth = 0
+    while True:
+        event = _CSS_IMAGE_SET_EVENT.search(text, pos)
+        if event is None:
+            return len(text)
+        token = event.group().lower()
+        pos = event.end()
+        if token == "/*":
+            close = text.find("*/", pos)
+            pos = len(text) if close < 0 else close + 2
+        elif token in _CSS_STRINGS:
+            if depth:
+                pos = _CSS_STRINGS[token].match(text, event.start()).end()  # type: ignore[union-attr]
+            else:
+                pos = _css_string(text, event.start(), refs)
+        elif token == "url(":
+            pos = _css_url(text, pos, refs)
+        elif token == "(":
+            depth += 1
+        elif depth == 0:
+            return pos
+        else:
+            depth -= 1
 
 
 def _css_url(text: str, pos: int, refs: list[Reference]) -> int:

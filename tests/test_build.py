@@ -1162,3 +1162,41 @@ def test_scan_workers_exit_when_the_build_is_killed() -> None:
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "scan workers outlived the killed build"
+
+
+def test_a_prune_interrupted_mid_blob_leaves_nothing_a_build_takes_as_whole(
+    tmp_path: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_src = write_tree(tmp_path / "old", {"app.css": "body { color: teal }\n" * 60})
+    new_src = write_tree(tmp_path / "new", {"app.css": "body { color: plum }\n" * 60})
+    cache = tmp_path / "cache"
+    old = build(old_src, store, cache_dir=cache).deployment
+    assert set(old.assets["app.css"].encodings) >= {"gzip"}
+    build(new_src, store, cache_dir=cache, activate=True)
+    # The prune is killed right after the first file of the old blob is deleted.
+    real_unlink = Path.unlink
+
+    def killed(path: Path, missing_ok: bool = False) -> None:
+        if path.parent.parent.name == "objects":
+            real_unlink(path, missing_ok)
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.prune(keep=1)
+    monkeypatch.undo()
+    # The old frontend built again (a revert) from the same build cache: whole again.
+    again = build(old_src, store, cache_dir=cache).deployment
+    assert again.id == old.id
+    _check_consistent(store.root)
+    # What an interrupted prune leaves is found and finished by the next one.
+    store.delete_deployment(old.id)
+    monkeypatch.setattr(Path, "unlink", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.prune(keep=1)
+    monkeypatch.undo()
+    digest = old.assets["app.css"].digest
+    assert list((store.root / "objects" / digest[:2]).glob(digest + "*"))
+    store.prune(keep=1)
+    assert not list((store.root / "objects" / digest[:2]).glob(digest + "*"))

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ..manifest import Deployment, ManifestError, is_valid_id, validate_id
 from .base import (
+    DIGEST_PATTERN,
     ENCODINGS,
     HISTORY_LIMIT,
     HOLD_TTL,
@@ -251,14 +252,16 @@ class FileStore(Store):
         for folder in sorted(self._objects.iterdir()):
             if not folder.is_dir():
                 continue
-            for entry in sorted(folder.iterdir()):
-                if "." not in entry.name and len(entry.name) == 64:
-                    yield entry.name
+            # A variant without its plain file counts too: the rest of a blob whose
+            # deletion was interrupted, for the next prune to finish.
+            found = {entry.name.split(".", 1)[0] for entry in folder.iterdir()}
+            yield from sorted(name for name in found if DIGEST_PATTERN.fullmatch(name))
 
     def delete_blob(self, digest: str) -> int:
         freed = 0
-        # The plain file last: while it exists the blob counts as complete.
-        for encoding in (*ENCODINGS, None):
+        # The plain file first: a blob counts as complete while it exists, so a deletion
+        # interrupted now leaves no blob that a build would take as whole.
+        for encoding in (None, *ENCODINGS):
             path = self._blob(digest, encoding)
             try:
                 size = path.stat().st_size

@@ -86,10 +86,46 @@ def test_hashed_name(path: str, expected: str) -> None:
         ("a.woff2", "font/woff2"),
         ("a.wasm", "application/wasm"),
         ("LICENSE", "application/octet-stream"),
+        ("APP.CSS", "text/css; charset=utf-8"),
+        ("README.md", "text/markdown; charset=utf-8"),
+        ("subs.vtt", "text/vtt; charset=utf-8"),
+        # a compressed file is what it is: no browser is told to decode it
+        ("data.json.gz", "application/gzip"),
+        ("logo.svgz", "application/gzip"),
+        ("site.tgz", "application/gzip"),
+        ("dump.sql.xz", "application/x-xz"),
+        ("app.js.br", "application/octet-stream"),
     ],
 )
 def test_content_type(path: str, expected: str) -> None:
     assert content_type(path) == expected
+
+
+def test_a_compressed_file_is_served_as_it_is_and_not_compressed_again(
+    tmp_path: Path, store: FileStore
+) -> None:
+    data = gzip.compress(b'{"a": 1}' * 200, mtime=0)
+    src = write_tree(tmp_path / "src", {"data.json.gz": data, "logo.svgz": data})
+    deployment = build(src, store).deployment
+    for path in ("data.json.gz", "logo.svgz"):
+        asset = deployment.assets[path]
+        assert (asset.content_type, dict(asset.encodings)) == ("application/gzip", {})
+
+
+def test_content_types_do_not_depend_on_pythons_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python's mimetypes table changes between versions (README.md was untyped before
+    # 3.12): the deployment id of the same source must not.
+    import mimetypes
+
+    build_module._base_type.cache_clear()
+    build_module._content_type.cache_clear()
+    monkeypatch.setattr(mimetypes, "guess_type", lambda *a, **k: ("text/x-other", None))
+    try:
+        assert content_type("notes.md") == "text/markdown; charset=utf-8"
+        assert content_type("page.unknown") == "application/octet-stream"
+    finally:
+        build_module._base_type.cache_clear()
+        build_module._content_type.cache_clear()
 
 
 @pytest.mark.parametrize(

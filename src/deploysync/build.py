@@ -25,7 +25,6 @@ import functools
 import hashlib
 import json
 import marshal
-import mimetypes
 import multiprocessing
 import os
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from . import rewrite
+from . import content_types, rewrite
 from .manifest import (
     DEFAULT_STATIC_URL,
     Asset,
@@ -87,24 +86,6 @@ DEFAULT_BROTLI_QUALITY = 9
 # Above this size a lower quality keeps big bundles from dominating the build.
 BROTLI_MAX_QUALITY_SIZE = 256 * 1024
 
-# Deterministic content types: the same on every machine (system mime.types files are not
-# read), so the deployment id does not depend on where it was built.
-_MIME = mimetypes.MimeTypes(filenames=())
-_EXTRA_TYPES = {
-    ".js": "text/javascript",
-    ".mjs": "text/javascript",
-    ".map": "application/json",
-    ".webmanifest": "application/manifest+json",
-    ".wasm": "application/wasm",
-    ".woff": "font/woff",
-    ".woff2": "font/woff2",
-    ".ttf": "font/ttf",
-    ".otf": "font/otf",
-    ".eot": "application/vnd.ms-fontobject",
-    ".avif": "image/avif",
-    ".webp": "image/webp",
-    ".ico": "image/vnd.microsoft.icon",
-}
 _CHARSET_TYPES = frozenset(
     ("application/json", "application/manifest+json", "image/svg+xml", "application/xml")
 )
@@ -184,11 +165,13 @@ def _type_key(path: str) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def _base_type(key: str) -> str:
-    ext = os.path.splitext(key)[1].lower()
-    if ext in _EXTRA_TYPES:
-        return _EXTRA_TYPES[ext]
-    guessed, _ = _MIME.guess_type(key, strict=False)
-    return guessed or "application/octet-stream"
+    # The same on every machine and Python version: the deployment id depends on it.
+    root, ext = os.path.splitext(key.lower())
+    if ext in content_types.SUFFIXES:
+        root, ext = os.path.splitext(root + content_types.SUFFIXES[ext])
+    return (
+        content_types.ENCODED.get(ext) or content_types.TYPES.get(ext) or "application/octet-stream"
+    )
 
 
 @functools.lru_cache(maxsize=1024)

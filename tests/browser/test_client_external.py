@@ -182,7 +182,7 @@ def test_back_on_a_navigation_api_router_that_takes_reloads_is_a_full_load(
 def test_navigate_is_a_full_load_under_a_navigation_api_router(
     make_site: MakeSite, tab: Tab
 ) -> None:
-    site, page = _open(make_site, tab, "/nav")
+    _, page = _open(make_site, tab, "/nav")
     before = tab.documents
     page.evaluate("window.deploysync.navigate('/nav/y')")
     expect(page.locator("#view")).to_have_text("view /nav/y")

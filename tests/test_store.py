@@ -277,9 +277,9 @@ def test_prune_keeps_newest_and_current(
     time.sleep(0.01)
     v3 = built("v3")
     orphan = put(any_store, b"left by an interrupted build")
-    any_store.activate(v1.id)  # an old one is current (a rollback)
+    any_store.activate(v1.id)  # an old one is current (a rollback): the newest activity
 
-    result = any_store.prune(keep=1)
+    result = any_store.prune(keep=2)
 
     assert result.deployments == (v2.id,)
     assert sorted(any_store.ids()) == sorted([v1.id, v3.id])
@@ -298,11 +298,32 @@ def test_prune_keeps_newest_and_current(
             assert Path(any_store.blob_path(asset.digest)).stat().st_size == asset.size
 
 
+def test_prune_counts_a_deployment_from_its_last_activation(
+    any_store: Store, built: Callable[[str], Deployment]
+) -> None:
+    # x is live, then y; x again (a rebuild of its source finds it in the store and
+    # activates it: its creation time stays old), then z. Users were on x just now.
+    x = built("v1")
+    any_store.activate(x.id)
+    time.sleep(0.01)
+    y = built("v2")
+    any_store.activate(y.id)
+    time.sleep(0.01)
+    any_store.activate(x.id)
+    time.sleep(0.01)
+    z = built("v3")
+    any_store.activate(z.id)
+    assert any_store.prune(keep=2).deployments == (y.id,)
+    assert sorted(any_store.ids()) == sorted([x.id, z.id])
+    # --older-than counts from the same time: x was live a moment ago.
+    assert any_store.prune(keep=1, older_than=3600).deployments == ()
+
+
 def test_prune_never_removes_current(any_store: Store, built: Callable[[str], Deployment]) -> None:
     v1 = built("v1")
-    time.sleep(0.01)
-    v2 = built("v2")
     any_store.activate(v1.id)
+    time.sleep(0.01)
+    v2 = built("v2")  # the newest, not activated yet
     any_store.prune(keep=1)
     assert sorted(any_store.ids()) == sorted([v1.id, v2.id])
     any_store.activate(v2.id)

@@ -423,9 +423,11 @@ class Store(ABC):
     def prune(self, keep: int, older_than: float | None = None) -> PruneResult:
         """Delete what only deployments outside the newest *keep* use.
 
-        The current deployment is always kept, and so is any deployment a running server
-        holds (a server pinned to it, see :meth:`hold`). With *older_than* (seconds), a deployment
-        is removed only when it was also created more than that long ago. Blobs that no
+        Newest by the later of their creation and their last activation: a rollback to
+        an old deployment makes it new again. The current deployment is always kept, and
+        so is any deployment a running server holds (a server pinned to it, see
+        :meth:`hold`). With *older_than* (seconds), a deployment is removed only when
+        that time is also more than that long ago. Blobs that no
         remaining deployment uses (including leftovers of an interrupted build) go too.
 
         A deployment whose manifest cannot be read makes it refuse (``StoreError``) before
@@ -447,13 +449,18 @@ class Store(ABC):
                     f"Cannot prune {self.location}: deployment {ident!r}{more} cannot be read"
                     f" ({reason}), so the blobs it uses are unknown; nothing was deleted"
                 )
+            used_at = {d.id: d.created for d in deployments}
+            for activation in self.activations():
+                if activation.id in used_at:
+                    used_at[activation.id] = max(used_at[activation.id], activation.at)
+            deployments.sort(key=lambda d: (used_at[d.id], d.id), reverse=True)
             now = time.time()
             doomed = [
                 d
                 for d in deployments[keep:]
                 if d.id != current
                 and d.id not in held
-                and (older_than is None or now - d.created > older_than)
+                and (older_than is None or now - used_at[d.id] > older_than)
             ]
             kept = [d for d in deployments if d not in doomed]
             used: set[str] = set()

@@ -112,6 +112,9 @@ JS_CASES = [
     ("import(name)", []),
     ('obj.import("./method.js")', []),
     ('obj?.import("./method.js")', []),
+    ('this.#import("./private-method.js")', []),
+    ('obj./* a */ /* b */import("./method.js")', []),
+    ('x = /* c */ import("./a.js")', ["./a.js"]),
     ('const o = { import: "./prop.js" }', []),
     ('class A { import() { return "./m.js" } }', []),
     ('new URL("./not-meta.png", base)', []),
@@ -208,6 +211,10 @@ def test_scanner_for() -> None:
 def test_line_of() -> None:
     assert rewrite.line_of("a\nb\nc", 0) == 1
     assert rewrite.line_of("a\nb\nc", 4) == 3
+    # as JavaScript counts lines: CR alone, CR LF once, the Unicode separators
+    assert rewrite.line_of("a\rb\rc", 4) == 3
+    assert rewrite.line_of("a\r\nb\r\nc", 6) == 3
+    assert rewrite.line_of("a\u2028b\u2029c", 4) == 3
 
 
 # -- resolving and retargeting ---------------------------------------------------------------

@@ -61,9 +61,13 @@ def scanner_for(path: str) -> Callable[[str], list[Reference]] | None:
     return None
 
 
+_LINE_BREAK = re.compile(r"\r\n?|[\n\u2028\u2029]")
+
+
 def line_of(text: str, offset: int) -> int:
-    """The 1-based line number of *offset* in *text*."""
-    return text.count("\n", 0, offset) + 1
+    """The 1-based line number of *offset* in *text* (line breaks as JavaScript counts
+    them: CR LF, CR, LF, U+2028, U+2029)."""
+    return len(_LINE_BREAK.findall(text, 0, offset)) + 1
 
 
 # -- CSS -------------------------------------------------------------------------------------
@@ -273,8 +277,13 @@ def scan_js(text: str) -> list[Reference]:
                     braces.append(True)
         elif kind == "word":
             before = _before(text, start)
-            if before >= 0 and text[before] == ".":
-                continue  # obj.import(...), obj?.import(...), a.new
+            while before > 0 and text.startswith("*/", before - 1):
+                opening = text.rfind("/*", 0, before - 1)  # obj./* c */import(...)
+                if opening < 0:
+                    break
+                before = _before(text, opening)
+            if before >= 0 and text[before] in ".#":
+                continue  # obj.import(...), obj?.import(...), a.new, this.#import(...)
             ref = _module_reference(text, start, event.group(), clauses)
             if ref is not None:
                 refs.append(ref)

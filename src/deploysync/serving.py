@@ -28,7 +28,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO, Generic, TypeVar
@@ -720,6 +720,40 @@ def open_files(body: Iterable[core.BodyPart]) -> dict[str, BinaryIO] | None:
         if retry or not restore_files(paths):
             return None
     return None
+
+
+class OpenedBody:
+    """A plan's body and the files it is read from, opened by :func:`open_files` before
+    the answer started. Iterating reads it in *chunk*-sized pieces; ``close()`` closes
+    the files, whether or not it was read (WSGI servers and Django call it)."""
+
+    __slots__ = ("body", "chunk", "files")
+
+    def __init__(
+        self, body: Iterable[core.BodyPart], files: dict[str, BinaryIO], chunk: int
+    ) -> None:
+        self.body = tuple(body)
+        self.files = files
+        self.chunk = chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        for part in self.body:
+            if isinstance(part, bytes):
+                yield part
+                continue
+            fh = self.files[part.path]
+            fh.seek(part.offset)
+            left = part.length
+            while left > 0:
+                data = fh.read(min(self.chunk, left))
+                if not data:
+                    raise OSError(f"{part.path} is shorter than expected")
+                left -= len(data)
+                yield data
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
 
 
 def restore_files(paths: Iterable[str]) -> bool:

@@ -22,7 +22,14 @@ from typing import Any, BinaryIO, Protocol
 
 from . import core
 from .inject import Injector
-from .serving import Middleware, mount_prefix, open_files, resolve_nonce, tell_compressed
+from .serving import (
+    Middleware,
+    OpenedBody,
+    mount_prefix,
+    open_files,
+    resolve_nonce,
+    tell_compressed,
+)
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -107,7 +114,7 @@ def _respond(
             body = plan.body
         else:
             files = opened
-    parts = _Parts(body, files)
+    parts = OpenedBody(body, files, READ_CHUNK)
     try:
         start_response(_status_line(plan.status), _str_headers(plan.headers))
     except BaseException:
@@ -125,36 +132,6 @@ def _respond(
             # The server may turn this into sendfile (PEP 3333 §optional-platform-specific).
             return wrapper(files[part.path], READ_CHUNK)  # type: ignore[no-any-return]
     return parts
-
-
-class _Parts:
-    """The body of a plan, read from files opened before the answer started; the
-    server's ``close()`` closes them (PEP 3333), whether or not it read them all."""
-
-    __slots__ = ("body", "files")
-
-    def __init__(self, body: tuple[core.BodyPart, ...], files: dict[str, BinaryIO]) -> None:
-        self.body = body
-        self.files = files
-
-    def __iter__(self) -> Iterator[bytes]:
-        for part in self.body:
-            if isinstance(part, bytes):
-                yield part
-                continue
-            fh = self.files[part.path]
-            fh.seek(part.offset)
-            left = part.length
-            while left > 0:
-                chunk = fh.read(min(READ_CHUNK, left))
-                if not chunk:
-                    raise OSError(f"{part.path} is shorter than expected")
-                left -= len(chunk)
-                yield chunk
-
-    def close(self) -> None:
-        for fh in self.files.values():
-            fh.close()
 
 
 class _Response:

@@ -17,7 +17,6 @@ objects and the core's plans.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -45,7 +44,7 @@ from ...core import (
     request_conditional,
 )
 from ...inject import Injector
-from ...serving import open_files, tell_compressed
+from ...serving import OpenedBody, open_files, tell_compressed
 from .conf import Config, get_config, get_runtime, request_nonce, script_prefix
 
 __all__ = ["DeploySyncMiddleware"]
@@ -213,59 +212,30 @@ def plan_response(
         response = FileResponse(files[parts[0].path])  # closed by Django
         response.block_size = CHUNK_SIZE
     elif async_body:
-        response = StreamingHttpResponse(_AsyncParts(parts, files))
+        response = StreamingHttpResponse(_AsyncParts(OpenedBody(parts, files, CHUNK_SIZE)))
     else:
-        response = StreamingHttpResponse(_Parts(parts, files))
+        response = StreamingHttpResponse(OpenedBody(parts, files, CHUNK_SIZE))
     response.status_code = plan.status
     set_headers(response, list(plan.headers))
     return response
 
 
-class _Files:
-    """The files of a plan's body, opened before the answer started; Django's
-    ``response.close()`` closes them, whether or not they were read."""
+class _AsyncParts:
+    """An :class:`OpenedBody` read off the event loop."""
 
-    def __init__(self, parts: tuple[bytes | FileRange, ...], files: dict[str, BinaryIO]) -> None:
-        self.parts = parts
-        self.files = files
+    def __init__(self, body: OpenedBody) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = iter(self.body)
+        while True:
+            data = await asyncio.to_thread(next, chunks, None)
+            if data is None:
+                return
+            yield data
 
     def close(self) -> None:
-        for fh in self.files.values():
-            fh.close()
-
-
-class _Parts(_Files):
-    def __iter__(self) -> Iterator[bytes]:
-        for part in self.parts:
-            if isinstance(part, bytes):
-                yield part
-                continue
-            fh = self.files[part.path]
-            fh.seek(part.offset)
-            left = part.length
-            while left > 0:
-                data = fh.read(min(CHUNK_SIZE, left))
-                if not data:
-                    return
-                left -= len(data)
-                yield data
-
-
-class _AsyncParts(_Files):
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for part in self.parts:
-            if isinstance(part, bytes):
-                yield part
-                continue
-            fh = self.files[part.path]
-            await asyncio.to_thread(fh.seek, part.offset, os.SEEK_SET)
-            left = part.length
-            while left > 0:
-                data = await asyncio.to_thread(fh.read, min(CHUNK_SIZE, left))
-                if not data:
-                    return
-                left -= len(data)
-                yield data
+        self.body.close()
 
 
 def inject_sync(chunks: Iterator[bytes], snippet: bytes) -> Iterator[bytes]:

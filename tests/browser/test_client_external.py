@@ -195,6 +195,22 @@ def test_navigate_is_a_full_load_under_a_navigation_api_router(
     assert marked(page), "the router has the next navigation again"
 
 
+def test_a_full_load_that_stays_on_the_page_leaves_the_router_its_navigations(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # navigate() to an answer that loads nothing (204): the page stays, and its router
+    # keeps the next navigations.
+    _, page = _open(make_site, tab, "/nav")
+    page.evaluate("window.deploysync.navigate('/nothing')")
+    page.wait_for_timeout(300)
+    assert marked(page)
+    before = tab.documents
+    page.click("#nav-x")
+    expect(page.locator("#view")).to_have_text("view /nav/x")
+    assert marked(page), "the router's navigation became a full load"
+    assert tab.documents == before
+
+
 @BOOSTING
 def test_a_boosted_link_after_a_deploy_is_a_full_load_of_the_new_version(
     make_site: MakeSite, tab: Tab, lib: str

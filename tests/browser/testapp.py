@@ -201,6 +201,8 @@ class App:
             )
         if path == "/redirect":
             return Response(302, [("Location", "/b")], b"")
+        if path == "/nothing":  # a navigation that leaves the page where it is
+            return Response(204, [], b"")
         if path.startswith("/spa"):
             links = "".join(
                 f' <a data-spa id="spa-{n}" href="/spa/{n}">{n}</a>' for n in ("x", "y")

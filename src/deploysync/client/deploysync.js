@@ -56,7 +56,6 @@ class Router {
   u = new URL(location.href)
   bc = new BroadcastChannel(KEY)
   timer = 0
-  bye = 0
 
   constructor() {
     let g
@@ -141,7 +140,7 @@ class Router {
     if (serverId && reason != "tab") this.bc.postMessage(serverId)
   }
 
-  /** True for 409; another id is checked. @param {Response | XMLHttpRequest} r */
+  /** Another id is checked. @param {Response | XMLHttpRequest} r @returns {boolean} 409 */
   seen(r) {
     const h = (n) => (r instanceof Response ? r.headers.get(n) : r.getResponseHeader(n))
     const id = h("X-Deployment-Id")
@@ -161,7 +160,7 @@ class Router {
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
   onShow = (e) =>
-    (this.bye = 0, e.persisted || performance.navigation.type == 2) &&
+    (e.persisted || performance.navigation.type == 2) &&
     this.check().then((s) => s && this.full(location.href, "reload"))
 
   onPop = (e) => {
@@ -171,7 +170,7 @@ class Router {
     else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
-  /** Leave (loop guard noted). @param {string} url @param {Element | "push" | "replace" | "reload"} [how] @param {any} [sub] */
+  /** @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
   full(url, how = "push", sub) {
     try {
       if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
@@ -181,9 +180,9 @@ class Router {
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
-      sub?.removeAttribute("disabled")
-      setTimeout(() => how.requestSubmit(sub))
-    } else location[how == "replace" || how == "reload" ? how : "assign"](url)
+      else sub.disabled = false
+      how.requestSubmit(sub)
+    } else if (how != "browser") location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -195,6 +194,7 @@ class Router {
   onClick = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
     if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
+    if (this.stale) return this.full(a.href, "browser")
     e.preventDefault()
     this.visit(a.href)
   }
@@ -207,6 +207,7 @@ class Router {
     const method = at("method").toUpperCase()
     const url = new URL(abs(at("action") || location.href))
     if (url.origin != location.origin || method == "DIALOG" || !/^(_self)?$/.test(at("target"))) return
+    if (this.stale) return this.full(url.href, "browser")
     e.preventDefault()
     const body = new FormData(f, s)
     const params = new URLSearchParams(/** @type {any} */ (body))
@@ -283,7 +284,7 @@ class Router {
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
-    if (this.bye) return e.stopImmediatePropagation()
+    if (this.bye) return (this.bye = 0), e.stopImmediatePropagation()
     if (!this.external || here(url)) return
     if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()

@@ -754,6 +754,29 @@ def test_a_bad_namespace_in_the_url_is_refused_in_one_line(
     assert err.count("\n") == 1 and reason in err and "secret" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "rest", "namespace"),
+    [
+        ("unix:///tmp/r.sock?db=2&namespace=proj", "unix:///tmp/r.sock?db=2", "proj"),
+        ("redis:///0?namespace=x", "redis:///0", "x"),
+        ("redis://:p%26w@h:1/0?namespace=a&password=x#f", "redis://:p%26w@h:1/0?password=x#f", "a"),
+        ("rediss://h/0?ssl_cert_reqs=none&namespace=a", "rediss://h/0?ssl_cert_reqs=none", "a"),
+        ("redis://h/0?password=a%26b", "redis://h/0?password=a%26b", "deploysync"),
+    ],
+)
+def test_the_namespace_parameter_leaves_the_rest_of_the_url_as_written(
+    url: str, rest: str, namespace: str
+) -> None:
+    pytest.importorskip("redis")
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(url)
+    try:
+        assert (store.url, store.namespace) == (rest, namespace)
+    finally:
+        store.close()
+
+
 def test_a_namespace_given_twice_must_agree() -> None:
     pytest.importorskip("redis")
     from deploysync.store.redis import RedisStore

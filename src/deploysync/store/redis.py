@@ -183,11 +183,14 @@ def _split_namespace(url: str, given: str | None) -> tuple[str, str]:
     if not namespace or any(c.isspace() for c in namespace):
         raise StoreError(f"Invalid Redis namespace {namespace!r}")
     if named:
-        # The other parameters as written: redis-py reads them.
-        rest = [
+        # The other parameters as written (redis-py reads them), and the rest of the URL
+        # untouched: urlunsplit would turn unix:///path into unix:/path.
+        rest = "&".join(
             pair for pair in parts.query.split("&") if unquote(pair.split("=")[0]) != "namespace"
-        ]
-        url = urlunsplit(parts._replace(query="&".join(rest)))
+        )
+        base, _, tail = url.partition("?")
+        fragment = "#" + parts.fragment if "#" in tail else ""
+        url = base + ("?" + rest if rest else "") + fragment
     return url, namespace
 
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,48 @@ def test_flask_commands_run_while_the_static_url_differs_from_the_deployments(
     )
     assert done.returncode != 0 and "DeploySyncError" in done.stderr
     assert f"built for the static URL '{cdn}'" in done.stderr
+
+
+def _mismatched_app(store: FileStore, site_src: Callable[..., Path]) -> Flask:
+    build(site_src("v1"), store, activate=True)  # for /static/
+    app = make_app(store, DEPLOYSYNC_STATIC_URL="https://cdn.example.com/static/")
+    app.testing = True
+    return app
+
+
+def test_a_server_that_is_a_click_program_still_refuses_a_mismatch(
+    store: FileStore, site_src: Callable[..., Path]
+) -> None:
+    # uvicorn's and granian's command lines are click programs too: only the flask
+    # command line (its ScriptInfo) lets the app load.
+    import click
+    from click.testing import CliRunner
+
+    app = _mismatched_app(store, site_src)
+
+    @click.command()
+    def serve() -> None:
+        DeploySync(app)
+
+    result = CliRunner().invoke(serve)
+    assert isinstance(result.exception, DeploySyncError)
+
+
+def test_an_app_loaded_by_a_flask_command_raises_the_same_short_error_each_request(
+    store: FileStore, site_src: Callable[..., Path]
+) -> None:
+    import click
+    from flask.cli import ScriptInfo
+
+    app = _mismatched_app(store, site_src)
+    with click.Context(click.Command("run"), obj=ScriptInfo()):
+        DeploySync(app)
+    depths = []
+    for _ in range(3):
+        with pytest.raises(DeploySyncError, match="built for the static URL") as caught:
+            app.test_client().get("/")
+        depths.append(len(traceback.extract_tb(caught.value.__traceback__)))
+    assert depths[0] == depths[1] == depths[2], depths
 
 
 def test_url_for_static_with_a_cdn_static_url(

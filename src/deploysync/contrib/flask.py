@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from flask import Flask, current_app, request
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 from markupsafe import Markup
 
 from .. import wsgi
@@ -110,7 +110,7 @@ class DeploySync:
                 cache_dir=config.get("DEPLOYSYNC_CACHE_DIR") or None,
             )
         except DeploySyncError as exc:
-            if click.get_current_context(silent=True) is None:
+            if not _loaded_by_flask_command():
                 raise  # a server starting: it must not serve broken URLs
             # Loaded by a `flask` command, maybe the one that repairs this (a build for
             # a new static URL, an activation): said now, raised by every request.
@@ -133,7 +133,7 @@ class DeploySync:
         except KeyError:
             raise RuntimeError("deploysync is not set up on this app: call init_app(app)") from None
         if isinstance(found, _Unavailable):
-            raise found.error
+            found.fail()
         return found
 
     def url(self, path: str) -> str:
@@ -149,7 +149,18 @@ class _Unavailable:
         self.error = error
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
-        raise self.error
+        self.fail()
+
+    def fail(self) -> NoReturn:
+        # A traceback of this call only, not one that grows with every request.
+        raise self.error.with_traceback(None)
+
+
+def _loaded_by_flask_command() -> bool:
+    """Whether the ``flask`` command line is loading the app (not a server such as
+    uvicorn or granian, whose command lines are click programs too)."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.find_object(ScriptInfo) is not None
 
 
 def _static_url(app: Flask) -> str:

@@ -215,6 +215,22 @@ def test_line_of() -> None:
     assert rewrite.line_of("a\rb\rc", 4) == 3
     assert rewrite.line_of("a\r\nb\r\nc", 6) == 3
     assert rewrite.line_of("a\u2028b\u2029c", 4) == 3
+    # many offsets at once, counted through the text once
+    assert rewrite.lines_of("a\r\nb\rc\nd", [7, 0, 5, 3, 3]) == {0: 1, 3: 2, 5: 3, 7: 4}
+
+
+@pytest.mark.parametrize(
+    ("js", "expected"),
+    [
+        # a "*/" that ends a regex, not a comment: what precedes the next import is code
+        ('x = /a*/\nimport("./z.js")', ["./z.js"]),
+        ('x = /a*/.source\n/* c */ import("./z.js")', ["./z.js"]),
+        ('y = 1 /* c */ / 2 / 3; import("./z.js")', ["./z.js"]),
+        ('a./* c */\n/* d */import("./no.js")', []),
+    ],
+)
+def test_scan_js_around_comments(js: str, expected: list[str]) -> None:
+    assert urls(scan_js(js), js) == expected
 
 
 # -- resolving and retargeting ---------------------------------------------------------------

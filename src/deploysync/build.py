@@ -1033,15 +1033,20 @@ def _link(files: dict[str, _File], static_url: str, cache: BuildCache, workers: 
 
     warnings: list[str] = []
     for file in scanned:
+        missing = []
         for index, target in enumerate(file.targets):
             if target is None:
                 continue
             if target in files:
                 file.links.append((index, target))
             else:
-                ref = file.references()[index]
-                line = rewrite.line_of(file.text(), ref.start)
-                warnings.append(f"{file.path}:{line}: reference to missing file '{ref.url}'")
+                missing.append(file.references()[index])
+        if missing:
+            lines = rewrite.lines_of(file.text(), [ref.start for ref in missing])
+            warnings += [
+                f"{file.path}:{lines[ref.start]}: reference to missing file '{ref.url}'"
+                for ref in missing
+            ]
     return warnings
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import posixpath
 import re
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from urllib.parse import unquote
@@ -61,13 +61,23 @@ def scanner_for(path: str) -> Callable[[str], list[Reference]] | None:
     return None
 
 
-_LINE_BREAK = re.compile(r"\r\n?|[\n\u2028\u2029]")
-
-
 def line_of(text: str, offset: int) -> int:
     """The 1-based line number of *offset* in *text* (line breaks as JavaScript counts
     them: CR LF, CR, LF, U+2028, U+2029)."""
-    return len(_LINE_BREAK.findall(text, 0, offset)) + 1
+    return lines_of(text, [offset])[offset]
+
+
+def lines_of(text: str, offsets: Iterable[int]) -> dict[int, int]:
+    """The line number of each of *offsets*, counted in one pass through *text* (a file
+    with many warnings is not read once per warning)."""
+    found: dict[int, int] = {}
+    line, pos = 1, 0
+    for offset in sorted(set(offsets)):
+        line += sum(text.count(mark, pos, offset) for mark in ("\n", "\r", "\u2028", "\u2029"))
+        line -= text.count("\r\n", pos, offset)
+        found[offset] = line
+        pos = offset
+    return found
 
 
 # -- CSS -------------------------------------------------------------------------------------
@@ -238,6 +248,9 @@ def scan_js(text: str) -> list[Reference]:
     # For each open "(": True when it follows if/while/for/with.
     parens: list[bool] = []
     last_paren_statement = False
+    # Where each block comment seen so far starts, by where it ends: what precedes a
+    # comment is found without searching back through the text.
+    comments: dict[int, int] = {}
     pos = 0
     if text.startswith("#!"):  # a hashbang line is a comment
         newline = text.find("\n")
@@ -252,6 +265,8 @@ def scan_js(text: str) -> list[Reference]:
         kind = event.lastgroup
         start, pos = event.span()
         if kind == "line" or kind == "block":
+            if kind == "block":
+                comments[pos] = start
             found = _SOURCE_MAP.match(text, start + 2, pos)
             if found:
                 refs.append(Reference(found.start(1), found.end(1), found.group(1)))
@@ -260,7 +275,7 @@ def scan_js(text: str) -> list[Reference]:
             if not closed:
                 braces.append(True)
         elif kind == "slash":
-            if _regex_allowed(text, start, last_paren_statement):
+            if _regex_allowed(text, start, last_paren_statement, comments):
                 pos = regexes.end(start, pos)
         elif kind == "open":
             if text[start] == "{":
@@ -277,11 +292,8 @@ def scan_js(text: str) -> list[Reference]:
                     braces.append(True)
         elif kind == "word":
             before = _before(text, start)
-            while before > 0 and text.startswith("*/", before - 1):
-                opening = text.rfind("/*", 0, before - 1)  # obj./* c */import(...)
-                if opening < 0:
-                    break
-                before = _before(text, opening)
+            while before + 1 in comments:  # obj./* c */import(...)
+                before = _before(text, comments[before + 1])
             if before >= 0 and text[before] in ".#":
                 continue  # obj.import(...), obj?.import(...), a.new, this.#import(...)
             ref = _module_reference(text, start, event.group(), clauses)
@@ -317,20 +329,20 @@ def _word_before(text: str, pos: int) -> str:
     return text[start:end]
 
 
-def _regex_allowed(text: str, pos: int, after_paren_statement: bool) -> bool:
+def _regex_allowed(
+    text: str, pos: int, after_paren_statement: bool, comments: Mapping[int, int]
+) -> bool:
     """Whether the "/" at *pos* starts a regular expression rather than a division.
 
     The classic heuristic on what precedes it; a wrong guess for "regex" falls back to a
-    division when no literal closes on the same line.
+    division when no literal closes on the same line. *comments*: the block comments
+    seen so far, by where they end.
     """
     index = _before(text, pos)
-    while index > 0 and text.startswith("*/", index - 1):
+    while index + 1 in comments:
         # What precedes a block comment decides: "x = y /* c */ / 2" divides.
-        opening = text.rfind("/*", 0, index - 1)
-        if opening < 0:
-            break
-        index = _before(text, opening)
-        pos = opening
+        pos = comments[index + 1]
+        index = _before(text, pos)
     if index < 0:
         return True
     char = text[index]

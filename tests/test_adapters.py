@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import gzip
 import json
 import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -911,6 +914,33 @@ def test_a_blob_pruned_while_it_is_sent_is_sent_to_the_end(
     else:
         assert response.body == BIG[10:] if ranges else BIG
     assert len(response.body) == int(response.header("content-length") or 0)
+
+
+def test_a_request_cancelled_while_its_file_is_opened_leaks_nothing(
+    make_asgi: MakeClient, deployed: Deployment
+) -> None:
+    # A client gone while the file is being opened (the server cancels the request).
+    mw = make_asgi().mw
+    scope = {"type": "http", "method": "GET", "path": deployed.url("big.bin"), "headers": []}
+    scope |= {"root_path": "", "query_string": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(mw(scope, None, send))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.2)  # the opening thread is done
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(5):
+            asyncio.run(cancelled())
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
 
 
 def test_every_store_backend_serves_and_switches(kind: str, any_store: Store) -> None:

@@ -221,9 +221,9 @@ def test_list_newest_first_with_current_marker(
     any_store: Store, built: Callable[[str], Deployment]
 ) -> None:
     v1 = built("v1")
-    time.sleep(0.01)
-    v2 = built("v2")
     any_store.activate(v1.id)
+    time.sleep(0.01)
+    v2 = built("v2")  # built after v1's activation: the newest
     infos = any_store.list()
     assert [info.id for info in infos] == [v2.id, v1.id]
     assert [info.current for info in infos] == [False, True]
@@ -313,6 +313,8 @@ def test_prune_counts_a_deployment_from_its_last_activation(
     time.sleep(0.01)
     z = built("v3")
     any_store.activate(z.id)
+    # list shows the order prune counts in
+    assert [d.id for d in any_store.list()] == [z.id, x.id, y.id]
     assert any_store.prune(keep=2).deployments == (y.id,)
     assert sorted(any_store.ids()) == sorted([x.id, z.id])
     # --older-than counts from the same time: x was live a moment ago.

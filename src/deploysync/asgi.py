@@ -229,7 +229,7 @@ async def send_plan(plan: core.Plan, scope: Scope, send: Send) -> None:
     body = plan.body
     files: dict[str, BinaryIO] = {}
     if not all(isinstance(part, bytes) for part in body):
-        opened = await _off_loop(open_files, body)
+        opened = await _open_off_loop(body)
         if opened is None:  # a prune removed the blob after this snapshot was built
             plan = core.NOT_FOUND
         else:
@@ -285,6 +285,27 @@ async def _off_loop(work: Callable[..., _T], *args: Any) -> _T:
     except RuntimeError:
         return work(*args)
     return await loop.run_in_executor(None, work, *args)
+
+
+async def _open_off_loop(body: tuple[core.BodyPart, ...]) -> dict[str, BinaryIO] | None:
+    """:func:`open_files` in asyncio's thread pool; what it opened for a request
+    cancelled meanwhile (a client gone) is closed when it is done."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return open_files(body)
+    future = loop.run_in_executor(None, open_files, body)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(future: asyncio.Future[dict[str, BinaryIO] | None]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        for fh in (future.result() or {}).values():
+            fh.close()
 
 
 async def _read_file(path: str) -> bytes:

@@ -337,7 +337,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--older-than",
         metavar="DURATION",
-        help="only prune deployments created longer ago than this (30m, 12h, 7d)",
+        help="only prune deployments created (or last activated) longer ago (30m, 12h, 7d)",
     )
     p.set_defaults(handler=cmd_prune)
 

@@ -74,7 +74,7 @@ def lines_of(text: str, offsets: Iterable[int]) -> dict[int, int]:
     line, pos = 1, 0
     for offset in sorted(set(offsets)):
         line += sum(text.count(mark, pos, offset) for mark in ("\n", "\r", "\u2028", "\u2029"))
-        line -= text.count("\r\n", pos, offset)
+        line -= text.count("\r\n", max(pos - 1, 0), offset)  # a CR LF across two segments too
         found[offset] = line
         pos = offset
     return found

@@ -87,8 +87,13 @@ def vite_build(out: Path, version: str) -> Path:
     root = prepare()
     with _locked(CACHE):
         _run(
-            [str(root / "node_modules" / ".bin" / "vite"), "build", "--outDir", str(out),
-             "--emptyOutDir"],
+            [
+                str(root / "node_modules" / ".bin" / "vite"),
+                "build",
+                "--outDir",
+                str(out),
+                "--emptyOutDir",
+            ],
             root,
             env={"VITE_APP_VERSION": version},
             timeout=120,

@@ -357,12 +357,16 @@ class Store(ABC):
         return {a.id: a.seq for a in self.activations()}
 
     def deployments(self) -> list[Deployment]:
-        """Every readable deployment, newest first (by creation time, then id)."""
+        """Every readable deployment, newest first (see :meth:`_read_all`)."""
         return self._read_all()[0]
 
     def _read_all(self, *also: str | None) -> tuple[list[Deployment], dict[str, str], list[str]]:
         """Every readable deployment, newest first; each unreadable one's id -> why; and
         the ids listed whose manifest is gone (a Redis key evicted).
+
+        Newest by the later of a deployment's creation and its last activation (then by
+        id): a rollback to an old deployment makes it new again. ``list`` shows this
+        order and ``prune --keep`` counts in it.
 
         Deployments the list lost are read too: those published but not listed
         (:meth:`stray_ids`) and the ids in *also* (the current one, held ones).
@@ -384,7 +388,11 @@ class Store(ABC):
             # Unpublished since ids() listed them (a prune), or listed without a manifest.
             still = set(self.ids())
             vanished = [ident for ident in vanished if ident in still]
-        found.sort(key=lambda d: (d.created, d.id), reverse=True)
+        used_at = {d.id: d.created for d in found}
+        for activation in self.activations():
+            if activation.id in used_at:
+                used_at[activation.id] = max(used_at[activation.id], activation.at)
+        found.sort(key=lambda d: (used_at[d.id], d.id), reverse=True)
         return found, dict(sorted(unreadable.items())), vanished
 
     def list(self) -> list[DeploymentInfo]:
@@ -449,18 +457,16 @@ class Store(ABC):
                     f"Cannot prune {self.location}: deployment {ident!r}{more} cannot be read"
                     f" ({reason}), so the blobs it uses are unknown; nothing was deleted"
                 )
-            used_at = {d.id: d.created for d in deployments}
-            for activation in self.activations():
-                if activation.id in used_at:
-                    used_at[activation.id] = max(used_at[activation.id], activation.at)
-            deployments.sort(key=lambda d: (used_at[d.id], d.id), reverse=True)
+            activated = {a.id: a.at for a in self.activations()}  # the last of each id
             now = time.time()
             doomed = [
                 d
                 for d in deployments[keep:]
                 if d.id != current
                 and d.id not in held
-                and (older_than is None or now - used_at[d.id] > older_than)
+                and (
+                    older_than is None or now - max(d.created, activated.get(d.id, 0)) > older_than
+                )
             ]
             kept = [d for d in deployments if d not in doomed]
             used: set[str] = set()

@@ -82,7 +82,10 @@ class DeploySyncMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
-            return plan_response(plan, async_body=True, request=request)
+            if all(isinstance(part, bytes) for part in plan.body):
+                return plan_response(plan, async_body=True, request=request)
+            # Files are opened (a Redis store's local copy fetched again) off the loop.
+            return await asyncio.to_thread(plan_response, plan, async_body=True, request=request)
         response = await self.get_response(request)
         return self._edit(request, response, snapshot, config, conditional)
 

@@ -518,13 +518,14 @@ def test_list_text_and_json(
     assert code == 0
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "CREATED", "ACTIVATED", "FILES", "SIZE"]
-    assert lines[1].split()[0] == second  # newest first
-    assert lines[2].split()[:2] == ["*", first]  # the current one is marked
-    assert "KB" in lines[1] and "(just now)" in lines[1]
+    # newest first: the rollback to the first made it the newest
+    assert lines[1].split()[:2] == ["*", first]  # the current one is marked
+    assert lines[2].split()[0] == second
+    assert "KB" in lines[2] and "(just now)" in lines[2]
     code, out, _ = run(capsys, "list", "--store", str(store_dir), "--json")
     data = json.loads(out)
-    assert [d["id"] for d in data] == [second, first]
-    assert [d["current"] for d in data] == [False, True]
+    assert [d["id"] for d in data] == [first, second]
+    assert [d["current"] for d in data] == [True, False]
     assert data[0]["files"] == len(SITE) and data[0]["bytes"] > 0
     assert set(data[0]) == {"id", "created", "activated", "files", "bytes", "current"}
 

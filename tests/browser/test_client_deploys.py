@@ -186,3 +186,55 @@ def test_a_stale_form_clicked_twice_is_processed_once_with_its_fields(
     assert page.inner_text("#received") == "hello via other #1"
     assert page_id(page) == new
     assert site.stats()["posts"] == 1
+
+
+def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # The app cancels the click after the client saw it (a listener on window): nothing
+    # leaves, and the app's own navigate listeners still hear the next navigation.
+    site = make_site(routing="client")
+    page = tab.page
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    page.evaluate(
+        """() => {
+        window.__seen = []
+        navigation.addEventListener("navigate", (e) => __seen.push(new URL(e.destination.url).hash))
+        addEventListener("click", (e) => e.target.closest("#to-a") && e.preventDefault())
+    }"""
+    )
+    site.deploy("v2")
+    assert check(page)
+    page.click("#to-a")
+    page.wait_for_timeout(300)
+    assert marked(page)
+    page.evaluate("location.hash = 'x'")
+    assert page.evaluate("__seen") == ["#x"]
+
+
+def test_a_prefetch_expires_under_the_url_it_was_made_for(make_site: MakeSite, tab: Tab) -> None:
+    # The app points the hovered link elsewhere after its prefetch: the prefetch of the
+    # old URL still expires, and a click on that URL after a deploy asks the server.
+    site = make_site(routing="client")
+    page = tab.page
+    page.clock.install()
+    page.goto(site.url("/"))
+    client_routed(page)
+    mark(page)
+    before = site.stats()["navigate"]
+    page.hover("#to-prefetch")
+    for _ in range(50):
+        if site.stats()["navigate"] > before:
+            break
+        page.wait_for_timeout(50)
+    assert site.stats()["navigate"] == before + 1, "the hover prefetched the link"
+    page.evaluate("document.querySelector('#to-prefetch').href = '/b'")
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.clock.fast_forward(11_000)
+    page.click("#to-a")
+    title_is(page, "A")
+    assert page_id(page) == new, "the page prefetched before the deploy was shown"
+    assert not marked(page)

@@ -140,7 +140,7 @@ class Router {
     if (serverId && reason != "tab") this.bc.postMessage(serverId)
   }
 
-  /** Another id is checked. @param {Response | XMLHttpRequest} r @returns {boolean} 409 */
+  /** @param {Response | XMLHttpRequest} r @returns {boolean} 409 */
   seen(r) {
     const h = (n) => (r instanceof Response ? r.headers.get(n) : r.getResponseHeader(n))
     const id = h("X-Deployment-Id")
@@ -176,13 +176,14 @@ class Router {
       if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
     } catch {}
     dispatch("before-reload", { url, pageId })
+    if (how == "browser") return
     this.bye = 1
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
       else sub.disabled = false
       how.requestSubmit(sub)
-    } else if (how != "browser") location[how == "replace" || how == "reload" ? how : "assign"](url)
+    } else location[how == "replace" || how == "reload" ? how : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -219,8 +220,10 @@ class Router {
     const a = this.link(e)
     if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !(config.prefetch || a.closest("[data-deploysync-prefetch]"))) return
     if (this.cache.size > 7) this.cache.clear()
-    this.cache.set(a.href, fetch(a.href, { headers: HEADERS }).catch(() => {}))
-    setTimeout(() => this.cache.delete(a.href), 1e4)
+    const k = a.href
+    const p = fetch(k, { headers: HEADERS }).catch(() => {})
+    this.cache.set(k, p)
+    setTimeout(() => this.cache.get(k) == p && this.cache.delete(k), 1e4)
   }
 
   /** @param {string} url @param {any} [o] */

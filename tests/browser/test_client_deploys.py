@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from harness import MakeSite, Tab
+from harness import MakeSite, Site, Tab
 from helpers import (
     RELOAD_409,
     check,
@@ -19,6 +21,29 @@ from helpers import (
 pytestmark = pytest.mark.browser
 
 ADAPTERS = ["asgi", "wsgi"]
+
+
+def _client_page(
+    make_site: MakeSite, tab: Tab, path: str = "/", *, clock: bool = False
+) -> tuple[Site, Any]:
+    """A page of a client-routing site, ready and marked (a full load loses the mark);
+    *clock*: with Playwright's clock installed, for time to be moved on."""
+    site = make_site(routing="client")
+    page = tab.page
+    if clock:
+        page.clock.install()
+    page.goto(site.url(path))
+    client_routed(page)
+    mark(page)
+    return site, page
+
+
+def _posted_once(site: Site, page: Any, received: str, new: str) -> None:
+    """The form's POST was processed once, and answered by the new deployment."""
+    title_is(page, "Result")
+    assert page.inner_text("#received") == received
+    assert page_id(page) == new
+    assert site.stats()["posts"] == 1
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
@@ -117,10 +142,7 @@ def test_without_client_routing_the_next_page_after_a_deploy_is_the_new_version(
     page.fill("#message", "plain")
     new = site.deploy("v2")
     page.click("#send")
-    title_is(page, "Result")
-    assert page.inner_text("#received") == "plain via send #1"
-    assert page_id(page) == new
-    assert site.stats()["posts"] == 1
+    _posted_once(site, page, "plain via send #1", new)
 
 
 def test_a_multipart_form_posted_across_a_deploy_is_processed_once(
@@ -143,12 +165,7 @@ def test_a_link_prefetched_before_a_deploy_is_not_shown_once_the_prefetch_is_old
     make_site: MakeSite, tab: Tab
 ) -> None:
     # A hover's prefetch is the page as it was then: kept 10 s, as Turbo keeps its own.
-    site = make_site(routing="client")
-    page = tab.page
-    page.clock.install()
-    page.goto(site.url("/"))
-    client_routed(page)
-    mark(page)
+    site, page = _client_page(make_site, tab, clock=True)
     before = site.stats()["navigate"]
     page.hover("#to-prefetch")
     for _ in range(50):
@@ -182,10 +199,7 @@ def test_a_stale_form_clicked_twice_is_processed_once_with_its_fields(
     new = site.deploy("v2")
     assert check(page)
     page.dblclick("#other")
-    title_is(page, "Result")
-    assert page.inner_text("#received") == "hello via other #1"
-    assert page_id(page) == new
-    assert site.stats()["posts"] == 1
+    _posted_once(site, page, "hello via other #1", new)
 
 
 def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
@@ -193,11 +207,7 @@ def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
 ) -> None:
     # The app cancels the click after the client saw it (a listener on window): nothing
     # leaves, and the app's own navigate listeners still hear the next navigation.
-    site = make_site(routing="client")
-    page = tab.page
-    page.goto(site.url("/"))
-    client_routed(page)
-    mark(page)
+    site, page = _client_page(make_site, tab)
     page.evaluate(
         """() => {
         window.__seen = []
@@ -217,12 +227,7 @@ def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
 def test_a_prefetch_expires_under_the_url_it_was_made_for(make_site: MakeSite, tab: Tab) -> None:
     # The app points the hovered link elsewhere after its prefetch: the prefetch of the
     # old URL still expires, and a click on that URL after a deploy asks the server.
-    site = make_site(routing="client")
-    page = tab.page
-    page.clock.install()
-    page.goto(site.url("/"))
-    client_routed(page)
-    mark(page)
+    site, page = _client_page(make_site, tab, clock=True)
     before = site.stats()["navigate"]
     page.hover("#to-prefetch")
     for _ in range(50):

@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +140,17 @@ class PruneError(StoreError):
     def __init__(self, message: str, result: PruneResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+def _last_activations(record: Iterable[Activation]) -> dict[str, float]:
+    """Each activated id -> the time of its last activation (*record* is oldest first)."""
+    return {a.id: a.at for a in record}
+
+
+def last_used(deployment: Deployment, activated: Mapping[str, float]) -> float:
+    """When *deployment* was last new: built, or activated (a rollback makes an old
+    deployment new again). Newest first by it is the order of ``list`` and ``prune``."""
+    return max(deployment.created, activated.get(deployment.id, 0.0))
 
 
 class Store(ABC):
@@ -358,15 +369,16 @@ class Store(ABC):
 
     def deployments(self) -> list[Deployment]:
         """Every readable deployment, newest first (see :meth:`_read_all`)."""
-        return self._read_all()[0]
+        return self._read_all(_last_activations(self.activations()))[0]
 
-    def _read_all(self, *also: str | None) -> tuple[list[Deployment], dict[str, str], list[str]]:
+    def _read_all(
+        self, activated: Mapping[str, float], *also: str | None
+    ) -> tuple[list[Deployment], dict[str, str], list[str]]:
         """Every readable deployment, newest first; each unreadable one's id -> why; and
         the ids listed whose manifest is gone (a Redis key evicted).
 
-        Newest by the later of a deployment's creation and its last activation (then by
-        id): a rollback to an old deployment makes it new again. ``list`` shows this
-        order and ``prune --keep`` counts in it.
+        Newest by :func:`last_used` (then by id), given *activated* (id -> the time of
+        its last activation): ``list`` shows this order and ``prune --keep`` counts in it.
 
         Deployments the list lost are read too: those published but not listed
         (:meth:`stray_ids`) and the ids in *also* (the current one, held ones).
@@ -388,11 +400,7 @@ class Store(ABC):
             # Unpublished since ids() listed them (a prune), or listed without a manifest.
             still = set(self.ids())
             vanished = [ident for ident in vanished if ident in still]
-        used_at = {d.id: d.created for d in found}
-        for activation in self.activations():
-            if activation.id in used_at:
-                used_at[activation.id] = max(used_at[activation.id], activation.at)
-        found.sort(key=lambda d: (used_at[d.id], d.id), reverse=True)
+        found.sort(key=lambda d: (last_used(d, activated), d.id), reverse=True)
         return found, dict(sorted(unreadable.items())), vanished
 
     def list(self) -> list[DeploymentInfo]:
@@ -400,8 +408,8 @@ class Store(ABC):
         first (with the reason in ``error``), then the others, newest first."""
         record = self.activations()
         current = record[-1].id if record else None
-        activated = {a.id: a.at for a in record}
-        deployments, unreadable, vanished = self._read_all(current)
+        activated = _last_activations(record)
+        deployments, unreadable, vanished = self._read_all(activated, current)
         unreadable.update((ident, "its manifest is missing") for ident in vanished)
         infos = [
             DeploymentInfo(
@@ -447,7 +455,8 @@ class Store(ABC):
         with self.lock():
             current = self.current()
             held = self.held()
-            deployments, unreadable, vanished = self._read_all(current, *held)
+            activated = _last_activations(self.activations())
+            deployments, unreadable, vanished = self._read_all(activated, current, *held)
             if current is not None and current not in {d.id for d in deployments}:
                 unreadable.setdefault(current, "the current deployment's manifest is missing")
             if unreadable:
@@ -457,16 +466,13 @@ class Store(ABC):
                     f"Cannot prune {self.location}: deployment {ident!r}{more} cannot be read"
                     f" ({reason}), so the blobs it uses are unknown; nothing was deleted"
                 )
-            activated = {a.id: a.at for a in self.activations()}  # the last of each id
             now = time.time()
             doomed = [
                 d
                 for d in deployments[keep:]
                 if d.id != current
                 and d.id not in held
-                and (
-                    older_than is None or now - max(d.created, activated.get(d.id, 0)) > older_than
-                )
+                and (older_than is None or now - last_used(d, activated) > older_than)
             ]
             kept = [d for d in deployments if d not in doomed]
             used: set[str] = set()

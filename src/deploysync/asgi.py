@@ -318,7 +318,7 @@ def _read_bytes(path: str) -> bytes:
 
 
 async def _send_chunks(part: core.FileRange, fh: BinaryIO, more: bool, send: Send) -> None:
-    await _off_loop(fh.seek, part.offset)
+    fh.seek(part.offset)  # no I/O: the reads below wait on the disk
     left = part.length
     while left > 0:
         size = min(READ_CHUNK, left)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from types import TracebackType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol, cast
 
 from . import core
 from .inject import Injector
@@ -106,31 +106,26 @@ def _respond(
     plan: core.Plan, method: str, environ: Environ, start_response: StartResponse
 ) -> Iterable[bytes]:
     body = plan.body
-    files: dict[str, BinaryIO] = {}
-    if not all(isinstance(part, bytes) for part in body):
-        opened = open_files(body)
-        if opened is None:  # a prune removed the blob after this snapshot was built
-            plan = core.NOT_FOUND
-            body = plan.body
-        else:
-            files = opened
+    if all(isinstance(part, bytes) for part in body):  # in memory: nothing to open
+        start_response(_status_line(plan.status), _str_headers(plan.headers))
+        return [] if method == "HEAD" else cast("tuple[bytes, ...]", body)
+    files = open_files(body)
+    if files is None:  # a prune removed the blob after this snapshot was built
+        return _respond(core.NOT_FOUND, method, environ, start_response)
     parts = OpenedBody(body, files, READ_CHUNK)
     try:
         start_response(_status_line(plan.status), _str_headers(plan.headers))
     except BaseException:
         parts.close()
         raise
-    if not body or method == "HEAD":
+    if method == "HEAD":
         parts.close()
         return []
-    if len(body) == 1:
-        part = body[0]
-        if isinstance(part, bytes):
-            return [part]
-        wrapper = environ.get("wsgi.file_wrapper")
-        if part.whole and wrapper is not None:
-            # The server may turn this into sendfile (PEP 3333 §optional-platform-specific).
-            return wrapper(files[part.path], READ_CHUNK)  # type: ignore[no-any-return]
+    (part, *more) = body
+    wrapper = environ.get("wsgi.file_wrapper")
+    if not more and isinstance(part, core.FileRange) and part.whole and wrapper is not None:
+        # The server may turn this into sendfile (PEP 3333 §optional-platform-specific).
+        return wrapper(files[part.path], READ_CHUNK)  # type: ignore[no-any-return]
     return parts
 
 

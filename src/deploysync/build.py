@@ -1228,9 +1228,8 @@ def _existing(
     existing = store.load(ident)
     same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
     content = {(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)}
-    # JSON's view of the extras: a stored Vite manifest came back through json.loads.
-    extras = json.loads(json.dumps(dict(extra))), json.loads(json.dumps(dict(existing.extra)))
-    if same != content or existing.static_url != static_url or extras[0] != extras[1]:
+    # Both extras are plain JSON values (the Vite manifest read here, and as stored).
+    if same != content or existing.static_url != static_url or dict(extra) != existing.extra:
         raise BuildError(
             f"Deployment {ident!r} already exists in {store.location} with other"
             " content; choose another --id"

@@ -41,6 +41,13 @@ def _open(
     return site, page
 
 
+def _router_takes(page: Any, name: str) -> None:
+    """The Navigation API test router shows /nav/<name> in place: no full load."""
+    page.click(f"#nav-{name}")
+    expect(page.locator("#view")).to_have_text(f"view /nav/{name}")
+    assert marked(page), "the router's navigation became a full load"
+
+
 @NAVIGATION_API
 def test_a_pushstate_routers_next_navigation_after_a_deploy_is_a_full_load(
     make_site: MakeSite, tab: Tab, navigation_api: bool
@@ -137,9 +144,7 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
 ) -> None:
     # The router intercepts navigate events; on a stale page it never gets the chance.
     site, page = _open(make_site, tab, "/nav")
-    page.click("#nav-x")
-    expect(page.locator("#view")).to_have_text("view /nav/x")
-    assert marked(page), "the router navigates by itself before a deploy"
+    _router_takes(page, "x")  # by itself, before a deploy
     new = site.deploy("v2")
     assert check(page)
     before = tab.documents
@@ -154,9 +159,7 @@ def test_a_navigation_api_routers_next_navigation_after_a_deploy_is_a_full_load(
     assert tab.documents == before + 1, "one full load, no loop"
     client_routed(page)
     mark(page)
-    page.click("#nav-x")
-    expect(page.locator("#view")).to_have_text("view /nav/x")
-    assert marked(page), "the router resumes on the new version"
+    _router_takes(page, "x")  # it resumes on the new version
 
 
 def test_back_on_a_navigation_api_router_that_takes_reloads_is_a_full_load(
@@ -165,9 +168,8 @@ def test_back_on_a_navigation_api_router_that_takes_reloads_is_a_full_load(
     # The test router intercepts every navigation, reloads included (MDN's pattern): the
     # reload the client starts for a stale page's back/forward is not the router's.
     site, page = _open(make_site, tab, "/nav")
-    page.click("#nav-x")
-    page.click("#nav-y")
-    expect(page.locator("#view")).to_have_text("view /nav/y")
+    _router_takes(page, "x")
+    _router_takes(page, "y")
     new = site.deploy("v2")
     assert check(page)
     before = tab.documents
@@ -190,9 +192,7 @@ def test_navigate_is_a_full_load_under_a_navigation_api_router(
     assert tab.documents == before + 1
     client_routed(page)
     mark(page)
-    page.click("#nav-x")
-    expect(page.locator("#view")).to_have_text("view /nav/x")
-    assert marked(page), "the router has the next navigation again"
+    _router_takes(page, "x")  # the next navigation is the router's again
 
 
 def test_a_full_load_that_stays_on_the_page_leaves_the_router_its_navigations(
@@ -205,9 +205,7 @@ def test_a_full_load_that_stays_on_the_page_leaves_the_router_its_navigations(
     page.wait_for_timeout(300)
     assert marked(page)
     before = tab.documents
-    page.click("#nav-x")
-    expect(page.locator("#view")).to_have_text("view /nav/x")
-    assert marked(page), "the router's navigation became a full load"
+    _router_takes(page, "x")
     assert tab.documents == before
 
 

@@ -187,10 +187,7 @@ def test_a_stale_form_clicked_twice_is_processed_once_with_its_fields(
 ) -> None:
     # The stale form is the browser's own submission: the app's own handlers (here one
     # that clears the form right after the submit) and a double click change nothing.
-    site = make_site(routing="client")
-    page = tab.page
-    page.goto(site.url("/form"))
-    client_routed(page)
+    site, page = _client_page(make_site, tab, "/form")
     page.evaluate(
         """() => document.querySelector("form").addEventListener("submit", (e) =>
             setTimeout(() => e.target.reset()))"""

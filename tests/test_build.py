@@ -8,6 +8,7 @@ import hashlib
 import json
 import marshal
 import os
+import random
 import re
 import shutil
 import signal
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -552,10 +554,12 @@ def test_stored_content_is_never_compressed_again(
 def _edit_cache(edit: Callable[[dict[str, Any]], None]) -> None:
     """Apply *edit* to the data of the (one) build cache file."""
     cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
-    header, _, body = cache_file.read_bytes().partition(b"\n")
+    header, check, body = cache_file.read_bytes().split(b"\n", 2)
+    assert check == b"%08x" % zlib.crc32(body)
     data = marshal.loads(body)
     edit(data)
-    cache_file.write_bytes(header + b"\n" + marshal.dumps(data))
+    body = marshal.dumps(data)
+    cache_file.write_bytes(header + b"\n%08x\n" % zlib.crc32(body) + body)
 
 
 def _age_stat_cache() -> None:
@@ -627,6 +631,145 @@ def test_rebuild_after_one_change_reads_only_it_and_its_referrers(
     assert incremental.assets == cold.assets
     for asset in incremental.assets.values():
         assert store.read_blob(asset.digest) == FileStore(tmp_path / "cold").read_blob(asset.digest)
+
+
+def _random_module(rng: random.Random, names: list[str]) -> str:
+    """A module importing some of *names* (maybe itself: cycles), maybe missing ones."""
+    lines = [f'import "./{target}";' for target in rng.sample(names, rng.randint(0, 3))]
+    if rng.random() < 0.3:
+        lines.append(f'const lazy = () => import("./gone-{rng.randint(0, 2)}.js");')
+    if rng.random() < 0.3:
+        lines.append('const img = new URL("../img/i0.png", import.meta.url);')
+    lines.append(f"export const v = {rng.randint(0, 10**6)};")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rebuilds_of_the_changed_files_only_equal_builds_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Random edits (changed, added and removed modules, stylesheets and images, import
+    cycles, references to files that come and go): after each, the rebuild, which redoes
+    only what the edit reaches, gives the deployment a build from scratch gives."""
+    rng = random.Random(seed)
+    src, store = tmp_path / "src", FileStore(tmp_path / "store")
+    names = [f"m{i}.js" for i in range(8)] + ["gone-0.js", "gone-1.js"]
+    files: dict[str, str | bytes] = {f"js/{n}": _random_module(rng, names) for n in names[:8]}
+    files["css/a.css"] = '@import "b.css";\n.x { background: url(../img/i0.png); }\n'
+    files["css/b.css"] = ".y { background: url(../img/i1.png); }\n"
+    files["img/i0.png"] = b"\x89PNG0" * 50
+    files["img/i1.png"] = b"\x89PNG1" * 50
+    write_tree(src, files)
+    build(src, store)
+    redone: list[int] = []
+    original = build_module._to_redo
+
+    def spy(entries: Any, *args: Any) -> Any:
+        todo = original(entries, *args)
+        redone.append(len(todo))
+        return todo
+
+    monkeypatch.setattr(build_module, "_to_redo", spy)
+    for step in range(12):
+        _age_stat_cache()
+        present = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+        action = rng.choice(["edit", "edit", "add", "remove", "rename", "css", "image"])
+        if action == "edit":
+            target = src / rng.choice([p for p in present if p.endswith(".js")])
+            target.write_text(target.read_text() + _random_module(rng, names))
+        elif action == "add":
+            write_tree(src, {f"js/{rng.choice(names)}": _random_module(rng, names)})
+        elif action == "remove" and len(present) > 4:
+            (src / rng.choice(present)).unlink()
+        elif action == "rename":  # as many files as before, one name gone, one new
+            moved = src / rng.choice(present)
+            moved.rename(moved.with_name(f"r{step}-{moved.name}"))
+        elif action == "css":
+            write_tree(
+                src, {"css/b.css": f".y{step} {{ background: url(../img/i{step % 3}.png); }}"}
+            )
+        else:
+            write_tree(src, {f"img/i{rng.randint(0, 2)}.png": f"\x89PNG{step}".encode() * 40})
+        warnings: list[str] = []
+        incremental = build(src, store, warn=warnings.append)
+        cold_store = FileStore(tmp_path / f"cold-{step}")
+        cold_warnings: list[str] = []
+        cold = build(src, cold_store, cache=False, warn=cold_warnings.append)
+        assert incremental.deployment.id == cold.deployment.id
+        assert incremental.deployment.assets == cold.deployment.assets
+        assert warnings == cold_warnings
+        for asset in incremental.deployment.assets.values():
+            assert store.read_blob(asset.digest) == cold_store.read_blob(asset.digest)
+    # Most rebuilds redid a part of the files only (not none: each step changed one).
+    assert len(redone) == 12
+    assert sum(0 < count < len(list(src.rglob("*.*"))) for count in redone) >= 6
+
+
+def test_a_rebuild_repeats_the_warnings_of_unchanged_files_and_strict_refuses_them(
+    tmp_path: Path, store: FileStore
+) -> None:
+    src = write_tree(
+        tmp_path / "src",
+        {"a.js": 'import "./missing.js";\n', "b.css": "x { background: url(gone.png) }\n"},
+    )
+    first = build(src, store)
+    assert len(first.warnings) == 2
+    _age_stat_cache()
+    assert build(src, store).warnings == first.warnings  # nothing changed
+    with pytest.raises(BuildError, match=r"a\.js:1: reference to missing file"):
+        build(src, store, strict=True, activate=True)
+    assert store.current() is None
+    _age_stat_cache()
+    (src / "c.txt").write_text("new\n")  # a change elsewhere: a.js and b.css are kept
+    assert build(src, store).warnings == first.warnings
+    _age_stat_cache()
+    (src / "missing.js").write_text("export {};\n")  # a.js now names a file
+    rebuilt = build(src, store)
+    assert rebuilt.warnings == first.warnings[1:]
+    assert (
+        rebuilt.deployment.assets["missing.js"].name
+        in store.read_blob(rebuilt.deployment.assets["a.js"].digest).decode()
+    )
+
+
+def test_a_rebuild_counts_the_blobs_of_unchanged_files_as_reused(
+    site: Path, store: FileStore
+) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    (site / "LICENSE").write_text("changed\n")
+    again = build(site, store)
+    assert (again.stored_blobs, again.reused_blobs) == (1, len(first.digests()) - 1)
+    _age_stat_cache()
+    same = build(site, store, activate=True)
+    assert (same.created, same.activated, store.current()) == (False, True, again.deployment.id)
+    assert (same.stored_blobs, same.reused_blobs) == (0, len(again.deployment.digests()))
+
+
+def test_a_rebuild_after_a_build_under_a_given_id_derives_the_id(
+    site: Path, store: FileStore, tmp_path: Path
+) -> None:
+    build(site, store, deployment_id="release-1")
+    _age_stat_cache()
+    derived = build(site, tmp_path / "other", cache=False).deployment.id
+    assert build(site, store).deployment.id == derived
+
+
+def test_a_rebuild_after_its_base_was_pruned_stores_what_it_needs(
+    site: Path, store: FileStore, tmp_path: Path
+) -> None:
+    first = build(site, store, activate=True).deployment
+    _age_stat_cache()
+    other = write_tree(tmp_path / "other", {"x.css": "body { color: red }\n" * 40})
+    build(other, store, activate=True)
+    store.prune(keep=1)
+    assert not store.exists(first.id)
+    (site / "LICENSE").write_text("changed\n")  # unchanged files' blobs are gone with it
+    again = build(site, store).deployment
+    cold = build(site, tmp_path / "cold", cache=False).deployment
+    assert (again.id, again.assets) == (cold.id, cold.assets)
+    for asset in again.assets.values():
+        assert store.blob_variants(asset.digest) == asset.encodings
 
 
 def test_rebuild_into_an_emptied_store_derives_the_cached_bytes_again(

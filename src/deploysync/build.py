@@ -33,7 +33,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +71,7 @@ VITE_KEYS = (
     "css",
     "assets",
 )
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 # A precompressed variant is kept only when it saves at least this share of the bytes: a
 # smaller saving is not worth a second file and a Vary header.
@@ -107,6 +107,10 @@ _COMPRESSIBLE_TYPES = frozenset(
 
 class BuildError(DeploySyncError):
     """The source folder cannot be built."""
+
+
+class _NoShortcut(Exception):
+    """A rebuild of the changed files only cannot go on: build everything."""
 
 
 class _CacheMismatch(Exception):
@@ -345,6 +349,8 @@ class _File:
     targets: list[str | None] = field(default_factory=list)
     # The references resolved to a file of the source: (index in the references, path).
     links: list[tuple[int, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # its references to missing files
+    final_key: str | None = None  # its entry in the ``final`` section of the cache
     final: bytes | None = None  # the served bytes, when they differ from the source's
     digest: str = ""
     name: str = ""
@@ -458,11 +464,14 @@ class BuildCache:
       variants, its SRI value), for exactly the blobs of ``base``;
     * ``base``: the deployment the last build made or found, with its stamp (see
       :meth:`Store.deployment_stamp`). While it stays published its blobs stay stored,
-      so the next build trusts the ``blobs`` entries without a look at each blob.
+      so the next build trusts the ``blobs`` entries without a look at each blob;
+    * ``last``: that deployment file by file (see :class:`_Last`), so that a rebuild
+      redoes only the files that changed and the ones referencing them.
 
     Keys are contents, full stat signatures or store stamps, so an entry can be missing
     but not wrong; the file's header names the package and Python versions, so entries
-    made by other code are not trusted. There is one cache file per (source folder,
+    made by other code are not trusted, and a checksum of the rest, so a damaged file is
+    not trusted either. There is one cache file per (source folder,
     store), rewritten with only the entries the last build used, so it does not grow
     without bound (and not rewritten when nothing changed). It holds plain data in
     :mod:`marshal` form, the format of Python's own ``__pycache__`` (several times faster
@@ -477,19 +486,23 @@ class BuildCache:
         self._changed = False
         self.base: list[str] | None = None
         self._old_base: object = None
+        self.last: _Last | None = None
+        self._old_last: _Last | None = None
         if path is None:
             return
         try:
             raw = path.read_bytes()
             header = _cache_header()
-            if raw.startswith(header):
-                data = marshal.loads(raw[len(header) :])
+            check, payload = raw[len(header) : len(header) + 9], raw[len(header) + 9 :]
+            if raw.startswith(header) and check == b"%08x\n" % zlib.crc32(payload):
+                data = marshal.loads(payload)
                 loaded = {name: data[name] for name in _SECTIONS}
                 if all(isinstance(section, dict) for section in loaded.values()):
                     self._old = loaded
                     base = data.get("base")
                     if isinstance(base, list) and all(type(part) is str for part in base):
                         self.base = self._old_base = base
+                    self.last = self._old_last = _Last.of(data.get("last"))
         except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
             pass
 
@@ -545,16 +558,30 @@ class BuildCache:
         signature = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         self.put("stat", path, [*signature, digest, time.time_ns()])
 
+    def keep(self, paths: Iterable[str], last: _Last) -> None:
+        """Keep the entries of *paths*, files of *last* that a rebuild takes as they were
+        (their stat entries are kept already, by :meth:`known_digest`)."""
+        old, used = self._old, self._used
+        for path in paths:
+            record = last.records[path]
+            for section, key in (("scan", path), ("final", record[8]), ("blobs", record[1])):
+                value = old[section].get(key) if key is not None else None
+                if value is not None:
+                    used[section][key] = value
+
     def save(self) -> None:
         if self.path is None:
             return
         if (
             not self._changed
             and self.base == self._old_base
+            and self.last is self._old_last
             and all(len(self._used[name]) == len(self._old[name]) for name in _SECTIONS)
         ):
             return  # the same entries as the file holds: nothing to write
-        payload = _cache_header() + marshal.dumps({**self._used, "base": self.base})
+        last = None if self.last is None else self.last.packed()
+        data = marshal.dumps({**self._used, "base": self.base, "last": last})
+        payload = _cache_header() + b"%08x\n" % zlib.crc32(data) + data
         with contextlib.suppress(OSError):
             make_folders(self.path.parent, 0o700)  # the servers' cache folder too: private
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
@@ -613,6 +640,71 @@ def _cache_header() -> bytes:
 
     python = ".".join(map(str, sys.version_info[:2]))
     return f"deploysync build cache {CACHE_VERSION} {__version__} {python}\n".encode()
+
+
+@dataclass(slots=True)
+class _Last:
+    """The deployment the last build made or found, as the next build needs it.
+
+    ``records`` maps each logical path to (name, digest, size, content type, SRI value,
+    variants, the paths its references resolve to, its warnings, the ``final`` key of
+    its cache entry or ``None``). The id and the settings (see :func:`_settings`) tell
+    which build it describes.
+    """
+
+    settings: str
+    ident: str
+    created: float
+    records: dict[str, list[Any]]
+
+    @classmethod
+    def of(cls, packed: object) -> _Last | None:
+        """The :meth:`packed` form read back; ``None`` when it has another shape."""
+        if not (isinstance(packed, list) and len(packed) == 4):
+            return None
+        settings, ident, created, records = packed
+        # Its records are trusted as they are, like the file's checksum: checking each
+        # one's shape would cost a rebuild more than any other of its steps.
+        if not (
+            type(settings) is str
+            and type(ident) is str
+            and type(created) is float
+            and type(records) is dict
+        ):
+            return None
+        return cls(settings, ident, created, records)
+
+    def packed(self) -> list[Any]:
+        return [self.settings, self.ident, self.created, self.records]
+
+    def asset(self, path: str) -> Asset:
+        name, digest, size, kind, signature, variants = self.records[path][:6]
+        return Asset._of(path, name, digest, size, kind, signature, MappingProxyType(variants))
+
+
+def _record(asset: Asset, targets: list[str], warnings: list[str], final: str | None) -> list[Any]:
+    return [
+        asset.name,
+        asset.digest,
+        asset.size,
+        asset.content_type,
+        asset.integrity,
+        dict(asset.encodings),
+        targets,
+        warnings,
+        final,
+    ]
+
+
+def _settings(
+    static_url: str, compress: bool, brotli_quality: int, extra: Mapping[str, Any]
+) -> str:
+    """What, besides the source, decides a build's output."""
+    return json.dumps(
+        [static_url, compress, brotli_quality, _brotli is not None, extra],
+        sort_keys=True,
+        ensure_ascii=False,
+    )
 
 
 # -- naming ----------------------------------------------------------------------------------
@@ -693,6 +785,7 @@ def _name_one(file: _File, names: dict[str, str], cache: BuildCache) -> None:
     parts = [file.path, file.source_digest]
     parts += [f"{index}:{names[target]}" for index, target in file.links]
     key = hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+    file.final_key = key
     known = cache.get("final", key)
     if (
         isinstance(known, list)
@@ -738,9 +831,12 @@ def _name_component(members: list[_File], names: dict[str, str]) -> None:
         member.size = len(member.final)
 
 
-def _name_all(files: dict[str, _File], cache: BuildCache) -> None:
-    """Give every file its digest and hashed name, dependencies first."""
-    names: dict[str, str] = {}
+def _name_all(files: dict[str, _File], cache: BuildCache, names: dict[str, str]) -> None:
+    """Give every file its digest and hashed name, dependencies first.
+
+    *names* holds the names of the files referenced but not in *files* (a rebuild's
+    unchanged files); the new ones are added to it.
+    """
     for file in files.values():
         if not file.links:
             file.digest = file.source_digest
@@ -748,7 +844,8 @@ def _name_all(files: dict[str, _File], cache: BuildCache) -> None:
             names[file.path] = file.name
     graph_nodes = sorted(path for path, file in files.items() if file.links)
     edges = {
-        path: sorted({t for _, t in files[path].links if files[t].links}) for path in graph_nodes
+        path: sorted({t for _, t in files[path].links if t in files and files[t].links})
+        for path in graph_nodes
     }
     for component in strongly_connected(graph_nodes, edges):
         first = component[0]
@@ -834,20 +931,57 @@ def build(
         for missing in sorted(fixed - {rel for rel, _, _ in entries})
     ]
 
-    def attempt(cache: BuildCache) -> tuple[BuildResult, list[str]]:
+    extra = {"vite": vite_manifest} if vite else {}
+    settings = _settings(static_url, compress, brotli_quality, extra)
+    paths = {rel for rel, _, _ in entries}
+
+    def attempt(cache: BuildCache, shortcut: bool = True) -> BuildResult:
         nonlocal done
         done = 0
+        last = cache.last
+        if not (
+            shortcut
+            and deployment_id is None
+            and last is not None
+            and last.settings == settings
+            and cache.base is not None
+            and cache.base[0] == last.ident
+        ):
+            last = None
+        todo = entries
+        kept: dict[str, Asset] = {}
+        if last is not None:
+            todo = _to_redo(entries, paths, cache, last)
+            if not todo and len(last.records) == len(entries):
+                found = vite_warnings + [
+                    warning for rel, _, _ in entries for warning in last.records[rel][7]
+                ]
+                _check(found, strict)
+                same = _unchanged(store, cache, last, entries, static_url, extra, activate)
+                if same is None:
+                    raise _NoShortcut
+                step(total_steps)
+                same.warnings = found
+                return same
+            redone = {rel for rel, _, _ in todo}
+            kept_paths = [rel for rel, _, _ in entries if rel not in redone]
+            cache.keep(kept_paths, last)
+            kept = {path: last.asset(path) for path in kept_paths}
+            step(len(kept))
         # Reading, hashing and compressing release the GIL: threads keep every core busy
         # without the cost of shipping bytes to other processes. Twice the cores, so that
         # a thread waiting on the disk does not leave a core idle.
         with ThreadPoolExecutor(max_workers=2 * workers) as pool:
-            files = _load(entries, fixed, cache, pool, step)
+            files = _load(todo, fixed, cache, pool, step)
         # Between the two pools no thread of ours runs, so scanning may fork processes.
-        found = vite_warnings + _link(files, static_url, cache, workers)
-        if strict and found:
-            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-            raise BuildError(found[0] + more)
-        _name_all(files, cache)
+        _link(files, static_url, cache, workers, present=paths)
+        old = last.records if last is not None else {}
+        found = list(vite_warnings)
+        for rel, _, _ in entries:
+            file = files.get(rel)
+            found += file.warnings if file is not None else old[rel][7]
+        _check(found, strict)
+        _name_all(files, cache, {path: asset.name for path, asset in kept.items()})
         with ThreadPoolExecutor(max_workers=2 * workers) as pool:
             result = _store(
                 list(files.values()),
@@ -859,26 +993,118 @@ def build(
                 activate=activate,
                 compress=compress,
                 brotli_quality=brotli_quality,
-                extra={"vite": vite_manifest} if vite else {},
+                extra=extra,
                 cache=cache,
                 step=step,
+                kept=kept,
+                order=[rel for rel, _, _ in entries],
             )
-        return result, found
+        step(len(kept))
+        deployment = result.deployment
+        records = {path: old[path] for path in kept}
+        for file in files.values():
+            targets = sorted({target for target in file.targets if target is not None})
+            asset = deployment.assets[file.path]
+            records[file.path] = _record(asset, targets, file.warnings, file.final_key)
+        # A rebuild from it must give the id a build from scratch derives, not the user's.
+        if deployment_id is None:
+            cache.last = _Last(settings, deployment.id, deployment.created, records)
+        else:
+            cache.last = None
+        result.warnings = found
+        return result
 
     try:
-        result, warnings = attempt(build_cache)
+        try:
+            result = attempt(build_cache)
+        except _NoShortcut:
+            result = attempt(build_cache, shortcut=False)
     except _CacheMismatch:
         # An entry of the cache did not hold (damaged, or written by other code): build
         # again without it. Blobs written meanwhile are right (named by their content).
         build_cache = BuildCache.empty(build_cache.path)
-        result, warnings = attempt(build_cache)
+        result = attempt(build_cache, shortcut=False)
+    warnings = result.warnings
     if warnings and warn is not None:
         for message in warnings:
             warn(message)
     build_cache.save()
-    result.warnings = warnings
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check(warnings: list[str], strict: bool) -> None:
+    """With *strict*, the first warning as an error."""
+    if strict and warnings:
+        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        raise BuildError(warnings[0] + more)
+
+
+def _to_redo(
+    entries: list[tuple[str, str, os.stat_result]],
+    paths: Container[str],
+    cache: BuildCache,
+    last: _Last,
+) -> list[tuple[str, str, os.stat_result]]:
+    """The entries a rebuild must redo: the files new or changed since the *last* build
+    and, up the references, every file whose bytes name one of them (or named, or now
+    could name, a file added or removed)."""
+    records = last.records
+    changed = {
+        rel for rel, _, st in entries if rel not in records or cache.known_digest(rel, st) is None
+    }
+    added = sum(1 for rel in changed if rel not in records)
+    gone = (
+        [path for path in records if path not in paths]
+        if len(entries) - added < len(records)
+        else []
+    )
+    if not changed and not gone:
+        return []
+    referrers: dict[str, list[str]] = {}
+    for path, record in records.items():
+        for target in record[6]:
+            referrers.setdefault(target, []).append(path)
+    redo = set(changed)
+    pending = [*changed, *gone]
+    while pending:
+        for path in referrers.get(pending.pop(), ()):
+            if path not in redo and path in paths:
+                redo.add(path)
+                pending.append(path)
+    return [entry for entry in entries if entry[0] in redo]
+
+
+def _unchanged(
+    store: Store,
+    cache: BuildCache,
+    last: _Last,
+    entries: list[tuple[str, str, os.stat_result]],
+    static_url: str,
+    extra: Mapping[str, Any],
+    activate: bool,
+) -> BuildResult | None:
+    """A rebuild of exactly the *last* build, when its deployment is still published as it
+    was and the store lost none of its blobs (else ``None``)."""
+    records = last.records
+    blobs = {record[1]: tuple(record[5]) for record in records.values()}
+    with store.lock():
+        base = cache.base
+        if base is None or store.deployment_stamp(last.ident) != base[-1]:
+            return None
+        if store.missing_blobs(blobs):
+            return None
+        if activate:
+            store.activate(last.ident)
+    cache.keep(records, last)
+    deployment = Deployment(
+        id=last.ident,
+        static_url=static_url,
+        assets=MappingProxyType({rel: last.asset(rel) for rel, _, _ in entries}),
+        created=last.created,
+        extra=MappingProxyType(dict(extra)),
+    )
+    return BuildResult(deployment, False, 0, len(blobs), activated=activate)
 
 
 def _load(
@@ -1003,12 +1229,21 @@ def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[list[Any]]]:
     return results
 
 
-def _link(files: dict[str, _File], static_url: str, cache: BuildCache, workers: int) -> list[str]:
-    """Find what the CSS and JS files reference, resolved to files; return the warnings.
+def _link(
+    files: dict[str, _File],
+    static_url: str,
+    cache: BuildCache,
+    workers: int,
+    present: Container[str] | None = None,
+) -> None:
+    """Find what the CSS and JS files reference, resolved to the files *present* (default:
+    *files*); each file's references to missing files become its warnings.
 
     References and their resolution come from the cache for a file seen before; only
     new contents are scanned (several at once, on all cores, when there are many).
     """
+    if present is None:
+        present = files
     scanned = [file for file in files.values() if file.scanned]
     unresolved: list[_File] = []
     unscanned: list[_File] = []
@@ -1031,23 +1266,21 @@ def _link(files: dict[str, _File], static_url: str, cache: BuildCache, workers: 
         entry = [file.source_digest, static_url, file.packed_refs, file.targets]
         cache.put("scan", file.path, entry)
 
-    warnings: list[str] = []
     for file in scanned:
         missing = []
         for index, target in enumerate(file.targets):
             if target is None:
                 continue
-            if target in files:
+            if target in present:
                 file.links.append((index, target))
             else:
                 missing.append(file.references()[index])
         if missing:
             lines = rewrite.lines_of(file.text(), [ref.start for ref in missing])
-            warnings += [
+            file.warnings = [
                 f"{file.path}:{lines[ref.start]}: reference to missing file '{ref.url}'"
                 for ref in missing
             ]
-    return warnings
 
 
 def _store(
@@ -1064,12 +1297,18 @@ def _store(
     extra: Mapping[str, Any],
     cache: BuildCache,
     step: Callable[[int], None],
+    kept: Mapping[str, Asset] | None = None,
+    order: Iterable[str] = (),
 ) -> BuildResult:
     """Compress and write what the store lacks, publish the manifest (and activate it).
+
+    *kept*: the assets of a rebuild's unchanged files, as the cache's base deployment
+    has them, and *order* all the paths (of *files* and *kept*) in the source's order.
 
     Everything happens under the store's lock, so a prune cannot remove a blob between
     the moment it is found in the store and the publication of the manifest using it.
     """
+    kept = kept or {}
     unique: dict[str, _File] = {}
     for file in files:
         unique.setdefault(file.digest, file)
@@ -1079,12 +1318,13 @@ def _store(
     # What the manifest will name is known before the store is touched: the id (derived
     # from it, or the user's) and each file's name and digest.
     kinds = [content_type(file.path) for file in files]
-    rows = ((f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True))
+    rows = [(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)]
+    rows += [(a.path, a.name, a.digest, a.content_type) for a in kept.values()]
     ident = deployment_id or derive_id_of_rows(static_url, rows, extra)
     with store.lock():
         if store.exists(ident):
             return _existing(
-                store, ident, files, kinds, static_url, extra, activate, cache, step, brotli_quality
+                store, ident, files, rows, static_url, extra, activate, cache, step, brotli_quality
             )
         new: list[_File] = []
         unsigned: list[_File] = []
@@ -1093,6 +1333,11 @@ def _store(
         # that is published, they are stored as the entries say.
         base = cache.base
         trusted = base is not None and store.deployment_stamp(base[0]) == base[-1]
+        if kept and not trusted:
+            raise _NoShortcut  # the base was pruned since: its blobs may be gone too
+        for asset in kept.values():
+            variants[asset.digest] = asset.encodings
+            signatures[asset.digest] = asset.integrity
         for digest, file in unique.items():
             known = cache.get("blobs", digest)
             if not (isinstance(known, list) and len(known) == 3):
@@ -1127,6 +1372,8 @@ def _store(
                 unsigned.append(file)
         # Listed but lost by the store itself (a Redis key evicted): written again.
         lost = store.missing_blobs({d: tuple(v) for d, v in variants.items()})
+        if not lost.issubset(unique):
+            raise _NoShortcut  # the bytes of an unchanged file are needed after all
         if lost:
             new += [unique[digest] for digest in sorted(lost)]
             unsigned = [file for file in unsigned if file.digest not in lost]
@@ -1168,28 +1415,28 @@ def _store(
                 cache.put("blobs", digest, [stamp, variants[digest], signatures[digest]])
             step(len(files) - len(new))
 
+            made = {
+                file.path: Asset._of(
+                    file.path,
+                    file.name,
+                    file.digest,
+                    file.size,
+                    kind,
+                    signatures[file.digest],
+                    MappingProxyType(variants[file.digest]),  # sorted already
+                )
+                for file, kind in zip(files, kinds, strict=True)
+            }
+            assets = {path: made.get(path) or kept[path] for path in order} if kept else made
             deployment = Deployment(
                 id=ident,
                 static_url=static_url,
-                assets=MappingProxyType(
-                    {
-                        file.path: Asset._of(
-                            file.path,
-                            file.name,
-                            file.digest,
-                            file.size,
-                            kind,
-                            signatures[file.digest],
-                            MappingProxyType(variants[file.digest]),  # sorted already
-                        )
-                        for file, kind in zip(files, kinds, strict=True)
-                    }
-                ),
+                assets=MappingProxyType(assets),
                 created=time.time(),
                 extra=MappingProxyType(dict(extra)),
             )
             # Every blob was found under the lock (trusted, stamped) or written just now.
-            created = store.publish(deployment, present=unique.keys())
+            created = store.publish(deployment, present=variants.keys())
         except BaseException:
             _discard(store, ident, written)
             raise
@@ -1198,7 +1445,8 @@ def _store(
         cache.base = _base(store, ident)
         if activate:
             store.activate(ident)
-    return BuildResult(deployment, created, len(new), len(unique) - len(new), activated=activate)
+    # (variants: every blob of the deployment, those of its kept files included)
+    return BuildResult(deployment, created, len(new), len(variants) - len(new), activated=activate)
 
 
 def _discard(store: Store, ident: str, digests: Iterable[str]) -> None:
@@ -1215,7 +1463,7 @@ def _existing(
     store: Store,
     ident: str,
     files: list[_File],
-    kinds: list[str],
+    rows: list[tuple[str, str, str, str]],
     static_url: str,
     extra: Mapping[str, Any],
     activate: bool,
@@ -1223,20 +1471,23 @@ def _existing(
     step: Callable[[int], None],
     brotli_quality: int = DEFAULT_BROTLI_QUALITY,
 ) -> BuildResult:
-    """A rebuild of what the store holds already: check it is the same, write nothing
-    but the blobs the store lost by itself (a Redis key evicted)."""
+    """A rebuild of what the store holds already: check it is the same (*rows*: each
+    file's path, name, digest and content type), write nothing but the blobs the store
+    lost by itself (a Redis key evicted)."""
     existing = store.load(ident)
     same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
-    content = {(f.path, f.name, f.digest, kind) for f, kind in zip(files, kinds, strict=True)}
     # Both extras are plain JSON values (the Vite manifest read here, and as stored).
-    if same != content or existing.static_url != static_url or dict(extra) != existing.extra:
+    if same != set(rows) or existing.static_url != static_url or dict(extra) != existing.extra:
         raise BuildError(
             f"Deployment {ident!r} already exists in {store.location} with other"
             " content; choose another --id"
         )
     assets = {a.digest: a for a in existing.assets.values()}
     lost = store.missing_blobs({d: tuple(a.encodings) for d, a in assets.items()})
-    for file in {f.digest: f for f in files if f.digest in lost}.values():
+    losers = {f.digest: f for f in files if f.digest in lost}
+    if len(losers) < len(lost):
+        raise _NoShortcut  # the bytes of an unchanged file are needed
+    for file in losers.values():
         data = file.served()
         # The variants as the manifest lists them: made again with the same settings
         # they come out the same (a variant that does not stays missing).

@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from deploysync.build import (
     strongly_connected,
 )
 from deploysync.manifest import Deployment, DeploySyncError, InvalidId, normalize_static_url
-from deploysync.store import FileStore, StoreError
+from deploysync.store import FileStore, Store, StoreError
 
 __all__ = ["isolated_build_cache"]
 
@@ -646,13 +646,15 @@ def _random_module(rng: random.Random, names: list[str]) -> str:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_rebuilds_of_the_changed_files_only_equal_builds_from_scratch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, any_store: Store, seed: int
 ) -> None:
-    """Random edits (changed, added and removed modules, stylesheets and images, import
-    cycles, references to files that come and go): after each, the rebuild, which redoes
-    only what the edit reaches, gives the deployment a build from scratch gives."""
+    """Random edits (changed, added, removed and renamed modules, stylesheets and images,
+    import cycles, references to files that come and go, files touched but not changed,
+    the first tree again), some after a prune or with an activation: after each, the
+    rebuild, which redoes only what the edit reaches, gives the deployment a build from
+    scratch gives."""
     rng = random.Random(seed)
-    src, store = tmp_path / "src", FileStore(tmp_path / "store")
+    src, store = tmp_path / "src", any_store
     names = [f"m{i}.js" for i in range(8)] + ["gone-0.js", "gone-1.js"]
     files: dict[str, str | bytes] = {f"js/{n}": _random_module(rng, names) for n in names[:8]}
     files["css/a.css"] = '@import "b.css";\n.x { background: url(../img/i0.png); }\n'
@@ -660,20 +662,21 @@ def test_rebuilds_of_the_changed_files_only_equal_builds_from_scratch(
     files["img/i0.png"] = b"\x89PNG0" * 50
     files["img/i1.png"] = b"\x89PNG1" * 50
     write_tree(src, files)
-    build(src, store)
+    first = build(src, store).deployment
     redone: list[int] = []
     original = build_module._to_redo
 
     def spy(entries: Any, *args: Any) -> Any:
-        todo = original(entries, *args)
+        todo, same = original(entries, *args)
         redone.append(len(todo))
-        return todo
+        return todo, same
 
     monkeypatch.setattr(build_module, "_to_redo", spy)
-    for step in range(12):
+    actions = ["edit", "edit", "add", "remove", "rename", "css", "image", "touch", "first"]
+    for step in range(14):
         _age_stat_cache()
         present = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
-        action = rng.choice(["edit", "edit", "add", "remove", "rename", "css", "image"])
+        action = rng.choice(actions)
         if action == "edit":
             target = src / rng.choice([p for p in present if p.endswith(".js")])
             target.write_text(target.read_text() + _random_module(rng, names))
@@ -688,20 +691,35 @@ def test_rebuilds_of_the_changed_files_only_equal_builds_from_scratch(
             write_tree(
                 src, {"css/b.css": f".y{step} {{ background: url(../img/i{step % 3}.png); }}"}
             )
+        elif action == "touch":  # a new stat, the same bytes
+            touched = src / rng.choice(present)
+            touched.write_bytes(touched.read_bytes())
+        elif action == "first":  # the first deployment again (found in the store)
+            shutil.rmtree(src)
+            write_tree(src, files)
         else:
             write_tree(src, {f"img/i{rng.randint(0, 2)}.png": f"\x89PNG{step}".encode() * 40})
+        if rng.random() < 0.2:
+            store.prune(keep=1)
+        activate = rng.random() < 0.3
         warnings: list[str] = []
-        incremental = build(src, store, warn=warnings.append)
+        incremental = build(src, store, activate=activate, warn=warnings.append)
         cold_store = FileStore(tmp_path / f"cold-{step}")
         cold_warnings: list[str] = []
         cold = build(src, cold_store, cache=False, warn=cold_warnings.append)
         assert incremental.deployment.id == cold.deployment.id
         assert incremental.deployment.assets == cold.deployment.assets
+        assert store.load(cold.deployment.id).assets == cold.deployment.assets
         assert warnings == cold_warnings
+        if activate:
+            assert store.current() == cold.deployment.id
         for asset in incremental.deployment.assets.values():
             assert store.read_blob(asset.digest) == cold_store.read_blob(asset.digest)
-    # Most rebuilds redid a part of the files only (not none: each step changed one).
-    assert len(redone) == 12
+            for encoding in asset.encodings:
+                assert store.read_blob(asset.digest, encoding)
+        if action == "first":
+            assert incremental.deployment.id == first.id
+    # Most rebuilds redid a part of the files only.
     assert sum(0 < count < len(list(src.rglob("*.*"))) for count in redone) >= 6
 
 
@@ -770,6 +788,176 @@ def test_a_rebuild_after_its_base_was_pruned_stores_what_it_needs(
     assert (again.id, again.assets) == (cold.id, cold.assets)
     for asset in again.assets.values():
         assert store.blob_variants(asset.digest) == asset.encodings
+
+
+@pytest.mark.parametrize("edit", [None, "LICENSE"])
+def test_a_rebuild_keeps_the_cache_entries_of_the_files_it_took_as_they_were(
+    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch, edit: str | None
+) -> None:
+    # After a rebuild that redid few files (or none), a build going through every file
+    # (under its own id) still finds every unchanged one in the cache: it reads none.
+    build(site, store)
+    _age_stat_cache()
+    if edit is not None:
+        (site / edit).write_text("changed\n")
+    build(site, store)
+    _age_stat_cache()
+    read = _spy_reads(monkeypatch)
+    build(site, store, deployment_id="release-1")
+    assert read == []
+
+
+def test_a_build_under_a_given_id_after_nothing_changed_publishes_that_id(
+    site: Path, store: FileStore
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    assert build(site, store, deployment_id="release-1").deployment.id == "release-1"
+    assert store.exists("release-1")
+
+
+def test_a_rebuild_under_another_static_url_derives_its_id(
+    site: Path, store: FileStore, tmp_path: Path
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    again = build(site, store, static_url="/assets/").deployment
+    cold = build(site, tmp_path / "cold", static_url="/assets/", cache=False).deployment
+    assert (again.id, again.assets) == (cold.id, cold.assets)
+    assert store.load(again.id).static_url == "/assets/"
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_a_rebuild_s_progress_only_grows_to_its_total(
+    site: Path, store: FileStore, tmp_path: Path, pruned: bool
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    if pruned:  # the shortcut is given up before any work
+        build(write_tree(tmp_path / "other", {"x.css": "x {}\n"}), store, activate=True)
+        store.prune(keep=1)
+    (site / "LICENSE").write_text("changed\n")
+    seen: list[tuple[int, int]] = []
+    build(site, store, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1]
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_rebuild_repeats_the_vite_manifest_warnings(tmp_path: Path, store: FileStore) -> None:
+    dist = write_tree(
+        tmp_path / "dist",
+        {
+            "assets/x-abc.js": "export {};\n",
+            ".vite/manifest.json": json.dumps(
+                {"x": {"file": "assets/x-abc.js", "css": ["assets/gone-123.css"]}}
+            ),
+        },
+    )
+    first = build(dist, store).warnings
+    assert first
+    _age_stat_cache()
+    assert build(dist, store).warnings == first
+    with pytest.raises(BuildError, match=r"gone-123\.css"):
+        build(dist, store, strict=True)
+
+
+class _LeakyStore(FileStore):
+    """A directory store that loses blobs by itself, as a Redis evicting keys does."""
+
+    def missing_blobs(self, blobs: Mapping[str, Collection[str]]) -> set[str]:
+        lost = set()
+        for digest, encodings in blobs.items():
+            found = self.blob_variants(digest)
+            if found is None or not set(encodings) <= set(found):
+                lost.add(digest)
+        return lost
+
+
+@pytest.mark.parametrize("change", ["nothing", "another file", "back to the first"])
+def test_a_rebuild_restores_a_blob_the_store_lost(site: Path, tmp_path: Path, change: str) -> None:
+    store = _LeakyStore(tmp_path / "leaky")
+    first = build(site, store).deployment
+    license_text = (site / "LICENSE").read_text()
+    if change == "back to the first":
+        _age_stat_cache()
+        (site / "LICENSE").write_text("changed\n")
+        build(site, store)
+    _age_stat_cache()
+    store.delete_blob(first.assets["css/app.css"].digest)  # a file the rebuild keeps
+    if change == "another file":
+        (site / "LICENSE").write_text("changed again\n")
+    elif change == "back to the first":
+        (site / "LICENSE").write_text(license_text)
+    again = build(site, store).deployment
+    assert store.missing_blobs({a.digest: a.encodings for a in again.assets.values()}) == set()
+    assert again.assets == build(site, tmp_path / "cold", cache=False).deployment.assets
+
+
+class _UnstampedStore(FileStore):
+    """A store without a cheap token per deployment (the default of a backend)."""
+
+    def deployment_stamp(self, deployment_id: str) -> str | None:
+        return None
+
+
+def test_a_store_without_stamps_rebuilds_through_every_file(site: Path, tmp_path: Path) -> None:
+    # The last deployment cannot be checked as still published: it is not kept.
+    store = _UnstampedStore(tmp_path / "unstamped")
+    build(site, store)
+    _age_stat_cache()
+
+    def check(data: dict[str, Any]) -> None:
+        assert data["last"] is None
+
+    _edit_cache(check)
+    (site / "LICENSE").write_text("changed\n")
+    again = build(site, store).deployment
+    assert again.assets == build(site, tmp_path / "cold", cache=False).deployment.assets
+
+
+def test_a_cache_that_fails_its_checksum_is_not_trusted(site: Path, store: FileStore) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    header, check, body = cache_file.read_bytes().split(b"\n", 2)
+    data = marshal.loads(body)
+    data["last"][3]["LICENSE"][0] = "LICENSE.bad0bad0bad0"  # as a flipped bit would
+    cache_file.write_bytes(header + b"\n" + check + b"\n" + marshal.dumps(data))
+    assert build(site, store).deployment == first
+
+
+def test_records_of_another_shape_are_not_trusted(site: Path, store: FileStore) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+
+    def spoil(data: dict[str, Any]) -> None:
+        for record in data["last"][3].values():
+            del record[-1]  # as a cache of another layout would have them
+
+    _edit_cache(spoil)
+    (site / "LICENSE").write_text("changed\n")
+    again = build(site, store).deployment
+    assert again.assets["css/app.css"] == first.assets["css/app.css"]
+
+
+def test_a_rebuild_after_one_under_other_settings_takes_the_shortcut(
+    site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    build(site, store, compress=False)  # the same deployment, found again
+    _age_stat_cache()
+    calls: list[int] = []
+    original = build_module._to_redo
+
+    def spy(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(build_module, "_to_redo", spy)
+    (site / "LICENSE").write_text("changed\n")
+    build(site, store, compress=False)
+    assert calls == [1]
 
 
 def test_rebuild_into_an_emptied_store_derives_the_cached_bytes_again(
@@ -1268,7 +1456,7 @@ def test_prepared_blobs_are_written_in_order_with_a_bounded_lead() -> None:
             started.append(item)
         return item * item
 
-    taken = []
+    taken: list[int] = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for result in build_module._in_order(pool, work, range(50), ahead=3):
             with lock:

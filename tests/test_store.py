@@ -259,6 +259,24 @@ def test_probe_changes_when_a_deployment_is_published_or_deleted(any_store: Stor
     assert any_store.probe() not in (before, published)
 
 
+def test_a_deployment_stamp_lasts_while_it_stays_published(any_store: Store) -> None:
+    # A build trusts the blobs of the deployment it made last while its stamp holds.
+    any_store.ensure_writable()
+    put(any_store, b"kept")
+    assert any_store.deployment_stamp("dep-1") is None
+    any_store.publish(deployment_of("dep-1", b"kept"))
+    stamp = any_store.deployment_stamp("dep-1")
+    assert stamp is not None
+    assert any_store.publish(deployment_of("dep-1", b"kept")) is False
+    assert any_store.deployment_stamp("dep-1") == stamp
+    any_store.delete_deployment("dep-1")
+    assert any_store.deployment_stamp("dep-1") is None
+    time.sleep(0.01)  # fs: a coarse mtime must not hide the new publication
+    any_store.publish(deployment_of("dep-1", b"kept"))
+    assert any_store.deployment_stamp("dep-1") not in (None, stamp)
+    assert any_store.deployment_stamp("../x") is None
+
+
 def test_wait_for_change_without_change_returns_after_timeout(any_store: Store) -> None:
     any_store.ensure_writable()
     any_store.probe()

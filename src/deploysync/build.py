@@ -33,7 +33,8 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -559,12 +560,17 @@ class BuildCache:
         self.put("stat", path, [*signature, digest, time.time_ns()])
 
     def keep(self, paths: Iterable[str], last: _Last) -> None:
-        """Keep the entries of *paths*, files of *last* that a rebuild takes as they were
-        (their stat entries are kept already, by :meth:`known_digest`)."""
+        """Keep the entries of *paths*, files of *last* that a rebuild takes as they were,
+        as a build going through every file would use them (their ``stat`` entries are
+        kept by the :meth:`known_digest` that found them unchanged)."""
         old, used = self._old, self._used
         for path in paths:
             record = last.records[path]
-            for section, key in (("scan", path), ("final", record[8]), ("blobs", record[1])):
+            for section, key in (
+                ("scan", path),
+                ("final", record[_FINAL_KEY]),
+                ("blobs", record[_DIGEST]),
+            ):
                 value = old[section].get(key) if key is not None else None
                 if value is not None:
                     used[section][key] = value
@@ -642,14 +648,28 @@ def _cache_header() -> bytes:
     return f"deploysync build cache {CACHE_VERSION} {__version__} {python}\n".encode()
 
 
+# A record of :class:`_Last`, one per file: a plain list (marshal takes no named tuple),
+# read through these indices. TARGETS: the paths its references resolve to, present or
+# not; FINAL_KEY: its entry in the ``final`` section of the cache, or None.
+_RECORD = (
+    _NAME,
+    _DIGEST,
+    _SIZE,
+    _CONTENT_TYPE,
+    _INTEGRITY,
+    _VARIANTS,
+    _TARGETS,
+    _WARNINGS,
+    _FINAL_KEY,
+) = range(9)
+
+
 @dataclass(slots=True)
 class _Last:
     """The deployment the last build made or found, as the next build needs it.
 
-    ``records`` maps each logical path to (name, digest, size, content type, SRI value,
-    variants, the paths its references resolve to, its warnings, the ``final`` key of
-    its cache entry or ``None``). The id and the settings (see :func:`_settings`) tell
-    which build it describes.
+    ``records`` maps each logical path to its record (see ``_RECORD``); ``settings``
+    (see :func:`_settings`) and ``ident`` tell which build it describes.
     """
 
     settings: str
@@ -663,13 +683,12 @@ class _Last:
         if not (isinstance(packed, list) and len(packed) == 4):
             return None
         settings, ident, created, records = packed
-        # Its records are trusted as they are, like the file's checksum: checking each
-        # one's shape would cost a rebuild more than any other of its steps.
         if not (
             type(settings) is str
             and type(ident) is str
             and type(created) is float
             and type(records) is dict
+            and all(map(_valid_record, records.values()))
         ):
             return None
         return cls(settings, ident, created, records)
@@ -678,11 +697,28 @@ class _Last:
         return [self.settings, self.ident, self.created, self.records]
 
     def asset(self, path: str) -> Asset:
-        name, digest, size, kind, signature, variants = self.records[path][:6]
+        name, digest, size, kind, signature, variants = self.records[path][:_TARGETS]
         return Asset._of(path, name, digest, size, kind, signature, MappingProxyType(variants))
 
 
+def _valid_record(record: object) -> bool:
+    return (
+        type(record) is list
+        and len(record) == len(_RECORD)
+        and type(record[_NAME]) is str
+        and _is_digest(record[_DIGEST])
+        and type(record[_SIZE]) is int
+        and type(record[_CONTENT_TYPE]) is str
+        and type(record[_INTEGRITY]) is str
+        and _valid_variants(record[_VARIANTS])
+        and type(record[_TARGETS]) is list
+        and type(record[_WARNINGS]) is list
+        and (record[_FINAL_KEY] is None or type(record[_FINAL_KEY]) is str)
+    )
+
+
 def _record(asset: Asset, targets: list[str], warnings: list[str], final: str | None) -> list[Any]:
+    """The record of a file (see ``_RECORD``) made into *asset*."""
     return [
         asset.name,
         asset.digest,
@@ -699,12 +735,13 @@ def _record(asset: Asset, targets: list[str], warnings: list[str], final: str | 
 def _settings(
     static_url: str, compress: bool, brotli_quality: int, extra: Mapping[str, Any]
 ) -> str:
-    """What, besides the source, decides a build's output."""
-    return json.dumps(
+    """A digest of what, besides the source, decides a build's output."""
+    text = json.dumps(
         [static_url, compress, brotli_quality, _brotli is not None, extra],
         sort_keys=True,
         ensure_ascii=False,
     )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 # -- naming ----------------------------------------------------------------------------------
@@ -934,37 +971,28 @@ def build(
     extra = {"vite": vite_manifest} if vite else {}
     settings = _settings(static_url, compress, brotli_quality, extra)
     paths = {rel for rel, _, _ in entries}
+    order = [rel for rel, _, _ in entries]
 
     def attempt(cache: BuildCache, shortcut: bool = True) -> BuildResult:
         nonlocal done
         done = 0
-        last = cache.last
-        if not (
-            shortcut
-            and deployment_id is None
-            and last is not None
-            and last.settings == settings
-            and cache.base is not None
-            and cache.base[0] == last.ident
-        ):
-            last = None
+        # The shortcut gives the derived id; a build under the user's id goes through all.
+        last = _last_of(cache, store, settings) if shortcut and deployment_id is None else None
         todo = entries
         kept: dict[str, Asset] = {}
         if last is not None:
-            todo = _to_redo(entries, paths, cache, last)
-            if not todo and len(last.records) == len(entries):
-                found = vite_warnings + [
-                    warning for rel, _, _ in entries for warning in last.records[rel][7]
-                ]
+            todo, same = _to_redo(entries, paths, cache, last)
+            if same:
+                found = _warnings(vite_warnings, entries, {}, last.records)
                 _check(found, strict)
-                same = _unchanged(store, cache, last, entries, static_url, extra, activate)
-                if same is None:
+                result = _same_as_last(store, cache, last, order, static_url, extra, activate)
+                if result is None:
                     raise _NoShortcut
                 step(total_steps)
-                same.warnings = found
-                return same
+                result.warnings = found
+                return result
             redone = {rel for rel, _, _ in todo}
-            kept_paths = [rel for rel, _, _ in entries if rel not in redone]
+            kept_paths = [rel for rel in order if rel not in redone]
             cache.keep(kept_paths, last)
             kept = {path: last.asset(path) for path in kept_paths}
             step(len(kept))
@@ -974,12 +1002,9 @@ def build(
         with ThreadPoolExecutor(max_workers=2 * workers) as pool:
             files = _load(todo, fixed, cache, pool, step)
         # Between the two pools no thread of ours runs, so scanning may fork processes.
-        _link(files, static_url, cache, workers, present=paths)
+        _link(files, static_url, cache, workers, paths)
         old = last.records if last is not None else {}
-        found = list(vite_warnings)
-        for rel, _, _ in entries:
-            file = files.get(rel)
-            found += file.warnings if file is not None else old[rel][7]
+        found = _warnings(vite_warnings, entries, files, old)
         _check(found, strict)
         _name_all(files, cache, {path: asset.name for path, asset in kept.items()})
         with ThreadPoolExecutor(max_workers=2 * workers) as pool:
@@ -997,7 +1022,7 @@ def build(
                 cache=cache,
                 step=step,
                 kept=kept,
-                order=[rel for rel, _, _ in entries],
+                order=order,
             )
         step(len(kept))
         deployment = result.deployment
@@ -1006,8 +1031,8 @@ def build(
             targets = sorted({target for target in file.targets if target is not None})
             asset = deployment.assets[file.path]
             records[file.path] = _record(asset, targets, file.warnings, file.final_key)
-        # A rebuild from it must give the id a build from scratch derives, not the user's.
-        if deployment_id is None:
+        # A rebuild starts from a deployment of derived id whose publication it can check.
+        if deployment_id is None and cache.base is not None:
             cache.last = _Last(settings, deployment.id, deployment.created, records)
         else:
             cache.last = None
@@ -1040,30 +1065,54 @@ def _check(warnings: list[str], strict: bool) -> None:
         raise BuildError(warnings[0] + more)
 
 
+def _warnings(
+    first: list[str],
+    entries: list[tuple[str, str, os.stat_result]],
+    files: Mapping[str, _File],
+    records: Mapping[str, list[Any]],
+) -> list[str]:
+    """*first*, then each file's warnings in the source's order: new ones for a file
+    redone (in *files*), those of its record for a file taken as it was."""
+    found = list(first)
+    for rel, _, _ in entries:
+        file = files.get(rel)
+        found += file.warnings if file is not None else records[rel][_WARNINGS]
+    return found
+
+
+def _last_of(cache: BuildCache, store: Store, settings: str) -> _Last | None:
+    """The last deployment of *cache*, when a rebuild may start from it: made under the
+    same *settings* and still published as it was (checked again under the store's lock
+    before anything relies on it; checked here so that a pruned one costs no work)."""
+    last, base = cache.last, cache.base
+    if last is None or base is None or base[0] != last.ident or last.settings != settings:
+        return None
+    return last if store.deployment_stamp(last.ident) == base[-1] else None
+
+
 def _to_redo(
     entries: list[tuple[str, str, os.stat_result]],
-    paths: Container[str],
+    paths: AbstractSet[str],
     cache: BuildCache,
     last: _Last,
-) -> list[tuple[str, str, os.stat_result]]:
-    """The entries a rebuild must redo: the files new or changed since the *last* build
-    and, up the references, every file whose bytes name one of them (or named, or now
-    could name, a file added or removed)."""
+) -> tuple[list[tuple[str, str, os.stat_result]], bool]:
+    """The entries a rebuild must redo, and whether the source is exactly the *last*
+    build's (no entry to redo, no file gone).
+
+    To redo: the files new or changed since the *last* build and, up the references,
+    every file whose bytes name one of them (or named, or now could name, a file added
+    or removed). Finding a file unchanged keeps its ``stat`` entry in the cache.
+    """
     records = last.records
     changed = {
         rel for rel, _, st in entries if rel not in records or cache.known_digest(rel, st) is None
     }
-    added = sum(1 for rel in changed if rel not in records)
-    gone = (
-        [path for path in records if path not in paths]
-        if len(entries) - added < len(records)
-        else []
-    )
+    gone = records.keys() - paths
     if not changed and not gone:
-        return []
+        return [], True
     referrers: dict[str, list[str]] = {}
     for path, record in records.items():
-        for target in record[6]:
+        for target in record[_TARGETS]:
             referrers.setdefault(target, []).append(path)
     redo = set(changed)
     pending = [*changed, *gone]
@@ -1072,22 +1121,23 @@ def _to_redo(
             if path not in redo and path in paths:
                 redo.add(path)
                 pending.append(path)
-    return [entry for entry in entries if entry[0] in redo]
+    return [entry for entry in entries if entry[0] in redo], False
 
 
-def _unchanged(
+def _same_as_last(
     store: Store,
     cache: BuildCache,
     last: _Last,
-    entries: list[tuple[str, str, os.stat_result]],
+    order: list[str],
     static_url: str,
     extra: Mapping[str, Any],
     activate: bool,
 ) -> BuildResult | None:
-    """A rebuild of exactly the *last* build, when its deployment is still published as it
-    was and the store lost none of its blobs (else ``None``)."""
+    """The result of a rebuild of exactly the *last* build (*order*: its paths), when its
+    deployment is still published as it was and the store lost none of its blobs; else
+    ``None``."""
     records = last.records
-    blobs = {record[1]: tuple(record[5]) for record in records.values()}
+    blobs = {record[_DIGEST]: tuple(record[_VARIANTS]) for record in records.values()}
     with store.lock():
         base = cache.base
         if base is None or store.deployment_stamp(last.ident) != base[-1]:
@@ -1096,11 +1146,11 @@ def _unchanged(
             return None
         if activate:
             store.activate(last.ident)
-    cache.keep(records, last)
+    cache.keep(order, last)
     deployment = Deployment(
         id=last.ident,
         static_url=static_url,
-        assets=MappingProxyType({rel: last.asset(rel) for rel, _, _ in entries}),
+        assets=MappingProxyType({path: last.asset(path) for path in order}),
         created=last.created,
         extra=MappingProxyType(dict(extra)),
     )
@@ -1234,16 +1284,15 @@ def _link(
     static_url: str,
     cache: BuildCache,
     workers: int,
-    present: Container[str] | None = None,
+    present: AbstractSet[str],
 ) -> None:
-    """Find what the CSS and JS files reference, resolved to the files *present* (default:
-    *files*); each file's references to missing files become its warnings.
+    """Find what the CSS and JS files of *files* reference, resolved to the files
+    *present* (those of *files*, and a rebuild's unchanged ones); each file's references
+    to missing files become its warnings.
 
     References and their resolution come from the cache for a file seen before; only
     new contents are scanned (several at once, on all cores, when there are many).
     """
-    if present is None:
-        present = files
     scanned = [file for file in files.values() if file.scanned]
     unresolved: list[_File] = []
     unscanned: list[_File] = []
@@ -1297,18 +1346,19 @@ def _store(
     extra: Mapping[str, Any],
     cache: BuildCache,
     step: Callable[[int], None],
-    kept: Mapping[str, Asset] | None = None,
-    order: Iterable[str] = (),
+    kept: Mapping[str, Asset],
+    order: Sequence[str],
 ) -> BuildResult:
     """Compress and write what the store lacks, publish the manifest (and activate it).
 
-    *kept*: the assets of a rebuild's unchanged files, as the cache's base deployment
-    has them, and *order* all the paths (of *files* and *kept*) in the source's order.
+    *kept*: the assets of a rebuild's unchanged files, taken from the cache's base
+    deployment; *order*: every path (of *files* and *kept*) in the source's order.
+    Raises :class:`_NoShortcut` when *kept* cannot be relied on after all (the base was
+    pruned since, or the store lost one of their blobs).
 
     Everything happens under the store's lock, so a prune cannot remove a blob between
     the moment it is found in the store and the publication of the manifest using it.
     """
-    kept = kept or {}
     unique: dict[str, _File] = {}
     for file in files:
         unique.setdefault(file.digest, file)
@@ -1335,9 +1385,6 @@ def _store(
         trusted = base is not None and store.deployment_stamp(base[0]) == base[-1]
         if kept and not trusted:
             raise _NoShortcut  # the base was pruned since: its blobs may be gone too
-        for asset in kept.values():
-            variants[asset.digest] = asset.encodings
-            signatures[asset.digest] = asset.integrity
         for digest, file in unique.items():
             known = cache.get("blobs", digest)
             if not (isinstance(known, list) and len(known) == 3):
@@ -1371,7 +1418,10 @@ def _store(
             else:
                 unsigned.append(file)
         # Listed but lost by the store itself (a Redis key evicted): written again.
-        lost = store.missing_blobs({d: tuple(v) for d, v in variants.items()})
+        # The blobs of the kept files and those found above (not the absent ones).
+        stored = {asset.digest: tuple(asset.encodings) for asset in kept.values()}
+        stored.update((digest, tuple(found)) for digest, found in variants.items())
+        lost = store.missing_blobs(stored)
         if not lost.issubset(unique):
             raise _NoShortcut  # the bytes of an unchanged file are needed after all
         if lost:
@@ -1427,7 +1477,7 @@ def _store(
                 )
                 for file, kind in zip(files, kinds, strict=True)
             }
-            assets = {path: made.get(path) or kept[path] for path in order} if kept else made
+            assets = {path: made[path] if path in made else kept[path] for path in order}
             deployment = Deployment(
                 id=ident,
                 static_url=static_url,
@@ -1436,7 +1486,8 @@ def _store(
                 extra=MappingProxyType(dict(extra)),
             )
             # Every blob was found under the lock (trusted, stamped) or written just now.
-            created = store.publish(deployment, present=variants.keys())
+            blobs = stored.keys() | variants.keys()  # every blob of the deployment
+            created = store.publish(deployment, present=blobs)
         except BaseException:
             _discard(store, ident, written)
             raise
@@ -1445,8 +1496,7 @@ def _store(
         cache.base = _base(store, ident)
         if activate:
             store.activate(ident)
-    # (variants: every blob of the deployment, those of its kept files included)
-    return BuildResult(deployment, created, len(new), len(variants) - len(new), activated=activate)
+    return BuildResult(deployment, created, len(new), len(blobs) - len(new), activated=activate)
 
 
 def _discard(store: Store, ident: str, digests: Iterable[str]) -> None:
@@ -1473,7 +1523,8 @@ def _existing(
 ) -> BuildResult:
     """A rebuild of what the store holds already: check it is the same (*rows*: each
     file's path, name, digest and content type), write nothing but the blobs the store
-    lost by itself (a Redis key evicted)."""
+    lost by itself (a Redis key evicted). Raises :class:`_NoShortcut` when one of those
+    is the blob of a file not in *files* (a rebuild's unchanged file)."""
     existing = store.load(ident)
     same = {(a.path, a.name, a.digest, a.content_type) for a in existing.assets.values()}
     # Both extras are plain JSON values (the Vite manifest read here, and as stored).

@@ -8,6 +8,7 @@ Keys, all below the namespace prefix (``deploysync:`` by default)::
                               complete (and listed) once its field exists
     deployment:<id>           a published manifest (JSON)
     deployments               set of published ids
+    stamps                    hash: id -> a random token drawn at its publication
     history                   list of activations (JSON), oldest first
     seq                       the seq of the latest activation (the change probe)
     published                 bumped by every publish and unpublish (also probed)
@@ -717,6 +718,7 @@ class RedisStore(Store):
             pipe = self._redis.pipeline(transaction=True)
             pipe.set(key, deployment.dumps())
             pipe.sadd(self._key("deployments"), deployment.id)
+            pipe.hset(self._key("stamps"), deployment.id, secrets.token_hex(8))
             # Servers must be able to serve its assets before any server pinned to it
             # renders a page (a container rolling in before the activation): change the
             # probe and wake the watchers now, not at their next periodic rescan.
@@ -746,6 +748,19 @@ class RedisStore(Store):
         if remember:
             self._remember_manifest(deployment_id, raw)
         return deployment
+
+    def deployment_stamp(self, deployment_id: str) -> str | None:
+        # The token its publication drew, while its manifest is there (not evicted).
+        if not is_valid_id(deployment_id):
+            return None
+        with self._io():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.exists(self._manifest_key(deployment_id))
+            pipe.hget(self._key("stamps"), deployment_id)
+            there, stamp = pipe.execute()
+        if not there or stamp is None:
+            return None
+        return stamp.decode() if isinstance(stamp, bytes) else str(stamp)
 
     def ids(self) -> list[str]:
         try:
@@ -786,6 +801,7 @@ class RedisStore(Store):
             pipe = self._redis.pipeline(transaction=True)
             pipe.srem(self._key("deployments"), deployment_id)
             pipe.delete(key)
+            pipe.hdel(self._key("stamps"), deployment_id)
             pipe.incr(self._key("published"))
             pipe.execute()
 

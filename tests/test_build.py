@@ -807,6 +807,17 @@ def test_a_rebuild_keeps_the_cache_entries_of_the_files_it_took_as_they_were(
     assert read == []
 
 
+def test_a_rebuild_of_an_unchanged_source_leaves_the_cache_file_alone(
+    site: Path, store: FileStore
+) -> None:
+    first = build(site, store).deployment
+    _age_stat_cache()
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    before = cache_file.read_bytes(), cache_file.stat().st_ino
+    assert build(site, store).deployment == first
+    assert (cache_file.read_bytes(), cache_file.stat().st_ino) == before
+
+
 def test_a_build_under_a_given_id_after_nothing_changed_publishes_that_id(
     site: Path, store: FileStore
 ) -> None:

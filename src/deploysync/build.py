@@ -575,6 +575,10 @@ class BuildCache:
                 if value is not None:
                     used[section][key] = value
 
+    def keep_all(self) -> None:
+        """Keep every entry: a rebuild found the source as the last build left it."""
+        self._used = {name: self._old[name] for name in _SECTIONS}
+
     def save(self) -> None:
         if self.path is None:
             return
@@ -1146,7 +1150,7 @@ def _same_as_last(
             return None
         if activate:
             store.activate(last.ident)
-    cache.keep(order, last)
+    cache.keep_all()
     deployment = Deployment(
         id=last.ident,
         static_url=static_url,

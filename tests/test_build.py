@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -18,7 +19,7 @@ import sys
 import textwrap
 import time
 import zlib
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -753,7 +754,9 @@ def test_a_rebuild_repeats_the_warnings_of_unchanged_files_and_strict_refuses_th
 def test_a_rebuild_counts_the_blobs_of_unchanged_files_as_reused(
     site: Path, store: FileStore
 ) -> None:
+    shutil.copy(site / "css" / "base.css", site / "css" / "copy.css")  # one blob, two files
     first = build(site, store).deployment
+    assert len(first.digests()) < len(first.assets)
     _age_stat_cache()
     (site / "LICENSE").write_text("changed\n")
     again = build(site, store)
@@ -773,6 +776,7 @@ def test_a_rebuild_after_a_build_under_a_given_id_derives_the_id(
     assert build(site, store).deployment.id == derived
 
 
+@pytest.mark.parametrize("edit", [None, "LICENSE"])
 def test_a_rebuild_keeps_the_cache_entries_of_the_files_it_took_as_they_were(
     site: Path, store: FileStore, monkeypatch: pytest.MonkeyPatch, edit: str | None
 ) -> None:
@@ -906,6 +910,88 @@ def test_a_store_without_stamps_rebuilds_through_every_file(site: Path, tmp_path
     (site / "LICENSE").write_text("changed\n")
     again = build(site, store).deployment
     assert again.assets == build(site, tmp_path / "cold", cache=False).deployment.assets
+
+
+class _PruningStore(FileStore):
+    """A directory store pruned, once armed, by another writer just before a build takes
+    its lock (after the build's first look at its base)."""
+
+    armed = False
+
+    @contextlib.contextmanager
+    def _pruned_first(self) -> Iterator[None]:
+        with super().lock():
+            if self.armed:
+                self.armed = False
+                self.prune(keep=1)
+            yield
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._pruned_first()
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_prune_just_before_a_rebuild_takes_the_lock(
+    site: Path, tmp_path: Path, changed: bool
+) -> None:
+    store = _PruningStore(tmp_path / "pruned")
+    first = build(site, store).deployment
+    build(write_tree(tmp_path / "other", {"x.css": "x {}\n"}), store, activate=True)
+    _age_stat_cache()
+    if changed:
+        (site / "LICENSE").write_text("changed\n")
+    store.armed = True
+    again = build(site, store).deployment
+    assert not store.armed
+    assert (again.id == first.id) is not changed
+    assert (
+        store.load(again.id).assets == build(site, tmp_path / "cold", cache=False).deployment.assets
+    )
+    for asset in again.assets.values():
+        assert store.blob_variants(asset.digest) == asset.encodings
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("changed", [False, True])
+@pytest.mark.parametrize("evicted", ["blobs", "deployment", "stamps"])
+def test_a_redis_rebuild_repairs_what_redis_evicted(
+    site: Path, tmp_path: Path, redis_url: str, evicted: str, changed: bool
+) -> None:
+    import redis
+
+    from deploysync.store.redis import RedisStore
+
+    store = RedisStore(redis_url, cache_dir=tmp_path / "copies")
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        first = build(site, store).deployment
+        _age_stat_cache()
+        key = f"deploysync:deployment:{first.id}" if evicted == "deployment" else evicted
+        assert raw.delete(key if evicted == "deployment" else f"deploysync:{key}") == 1
+        if changed:
+            (site / "LICENSE").write_text("changed\n")
+        again = build(site, store).deployment
+        cold = build(site, tmp_path / "cold", cache=False).deployment
+        assert (again.id, again.assets) == (cold.id, cold.assets)
+        assert store.load(again.id).assets == cold.assets
+        assert store.missing_blobs({a.digest: a.encodings for a in cold.assets.values()}) == set()
+        # Stamped again: the next rebuild takes the shortcut.
+        assert store.deployment_stamp(again.id) is not None
+        _age_stat_cache()
+        calls: list[int] = []
+        original = build_module._same_as_last
+
+        def spy(*args: Any) -> Any:
+            calls.append(1)
+            return original(*args)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(build_module, "_same_as_last", spy)
+            assert build(site, store).deployment == again
+        assert calls == [1]
+    finally:
+        raw.close()
+        store.close()
 
 
 def test_a_cache_that_fails_its_checksum_is_not_trusted(site: Path, store: FileStore) -> None:

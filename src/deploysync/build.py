@@ -576,7 +576,8 @@ class BuildCache:
                     used[section][key] = value
 
     def keep_all(self) -> None:
-        """Keep every entry: a rebuild found the source as the last build left it."""
+        """Keep every entry: a rebuild found the source as the last build left it. The
+        cache's last use before :meth:`save` (the entries are shared, not copied)."""
         self._used = {name: self._old[name] for name in _SECTIONS}
 
     def save(self) -> None:
@@ -701,11 +702,20 @@ class _Last:
         return [self.settings, self.ident, self.created, self.records]
 
     def asset(self, path: str) -> Asset:
-        name, digest, size, kind, signature, variants = self.records[path][:_TARGETS]
-        return Asset._of(path, name, digest, size, kind, signature, MappingProxyType(variants))
+        record = self.records[path]
+        return Asset._of(
+            path,
+            record[_NAME],
+            record[_DIGEST],
+            record[_SIZE],
+            record[_CONTENT_TYPE],
+            record[_INTEGRITY],
+            MappingProxyType(record[_VARIANTS]),
+        )
 
 
 def _valid_record(record: object) -> bool:
+    """Whether a record of :class:`_Last` has its shape (see ``_RECORD``)."""
     return (
         type(record) is list
         and len(record) == len(_RECORD)
@@ -987,7 +997,7 @@ def build(
         if last is not None:
             todo, same = _to_redo(entries, paths, cache, last)
             if same:
-                found = _warnings(vite_warnings, entries, {}, last.records)
+                found = _warnings(vite_warnings, order, {}, last.records)
                 _check(found, strict)
                 result = _same_as_last(store, cache, last, order, static_url, extra, activate)
                 if result is None:
@@ -1008,7 +1018,7 @@ def build(
         # Between the two pools no thread of ours runs, so scanning may fork processes.
         _link(files, static_url, cache, workers, paths)
         old = last.records if last is not None else {}
-        found = _warnings(vite_warnings, entries, files, old)
+        found = _warnings(vite_warnings, order, files, old)
         _check(found, strict)
         _name_all(files, cache, {path: asset.name for path, asset in kept.items()})
         with ThreadPoolExecutor(max_workers=2 * workers) as pool:
@@ -1070,15 +1080,15 @@ def _check(warnings: list[str], strict: bool) -> None:
 
 
 def _warnings(
-    first: list[str],
-    entries: list[tuple[str, str, os.stat_result]],
+    vite_warnings: list[str],
+    order: list[str],
     files: Mapping[str, _File],
     records: Mapping[str, list[Any]],
 ) -> list[str]:
-    """*first*, then each file's warnings in the source's order: new ones for a file
-    redone (in *files*), those of its record for a file taken as it was."""
-    found = list(first)
-    for rel, _, _ in entries:
+    """The Vite manifest's warnings, then each file's in the source's *order*: new ones
+    for a file redone (in *files*), those of its record for a file taken as it was."""
+    found = list(vite_warnings)
+    for rel in order:
         file = files.get(rel)
         found += file.warnings if file is not None else records[rel][_WARNINGS]
     return found
@@ -1490,7 +1500,7 @@ def _store(
                 extra=MappingProxyType(dict(extra)),
             )
             # Every blob was found under the lock (trusted, stamped) or written just now.
-            blobs = stored.keys() | variants.keys()  # every blob of the deployment
+            blobs = deployment.digests()
             created = store.publish(deployment, present=blobs)
         except BaseException:
             _discard(store, ident, written)
@@ -1555,6 +1565,9 @@ def _existing(
         )
     if lost:
         store.announce(ident)  # servers that answered 404 for them read them again
+    # Published already: listed again if the store's list lost it, and stamped if it has
+    # no stamp yet (a Redis store written by an earlier version), for the next rebuild.
+    store.publish(existing)
     # What the next build may need again is kept in the cache, as the manifest has it.
     for asset in existing.assets.values():
         known = cache.get("blobs", asset.digest)

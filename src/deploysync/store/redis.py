@@ -543,12 +543,17 @@ class RedisStore(Store):
         ]
         if not keys:
             return set()
+        digests = sorted(blobs)
         with self._io():
             pipe = self._redis.pipeline(transaction=False)
             for _, key in keys:
                 pipe.exists(key)
-            found = pipe.execute()
-        return {digest for (digest, _), there in zip(keys, found, strict=True) if not there}
+            # The field too: publish and readers take a blob without one as absent (the
+            # ``blobs`` hash evicted while the blob keys stayed).
+            pipe.hmget(self._key("blobs"), digests)
+            *found, fields = pipe.execute()
+        lost = {digest for (digest, _), there in zip(keys, found, strict=True) if not there}
+        return lost | {d for d, field in zip(digests, fields, strict=True) if field is None}
 
     def blob_variants(self, digest: str) -> Mapping[str, int] | None:
         check_digest(digest)
@@ -704,8 +709,13 @@ class RedisStore(Store):
         key = self._manifest_key(deployment.id)
         with self.lock(), self._io():
             if self._redis.exists(key):
-                # Published already; listed again if the set lost it.
-                self._redis.sadd(self._key("deployments"), deployment.id)
+                # Published already; listed again if the set lost it, and stamped if it
+                # has no stamp yet (published by an earlier version, or the hash evicted)
+                # so that builds can rely on it from now on. An existing stamp is kept.
+                pipe = self._redis.pipeline(transaction=True)
+                pipe.sadd(self._key("deployments"), deployment.id)
+                pipe.hsetnx(self._key("stamps"), deployment.id, secrets.token_hex(8))
+                pipe.execute()
                 return False
             digests = sorted(deployment.digests())
             if digests:
@@ -750,7 +760,9 @@ class RedisStore(Store):
         return deployment
 
     def deployment_stamp(self, deployment_id: str) -> str | None:
-        # The token its publication drew, while its manifest is there (not evicted).
+        # The token its publication drew, while its manifest is there (not evicted). Two
+        # reads in one round trip, not a transaction: the answer a build relies on is
+        # read under the writers' lock, which every publication and deletion holds.
         if not is_valid_id(deployment_id):
             return None
         with self._io():

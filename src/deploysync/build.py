@@ -13,6 +13,10 @@ The steps, each one a plain function below:
    all cores, write it from one thread, then publish the manifest and maybe activate it
    (:func:`_store`).
 
+A rebuild into the same store redoes these steps only for the files changed since the
+last build and the files referencing them, and takes the other files' assets from the
+build cache (:class:`BuildCache`, :func:`_to_redo`).
+
 Nothing touches the store before step 4, so bad input leaves it unchanged; the store's
 atomic publish makes a crash at any moment leave it as it was or complete.
 """
@@ -471,10 +475,10 @@ class BuildCache:
 
     Keys are contents, full stat signatures or store stamps, so an entry can be missing
     but not wrong; the file's header names the package and Python versions, so entries
-    made by other code are not trusted, and a checksum of the rest, so a damaged file is
-    not trusted either. There is one cache file per (source folder,
-    store), rewritten with only the entries the last build used, so it does not grow
-    without bound (and not rewritten when nothing changed). It holds plain data in
+    made by other code are not trusted, and a checksum of the rest follows, so a damaged
+    file is not trusted either. There is one cache file per (source folder, store),
+    rewritten with only the entries the last build used, so it does not grow without
+    bound (and not rewritten when nothing changed). It holds plain data in
     :mod:`marshal` form, the format of Python's own ``__pycache__`` (several times faster
     to read and write than JSON, which matters when a rebuild takes a few tens of
     milliseconds). A missing, damaged or unwritable cache only costs time.

@@ -577,6 +577,19 @@ def _age_stat_cache() -> None:
     _edit_cache(age)
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """A list that gets a 1 each time the build calls its function *name*."""
+    calls: list[int] = []
+    original = getattr(build_module, name)
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(build_module, name, counted)
+    return calls
+
+
 def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     read: list[str] = []
     original = build_module._read
@@ -978,15 +991,8 @@ def test_a_redis_rebuild_repairs_what_redis_evicted(
         # Stamped again: the next rebuild takes the shortcut.
         assert store.deployment_stamp(again.id) is not None
         _age_stat_cache()
-        calls: list[int] = []
-        original = build_module._same_as_last
-
-        def spy(*args: Any) -> Any:
-            calls.append(1)
-            return original(*args)
-
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(build_module, "_same_as_last", spy)
+            calls = _count_calls(patch, "_same_as_last")
             assert build(site, store).deployment == again
         assert calls == [1]
     finally:
@@ -1026,14 +1032,7 @@ def test_a_rebuild_after_one_under_other_settings_takes_the_shortcut(
     _age_stat_cache()
     build(site, store, compress=False)  # the same deployment, found again
     _age_stat_cache()
-    calls: list[int] = []
-    original = build_module._to_redo
-
-    def spy(*args: Any) -> Any:
-        calls.append(1)
-        return original(*args)
-
-    monkeypatch.setattr(build_module, "_to_redo", spy)
+    calls = _count_calls(monkeypatch, "_to_redo")
     (site / "LICENSE").write_text("changed\n")
     build(site, store, compress=False)
     assert calls == [1]

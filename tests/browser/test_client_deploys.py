@@ -38,6 +38,17 @@ def _client_page(
     return site, page
 
 
+def _hover_prefetch(site: Site, page: Any) -> None:
+    """Hover the page's #to-prefetch link and wait for its one prefetch."""
+    before = site.stats()["navigate"]
+    page.hover("#to-prefetch")
+    for _ in range(50):
+        if site.stats()["navigate"] > before:
+            break
+        page.wait_for_timeout(50)
+    assert site.stats()["navigate"] == before + 1, "the hover prefetched the link"
+
+
 def _posted_once(site: Site, page: Any, received: str, new: str) -> None:
     """The form's POST was processed once, and answered by the new deployment."""
     title_is(page, "Result")
@@ -166,13 +177,7 @@ def test_a_link_prefetched_before_a_deploy_is_not_shown_once_the_prefetch_is_old
 ) -> None:
     # A hover's prefetch is the page as it was then: kept 10 s, as Turbo keeps its own.
     site, page = _client_page(make_site, tab, clock=True)
-    before = site.stats()["navigate"]
-    page.hover("#to-prefetch")
-    for _ in range(50):
-        if site.stats()["navigate"] > before:
-            break
-        page.wait_for_timeout(50)
-    assert site.stats()["navigate"] == before + 1, "the hover prefetched the link"
+    _hover_prefetch(site, page)
     new = site.deploy("v2")
     tab.allow(RELOAD_409)  # the click's own fetch is refused
     page.clock.fast_forward(11_000)
@@ -225,13 +230,7 @@ def test_a_prefetch_expires_under_the_url_it_was_made_for(make_site: MakeSite, t
     # The app points the hovered link elsewhere after its prefetch: the prefetch of the
     # old URL still expires, and a click on that URL after a deploy asks the server.
     site, page = _client_page(make_site, tab, clock=True)
-    before = site.stats()["navigate"]
-    page.hover("#to-prefetch")
-    for _ in range(50):
-        if site.stats()["navigate"] > before:
-            break
-        page.wait_for_timeout(50)
-    assert site.stats()["navigate"] == before + 1, "the hover prefetched the link"
+    _hover_prefetch(site, page)
     page.evaluate("document.querySelector('#to-prefetch').href = '/b'")
     new = site.deploy("v2")
     tab.allow(RELOAD_409)

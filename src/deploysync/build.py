@@ -29,7 +29,6 @@ import functools
 import hashlib
 import json
 import marshal
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -39,11 +38,11 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import content_types, rewrite
 from .manifest import (
@@ -57,6 +56,9 @@ from .manifest import (
 )
 from .store import Store, open_store
 from .store.base import default_cache_home, make_folders
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 try:  # the optional "brotli" extra
     import brotli as _brotli
@@ -1253,6 +1255,11 @@ def _scan_batch(jobs: list[tuple[str, str]]) -> list[list[list[Any]]]:
 
 def _scan_pool(workers: int) -> ProcessPoolExecutor:
     """Forked workers that exit by themselves once the build is gone."""
+    # Imported here: ``multiprocessing`` is a quarter of the command line's start-up, and
+    # only a first build of much JavaScript uses it.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("fork")
     return ProcessPoolExecutor(
         workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
@@ -1278,8 +1285,11 @@ def _scan(jobs: list[tuple[str, str]], workers: int) -> list[list[list[Any]]]:
     # Only forked workers are cheap enough, and only a process without other threads may
     # fork safely (a lock held by another thread would stay locked in the child). Spawned
     # workers would also re-run a caller's unguarded __main__ script.
-    can_fork = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
-    if workers < 2 or total < PARALLEL_SCAN_BYTES or not can_fork:
+    if workers < 2 or total < PARALLEL_SCAN_BYTES or threading.active_count() > 1:
+        return _scan_batch(jobs)
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
         return _scan_batch(jobs)
     # Balanced batches, largest first; one batch per worker keeps pickling cheap.
     batches: list[list[int]] = [[] for _ in range(workers)]

@@ -52,9 +52,13 @@ TEMPLATES = {
     "vite.html": '{% load deploysync %}<!doctype html><html><head>{% vite_tags "src/main.ts" %}'
     "</head><body></body></html>",
     "missing.html": "{% load static %}{% static 'nope.css' %}",
+    "switch.html": "{% load static deploysync %}<!doctype html><html><head></head><body>"
+    "{% static 'css/app.css' %} {% deploysync_id %}</body></html>",
 }
 
 CALLS: list[str] = []
+# Called by the views below in the middle of rendering (another deployment activated).
+MIDWAY: list[Callable[[], None]] = []
 
 
 def page(request: HttpRequest) -> HttpResponse:
@@ -106,8 +110,47 @@ def missing(request: HttpRequest) -> HttpResponse:
     return render(request, "missing.html")
 
 
+def switch(request: HttpRequest) -> HttpResponse:
+    for step in MIDWAY:
+        step()
+    return render(request, "switch.html")
+
+
+async def async_switch(request: HttpRequest) -> HttpResponse:
+    for step in MIDWAY:
+        step()
+    return render(request, "switch.html")
+
+
+def stream_switch(request: HttpRequest) -> StreamingHttpResponse:
+    from django.template.loader import get_template
+
+    def chunks() -> Iterator[str]:
+        # Rendered as the server iterates, after the view (and the middleware) returned.
+        for step in MIDWAY:
+            step()
+        yield get_template("switch.html").render({}, request)
+
+    return StreamingHttpResponse(chunks(), content_type="text/html")
+
+
+async def async_stream_switch(request: HttpRequest) -> StreamingHttpResponse:
+    from django.template.loader import get_template
+
+    async def chunks() -> AsyncIterator[str]:
+        for step in MIDWAY:
+            step()
+        yield get_template("switch.html").render({}, request)
+
+    return StreamingHttpResponse(chunks(), content_type="text/html")
+
+
 urlpatterns = [
     path("", page),
+    path("switch", switch),
+    path("asswitch", async_stream_switch),
+    path("aswitch", async_switch),
+    path("sswitch", stream_switch),
     path("async", async_page),
     path("stream", stream),
     path("astream", async_stream),
@@ -256,6 +299,44 @@ def test_streaming_html_is_injected(deployed: Deployment, mode: str) -> None:
     assert text.count('name="deployment-id"') == 1
     assert re.search(r"<head[^>]*><meta name=\"deployment-id\"", text, re.I)
     assert text.endswith("streamed</body></html>")
+
+
+@pytest.mark.parametrize("url", ["/switch", "/aswitch", "/sswitch", "/asswitch"])
+def test_a_page_rendered_during_an_activation_names_one_deployment(
+    deployed: Deployment, site_src: Callable[..., Path], store: FileStore, url: str
+) -> None:
+    """The header, the injected tags, {% static %} and {% deploysync_id %} all name the
+    deployment the request started with, though another became current meanwhile."""
+    second = build(site_src("v2"), store).deployment
+    runtime = get_runtime()
+
+    def activate() -> None:
+        store.activate(second.id)
+        assert runtime.refresh()
+
+    async def get_async() -> tuple[Any, bytes]:
+        response = await AsyncClient().get(url)
+        if not response.streaming:
+            return response, response.content
+        return response, b"".join([chunk async for chunk in response.streaming_content])
+
+    MIDWAY[:] = [activate]
+    try:
+        if url.startswith("/a"):
+            response, data = in_own_loop(get_async)
+        else:
+            response = Client().get(url)
+            data = b"".join(response.streaming_content) if response.streaming else response.content
+    finally:
+        MIDWAY.clear()
+    body = data.decode()
+    assert response["X-Deployment-Id"] == deployed.id
+    assert f'content="{deployed.id}"' in body
+    text = body.split("<body>", 1)[1]
+    assert text == f"{deployed.url('css/app.css')} {deployed.id}</body></html>"
+    assert deployed.url("css/app.css") != second.url("css/app.css")
+    # The next request is answered with the deployment now current.
+    assert Client().get("/switch")["X-Deployment-Id"] == second.id
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -75,7 +75,12 @@ class DeploySyncMiddleware:
         snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
             return plan_response(plan, async_body=False, request=request)
-        response = self.get_response(request)
+        state = get_runtime().request_state
+        token = state.set((snapshot, script_prefix()))
+        try:
+            response = self.get_response(request)
+        finally:
+            state.reset(token)
         assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
         return self._edit(request, response, snapshot, config, conditional)
 
@@ -86,7 +91,12 @@ class DeploySyncMiddleware:
                 return plan_response(plan, async_body=True, request=request)
             # Files are opened (a Redis store's local copy fetched again) off the loop.
             return await asyncio.to_thread(plan_response, plan, async_body=True, request=request)
-        response = await self.get_response(request)
+        state = get_runtime().request_state
+        token = state.set((snapshot, script_prefix()))
+        try:
+            response = await self.get_response(request)
+        finally:
+            state.reset(token)
         return self._edit(request, response, snapshot, config, conditional)
 
     # -- request ---------------------------------------------------------------------------
@@ -134,6 +144,10 @@ class DeploySyncMiddleware:
         )
         if config.inject:  # (templates that place the tags lose nothing to compression)
             tell_compressed(edit)
+        if response.streaming and not isinstance(response, FileResponse):
+            # A streamed template renders as it is iterated, after the view returned: in
+            # the request's state too, so its asset URLs name the announced deployment.
+            _in_state(response, (snapshot, script_prefix()))
         if edit is None:
             return response
         snippet = b""
@@ -239,6 +253,43 @@ class _AsyncParts:
 
     def close(self) -> None:
         self.body.close()
+
+
+def _in_state(response: Any, state: tuple[Snapshot, str]) -> None:
+    """Make *response*'s streamed chunks in the request *state* (see
+    :attr:`~deploysync.serving.Runtime.request_state`), each set and reset around the
+    step that makes it."""
+    var = get_runtime().request_state
+    if response.is_async:
+        chunks: AsyncIterator[bytes] = aiter(response.streaming_content)
+
+        async def made_async() -> AsyncIterator[bytes]:
+            while True:
+                token = var.set(state)
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    var.reset(token)
+                yield chunk
+
+        response.streaming_content = made_async()
+    else:
+        items: Iterator[bytes] = iter(response.streaming_content)
+
+        def made() -> Iterator[bytes]:
+            while True:
+                token = var.set(state)
+                try:
+                    chunk = next(items, None)
+                finally:
+                    var.reset(token)
+                if chunk is None:
+                    return
+                yield chunk
+
+        response.streaming_content = made()
 
 
 def inject_sync(chunks: Iterator[bytes], snippet: bytes) -> Iterator[bytes]:

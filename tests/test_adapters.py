@@ -141,6 +141,15 @@ def test_bad_options_fail_at_construction(make: MakeClient, deployed: Deployment
         make(routing="spa")
     with pytest.raises(DeploySyncError, match="check_interval"):
         make(check_interval=-1)
+    # Values read from the environment are strings: said, not compared and crashed on.
+    with pytest.raises(DeploySyncError, match="poll_interval must be a number"):
+        make(poll_interval="1")
+    with pytest.raises(DeploySyncError, match="strict must be True or False"):
+        make(strict="false")
+    with pytest.raises(DeploySyncError, match="nonce must be"):
+        make(nonce=5)
+    with pytest.raises(DeploySyncError, match="nonce must be"):
+        make(nonce="")
 
 
 def test_app_cache_control_is_kept(make: MakeClient, deployed: Deployment) -> None:

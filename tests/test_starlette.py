@@ -291,8 +291,18 @@ def test_a_static_url_mismatch_stops_uvicorn_at_start_up(
     assert "Application startup failed" in done.stderr
 
 
-def test_a_configuration_error_fails_the_lifespan(store: FileStore, deployed: Deployment) -> None:
-    app = Starlette(middleware=[Middleware(DeploySync, store=str(store.root), static_url="/x/")])
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"static_url": "/x/"}, "static URL"),
+        ({"poll_interval": "1"}, "poll_interval must be a number"),
+        ({"stor": "typo"}, "unexpected keyword argument 'stor'"),
+    ],
+)
+def test_a_configuration_error_fails_the_lifespan(
+    store: FileStore, deployed: Deployment, options: dict[str, Any], reason: str
+) -> None:
+    app = Starlette(middleware=[Middleware(DeploySync, store=str(store.root), **options)])
     sent: list[dict[str, Any]] = []
 
     async def lifespan() -> None:
@@ -308,7 +318,7 @@ def test_a_configuration_error_fails_the_lifespan(store: FileStore, deployed: De
 
     in_own_loop(lifespan)
     assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
-    assert "static URL" in sent[0]["message"]
+    assert reason in sent[0]["message"]
 
     async def request() -> None:
         async def receive() -> dict[str, Any]:
@@ -320,5 +330,5 @@ def test_a_configuration_error_fails_the_lifespan(store: FileStore, deployed: De
         scope = {"type": "http", "method": "GET", "path": "/", "root_path": ""}
         await app({**scope, "headers": [], "query_string": b""}, receive, send)
 
-    with pytest.raises(DeploySyncError, match="static URL"):
+    with pytest.raises(DeploySyncError, match=re.escape(reason)):
         in_own_loop(request)

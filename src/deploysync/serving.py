@@ -102,8 +102,14 @@ class Runtime:
             )
         if check_interval < 0:
             raise DeploySyncError(f"check_interval must be >= 0, not {check_interval!r}")
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, int | float):
+            raise DeploySyncError(
+                f"poll_interval must be a number of seconds, not {poll_interval!r}"
+            )
         if not poll_interval > 0:
             raise DeploySyncError(f"poll_interval must be > 0, not {poll_interval!r}")
+        if not isinstance(strict, bool):
+            raise DeploySyncError(f"strict must be True or False, not {strict!r}")
         pinned = deployment if deployment is not None else os.environ.get(ENV_DEPLOYMENT) or None
         self.pinned = validate_id(pinned) if pinned is not None else None
         self.store = open_store(store, cache_dir=cache_dir)
@@ -923,6 +929,11 @@ class Middleware(Generic[AppT]):
         poll_interval: float = 0.5,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        if not (nonce is None or callable(nonce) or (isinstance(nonce, str) and nonce)):
+            raise DeploySyncError(
+                f"nonce must be a callable(scope or environ) or the key of a value in it,"
+                f" not {nonce!r}"
+            )
         self.app = app
         self.runtime = Runtime(
             store,

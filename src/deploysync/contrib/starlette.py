@@ -55,6 +55,9 @@ class DeploySync(asgi.DeploySync):
         except DeploySyncError as exc:
             self.app = app
             self._error = exc
+        except TypeError as exc:  # an unknown option (a typo)
+            self.app = app
+            self._error = DeploySyncError(f"DeploySync: {exc}")
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if self._error is not None:

@@ -1319,6 +1319,33 @@ def test_a_name_that_is_not_utf8_is_refused_in_one_line(
     assert err.count("\n") == 1 and "Traceback" not in err and "bad\\xff.png" in err
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("a\\b.css", "'css/a\\\\b.css'"),
+        ("new\nline.css", "'css/new\\nline.css'"),
+        ("c:x.css", None),
+    ],
+)
+def test_a_name_no_server_would_serve_is_refused_in_one_line(
+    site: Path, store: FileStore, capsys: pytest.CaptureFixture[str], name: str, shown: str | None
+) -> None:
+    """The server leaves such names out of its index (core.is_safe_name): built, they
+    would be assets whose URLs answer 404."""
+    folder = site if shown is None else site / "css"
+    (folder / name).write_text("b{}")
+    shown = shown or repr(name)
+    with pytest.raises(BuildError, match=re.escape(f"{shown} has a name that cannot be served")):
+        build(site, store)
+    assert not store.root.exists()
+    from deploysync.cli import main
+
+    assert main(["build", str(site), "--store", str(store.root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "rename it" in err
+    assert not store.root.exists()
+
+
 def test_a_store_and_cache_inside_the_source_are_not_built_into_it(site: Path) -> None:
     # `deploysync build . --store .deploysync`: the store is not part of the frontend.
     store, cache = site / ".deploysync", site / ".cache"

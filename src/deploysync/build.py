@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import content_types, rewrite
 from .manifest import (
     DEFAULT_STATIC_URL,
+    UNSAFE_CHARACTERS,
     Asset,
     Deployment,
     DeploySyncError,
@@ -317,6 +318,12 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.
                         )
                     pending.append((rel + "/", path, ancestors | {real}, linked))
             elif st is not None:
+                if UNSAFE_CHARACTERS.search(rel) or ":" in rel[:3]:
+                    # Names no server would serve (see core.is_safe_name).
+                    raise BuildError(
+                        f"{rel!r} has a name that cannot be served (a backslash, a control"
+                        " character, or a colon in its first 3 characters): rename it"
+                    )
                 found.append((rel, path, st))
             else:
                 raise BuildError(f"'{rel}' is not a regular file")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .manifest import Deployment, is_valid_id
+from .manifest import UNSAFE_CHARACTERS, Deployment, is_valid_id
 
 Header = tuple[bytes, bytes]
 Headers = Sequence[Header]
@@ -647,9 +647,7 @@ def is_safe_name(name: str) -> bool:
     """
     if not name or name.startswith("/") or len(name) > 1024:
         return False
-    if "\\" in name or ":" in name[:3]:
-        return False
-    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in name):
+    if ":" in name[:3] or UNSAFE_CHARACTERS.search(name):
         return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
 

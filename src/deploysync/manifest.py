@@ -16,6 +16,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What no asset's path holds: a backslash or a control character. Together with a colon
+#: in its first 3 characters (a drive letter), such names are never served
+#: (:func:`deploysync.core.is_safe_name`), so a build refuses them.
+UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
 MANIFEST_VERSION = 1
 DEFAULT_STATIC_URL = "/static/"
 # What a static URL's path may hold: RFC 3986 path characters (pchar) other than

@@ -22,7 +22,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from deploysync.build import build
@@ -154,6 +155,47 @@ def client(store: FileStore, deployed: Deployment) -> AppClient:
     )
     app.state.calls = calls
     return AppClient(app)
+
+
+def test_url_for_static_gives_the_hashed_url(
+    tmp_path: Path, store: FileStore, deployed: Deployment
+) -> None:
+    """A template written for StaticFiles keeps working once the middleware serves the
+    static prefix: ``url_for('static', path=...)`` names the hashed file."""
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(
+            {
+                "t.html": "{{ url_for('static', path='css/app.css') }}"
+                " {{ url_for('static', path='nope.css') }}"
+                " {{ url_for('files', path='css/app.css') }}"
+                " {{ url_for('home') }}"
+            }
+        )
+    )
+    templates = Jinja2Templates(env=env)
+    install_templates(templates)
+    install_templates(templates)  # twice: wrapped once
+
+    async def home(request: Request) -> Response:
+        return templates.TemplateResponse(request, "t.html")
+
+    folder = tmp_path / "dist"
+    app = Starlette(
+        routes=[
+            Route("/", home, name="home"),
+            Mount("/static", StaticFiles(directory=folder), name="static"),
+            Mount("/files", StaticFiles(directory=folder), name="files"),
+        ],
+        middleware=[Middleware(DeploySync, store=str(store.root))],
+    )
+    client = AppClient(app)
+    text = client.get("/").text
+    hashed = "http://testserver" + deployed.url("css/app.css")
+    assert text == (
+        f"{hashed} http://testserver/static/nope.css"
+        " http://testserver/files/css/app.css http://testserver/"
+    )
+    assert client.get(hashed).text == "p { margin: 0 }\n"
 
 
 def test_page_is_injected_and_assets_resolve(client: AppClient, deployed: Deployment) -> None:

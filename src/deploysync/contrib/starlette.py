@@ -15,13 +15,15 @@ or, with FastAPI, ``app.add_middleware(DeploySync, store=".deploysync")``.
 to each request (``request.scope["deploysync"]``): Starlette builds its middleware
 instances itself, so templates find the middleware through the request they render.
 :func:`install_templates` registers the Jinja globals ``asset_url(path)``,
-``vite_tags(entry)`` and ``deploysync_head()``.
+``vite_tags(entry)`` and ``deploysync_head()``, and makes Starlette's
+``url_for('static', path=...)`` give the hashed URL of an asset.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import pass_context
 from jinja2.runtime import Context
@@ -94,7 +96,8 @@ def middleware_of(scope: asgi.Scope) -> asgi.DeploySync:
 
 
 def install_templates(templates: Any, source: Source | None = None) -> None:
-    """Register ``asset_url``, ``vite_tags`` and ``deploysync_head`` on *templates*.
+    """Register ``asset_url``, ``vite_tags`` and ``deploysync_head`` on *templates*, and
+    make its ``url_for`` give a hashed URL for a file of the static prefix.
 
     *templates* is a ``starlette.templating.Jinja2Templates`` (or a ``jinja2.Environment``).
     Without *source*, each render uses the middleware that handled its ``request``
@@ -151,4 +154,29 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
         "vite_tags": vite_tags,
         "deploysync_head": deploysync_head,
     }
+    original = env.globals.get("url_for")
+    if callable(original) and not getattr(original, "_deploysync", False):
+
+        @pass_context
+        def url_for(context: Context, name: str, /, **path_params: Any) -> Any:
+            """Starlette's ``url_for``; a file of a ``StaticFiles`` mount at the static
+            prefix (``url_for('static', path='css/site.css')``) gets its hashed name,
+            since the middleware serves only those there."""
+            url = original(context, name, **path_params)
+            path = path_params.get("path")
+            if not isinstance(path, str):
+                return url
+            try:
+                runtime, _, _ = resolve(context)
+            except LookupError:
+                return url
+            logical = path.lstrip("/")
+            hashed = runtime.name(logical)
+            served = (runtime.static_path + logical, runtime.static_path + quote(logical))
+            if hashed is None or not str(getattr(url, "path", "")).endswith(served):
+                return url
+            return original(context, name, **{**path_params, "path": hashed})
+
+        url_for._deploysync = True  # type: ignore[attr-defined]  # installed once
+        functions["url_for"] = url_for
     env.globals.update(functions)

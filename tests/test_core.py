@@ -493,6 +493,7 @@ HTML = (b"content-type", b"text/html; charset=utf-8")
         ([HTML], "GET", 304, False),
         ([HTML, (b"content-encoding", b"gzip")], "GET", 200, False),
         ([HTML, (b"content-encoding", b"identity")], "GET", 200, True),
+        ([HTML, (b"content-disposition", b'inline; filename="page.html"')], "GET", 200, True),
     ],
 )
 def test_edit_response_injects(
@@ -510,6 +511,8 @@ def test_edit_response_injects(
         [(b"content-type", b"application/json")],
         [(b"content-type", b"text/html-sandboxed")],
         [],
+        [HTML, (b"Content-Disposition", b'attachment; filename="export.html"')],
+        [HTML, (b"content-disposition", b" ATTACHMENT")],
     ],
 )
 def test_edit_response_leaves_other_content_alone(headers: list[tuple[bytes, bytes]]) -> None:

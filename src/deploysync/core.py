@@ -797,7 +797,8 @@ def edit_response(
 ) -> ResponseEdit | None:
     """Decide how an app's response is changed; ``None``: it passes through untouched.
 
-    HTML documents get ``X-Deployment-Id``, ``Cache-Control: no-cache`` when the app set
+    HTML documents (not downloads: ``Content-Disposition: attachment``) get
+    ``X-Deployment-Id``, ``Cache-Control: no-cache`` when the app set
     none, and (for a body that can be rewritten) the injection. Their ``ETag`` names the
     deployment too (:func:`document_etag`); without one, ``Last-Modified`` is dropped, as
     a date cannot tell one deployment's page from another's. A response carrying
@@ -807,7 +808,7 @@ def edit_response(
     ``compressed`` (no tags can go in; the adapters say so once).
     """
     content_type = b""
-    opt_out = has_cache_control = False
+    opt_out = has_cache_control = download = False
     encoded = b""
     content_length: int | None = None
     etag_at = modified_at = ranges_at = -1
@@ -839,6 +840,9 @@ def edit_response(
             modified_at = len(out)
         elif lname == b"accept-ranges":
             ranges_at = len(out)
+        elif lname == b"content-disposition":
+            # A download (an HTML export) is a file, not a page of the site (RFC 6266).
+            download = value.lstrip()[:10].lower() == b"attachment"
         out.append((name, value))
     if opt_out:
         return ResponseEdit(_with_length(out, content_length), False)
@@ -847,7 +851,7 @@ def edit_response(
     restored = conditional is not None and conditional.current
     # text/html, with or without parameters, any case (RFC 9110 §8.3.1).
     mime = content_type[:10].lower()
-    if not (mime == b"text/html" or (mime[:9] == b"text/html" and mime[9:] in b"; \t")):
+    if download or not (mime == b"text/html" or (mime[:9] == b"text/html" and mime[9:] in b"; \t")):
         if status == 304 and restored and etag_at >= 0:
             # The page the browser holds is still current: its tag keeps the suffix.
             name, value = out[etag_at]

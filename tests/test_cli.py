@@ -570,6 +570,19 @@ def test_prune_bad_input_changes_nothing(
     assert snapshot(store_dir) == before
 
 
+@pytest.mark.parametrize("folder", ["empty", "source"])
+def test_prune_leaves_a_folder_that_is_no_store_as_it_is(
+    capsys: pytest.CaptureFixture[str], site: Path, tmp_path: Path, folder: str
+) -> None:
+    # A typo'd --store: an empty folder, or the frontend's own folder.
+    target = site if folder == "source" else tmp_path / "empty"
+    target.mkdir(exist_ok=True)
+    before = snapshot(target)
+    code, _, err = run(capsys, "prune", "--keep", "1", "--store", str(target))
+    assert_one_line_error(code, err, "is not a deploysync store")
+    assert snapshot(target) == before
+
+
 def _corrupt(manifest: Path, how: str) -> None:
     if how == "unreadable":
         if os.geteuid() == 0:

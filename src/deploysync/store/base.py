@@ -436,6 +436,11 @@ class Store(ABC):
         )
         return infos
 
+    def _require_store(self) -> None:
+        """Raise :class:`StoreNotFound` when there is no store here to change (a command
+        that only changes a store never makes one). A Redis database is always one."""
+        return None
+
     def prune(self, keep: int, older_than: float | None = None) -> PruneResult:
         """Delete what only deployments outside the newest *keep* use.
 
@@ -452,6 +457,7 @@ class Store(ABC):
         """
         if keep < 1:
             raise StoreError("--keep must be at least 1")
+        self._require_store()
         with self.lock():
             current = self.current()
             held = self.held()

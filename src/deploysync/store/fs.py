@@ -132,6 +132,15 @@ class FileStore(Store):
             raise
 
     # -- writers' setup --------------------------------------------------------------------
+    def _require_store(self) -> None:
+        self._require()
+        if not self._manifests.is_dir():
+            # A typo'd path (an empty folder, the source folder) must not become a store.
+            raise StoreNotFound(
+                f"'{self.root}' is not a deploysync store: it has no {self._manifests.name}/"
+                " folder (a build makes one)"
+            )
+
     def ensure_writable(self) -> None:
         try:
             make_folders(self.root, 0o755)

@@ -222,6 +222,28 @@ def test_a_lost_blob_is_reported_as_one_missing_asset(
     assert told and all(m.endswith("that asset answers 404 until it can be read") for m in told)
 
 
+def test_many_lost_blobs_are_told_in_one_line(
+    store: Any, raw: Any, site_src: SrcFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A prune racing a server's first read: hundreds of assets at once, one line.
+    deployment = build(site_src("v1"), store, activate=True).deployment
+    for asset in deployment.assets.values():
+        raw.delete(f"deploysync:blob:{asset.digest}")
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        runtime = Runtime(store)
+    try:
+        assert not runtime.snapshot.files.keys() & {a.name for a in deployment.assets.values()}
+        runtime.refresh()  # the same problems again: not told again
+    finally:
+        runtime.close()
+    told = [r.getMessage() for r in caplog.records if "Cannot read asset" in r.getMessage()]
+    more = len(deployment.assets) - 1
+    assert len(told) == 1, told
+    assert told[0].endswith(
+        f"(and {more} more assets); those assets answer 404 until they can be read"
+    )
+
+
 def test_a_build_writes_again_the_blobs_the_store_lost(
     store: Any, raw: Any, site_src: SrcFactory
 ) -> None:

@@ -133,6 +133,8 @@ class Runtime:
         self._state: tuple[Hashable, frozenset[str]] | None = None
         self._activated = False  # the store's activation record was seen non-empty
         self._last_error: str | None = None
+        # While a snapshot is built: the problems of single assets, to tell at its end.
+        self._unread: list[tuple[str, str]] | None = None
         self._refresh_lock = threading.Lock()
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
@@ -302,6 +304,9 @@ class Runtime:
             # An outage: the store logs it once from the watcher, and its end (a command
             # that builds a runtime must not print what only a server would say).
             return
+        if then is not None and self._unread is not None:
+            self._unread.append((message, then))  # told once the snapshot is built
+            return
         if message != self._last_error:
             self._last_error = message
             serving = getattr(self, "snapshot", None)  # not yet while constructed
@@ -377,27 +382,40 @@ class Runtime:
         files: dict[str, StaticFile] = {}
         used: set[tuple[str, str, tuple[tuple[str, int], ...]]] = set()
         incomplete = False  # an asset (or a variant) could not be read this time
-        for deployment in ordered:
-            if deployment.static_url != self.static_url:
-                continue  # its pages point elsewhere; nothing here would be asked for
-            for asset in deployment.assets.values():
-                if asset.name in files or not core.is_safe_name(asset.name):
-                    continue
-                key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
-                static = self._files.get(key)
-                if static is not None and self._root is None and not _on_disk(static):
-                    static = None  # a local copy vanished (a cache cleaner): fetch it again
-                if static is None:
-                    static = self._load_file(asset)
-                    if static is None:
-                        incomplete = True
+        # Problems with single assets are told in one line per snapshot: a prune racing
+        # a server's first read can make hundreds of them.
+        self._unread = []
+        try:
+            for deployment in ordered:
+                if deployment.static_url != self.static_url:
+                    continue  # its pages point elsewhere; nothing here would be asked for
+                for asset in deployment.assets.values():
+                    if asset.name in files or not core.is_safe_name(asset.name):
                         continue
-                    if _complete(static, asset):
-                        self._files[key] = static
-                    else:
-                        incomplete = True
-                used.add(key)
-                files[asset.name] = static
+                    encodings = tuple(sorted(asset.encodings.items()))
+                    key = (asset.digest, asset.content_type, encodings)
+                    static = self._files.get(key)
+                    if static is not None and self._root is None and not _on_disk(static):
+                        static = None  # a local copy vanished (a cache cleaner): fetch again
+                    if static is None:
+                        static = self._load_file(asset)
+                        if static is None:
+                            incomplete = True
+                            continue
+                        if _complete(static, asset):
+                            self._files[key] = static
+                        else:
+                            incomplete = True
+                    used.add(key)
+                    files[asset.name] = static
+        finally:
+            unread, self._unread = self._unread, None
+        if unread:
+            message, then = unread[0]
+            if len(unread) > 1:
+                message += f" (and {len(unread) - 1} more assets)"
+                then = _ASSETS_404 if then == _ASSET_404 else then
+            self._report(message, then=then)
         for stale in set(self._files) - used:
             del self._files[stale]
         urls = (
@@ -788,6 +806,7 @@ def _matches(data: bytes, size: int, digest: str | None) -> bool:
 
 
 _ASSET_404 = "that asset answers 404 until it can be read"
+_ASSETS_404 = "those assets answer 404 until they can be read"
 _told_compressed = False
 
 

@@ -144,6 +144,28 @@ def test_wrong_credentials_are_named(redis_url: str, raw: Any, tmp_path: Path) -
         raw.config_set("requirepass", "")
 
 
+def test_a_server_names_wrong_credentials_in_its_log(
+    redis_url: str, raw: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from deploysync.store.redis import RedisStore
+
+    raw.config_set("requirepass", "right")
+    try:
+        store = RedisStore(redis_url.replace("redis://", "redis://:wrong@"), cache_dir=tmp_path)
+        store.keep_last_known()  # as a server's store
+        try:
+            with caplog.at_level(logging.WARNING, logger="deploysync"):
+                store.wait_for_change(0.1)
+        finally:
+            store.close()
+    finally:
+        raw.execute_command("AUTH", "right")
+        raw.config_set("requirepass", "")
+    told = [r.getMessage() for r in caplog.records]
+    assert any(" refused the credentials: " in m for m in told), told
+    assert not any("unreachable" in m or "wrong" in m for m in told), told
+
+
 def test_an_evicting_redis_is_warned_about(redis_url: str, raw: Any, site_src: SrcFactory) -> None:
     build_args = ("build", str(site_src("v1")), "--store", redis_url)
     code, _, err = run_cli(*build_args)

@@ -959,7 +959,10 @@ class RedisStore(Store):
                 serving = "; serving what was last read from it until it is back"
             else:
                 serving = "; nothing was read from it yet, so no deployment is served"
-            log.warning("Redis at %s is unreachable: %s%s", self.location, self._down, serving)
+            # Wrong credentials are an outage for a server too, but said as they are.
+            refused = any(marker in self._down for marker in _AUTH_MARKERS)
+            what = "refused the credentials" if refused else "is unreachable"
+            log.warning("Redis at %s %s: %s%s", self.location, what, self._down, serving)
         elif self._down is None and self._outage_logged:
             self._outage_logged = False
             log.warning("Redis at %s is reachable again", self.location)

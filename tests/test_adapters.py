@@ -547,11 +547,19 @@ def test_pinned_deployment(make: MakeClient, store: FileStore, deployed: Deploym
 
 
 def test_pinned_by_environment(
-    make: MakeClient, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+    make: MakeClient,
+    deployed: Deployment,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("DEPLOYSYNC_DEPLOYMENT", "notbuiltyet")
-    client = make()
-    assert client.get("/").header("x-deployment-id") == "notbuiltyet"
+    with caplog.at_level(logging.WARNING, logger="deploysync"):
+        client = make()
+        assert client.get("/").header("x-deployment-id") == "notbuiltyet"
+        client.mw.runtime.refresh()
+    # Said once (a typo would otherwise go unnoticed).
+    told = [r.getMessage() for r in caplog.records if "notbuiltyet" in r.getMessage()]
+    assert len(told) == 1 and "(pinned) is not in" in told[0], told
     # A server pinned to a newer, not yet activated deployment moves old pages to it.
     response = client.get("/", [("X-Deploysync", "navigate"), ("X-Deployment-Id", deployed.id)])
     assert response.status == 409

@@ -133,6 +133,7 @@ class Runtime:
         self._state: tuple[Hashable, frozenset[str]] | None = None
         self._activated = False  # the store's activation record was seen non-empty
         self._last_error: str | None = None
+        self._pin_told = False  # said that the pinned deployment is not in the store
         # While a snapshot is built: the problems of single assets, to tell at its end.
         self._unread: list[tuple[str, str]] | None = None
         self._refresh_lock = threading.Lock()
@@ -355,8 +356,16 @@ class Runtime:
             try:
                 self._deployments[ident] = store.load(ident)
             except DeploymentNotFound:
-                if ident in listed:  # else pinned to one not built (yet)
+                if ident in listed:
                     self._report(f"Deployment {ident} is missing from {store.location}")
+                elif not self._pin_told:  # pinned to one not built (yet), or a typo
+                    self._pin_told = True
+                    logger.warning(
+                        "Deployment %s (pinned) is not in %s: pages name it, and its assets"
+                        " are served once it is built",
+                        ident,
+                        store.location,
+                    )
             except (StoreError, OSError, ValueError) as exc:
                 self._report(f"Cannot load deployment {ident} from {store.location}: {exc}")
         current = self._deployments.get(current_id) if current_id else None

@@ -570,6 +570,21 @@ def test_prune_bad_input_changes_nothing(
     assert snapshot(store_dir) == before
 
 
+def test_build_into_a_pipe_closed_early_ends_quietly(site: Path, store_dir: Path) -> None:
+    # `deploysync build ... | head -1`: the reader is gone before the id is printed.
+    command = [sys.executable, "-m", "deploysync.cli", "build", str(site), "--store"]
+    proc = subprocess.Popen(
+        [*command, str(store_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert err == ""  # no "error: Broken pipe", no "Exception ignored"
+    assert len(FileStore(store_dir).ids()) == 1  # built all the same
+
+
 @pytest.mark.parametrize("folder", ["empty", "source"])
 def test_prune_leaves_a_folder_that_is_no_store_as_it_is(
     capsys: pytest.CaptureFixture[str], site: Path, tmp_path: Path, folder: str

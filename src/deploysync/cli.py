@@ -7,8 +7,10 @@ changed nothing in the store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -375,6 +377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DeploySyncError, StoreError) as exc:
         err.write(f"{PROG}: error: {_one_line(exc)}\n")
         return 1
+    except BrokenPipeError:
+        # The reader of the output went away (`| head -1`): what the command did is
+        # done, what it would print has nowhere to go. Quiet, with a SIGPIPE's status,
+        # as shell tools end (and nothing left for Python to fail to flush at exit).
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        return 128 + 13
     except OSError as exc:
         where = f" '{exc.filename}'" if exc.filename else ""
         err.write(f"{PROG}: error:{where} {exc.strerror or exc}\n")

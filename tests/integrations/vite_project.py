@@ -70,16 +70,22 @@ def prepare() -> Path:
         shutil.copytree(SOURCE / "src", CACHE / "src")
         modules = CACHE / "node_modules"
         if not (modules / ".bin" / "vite").exists() or not (modules / "vue").is_dir():
-            try:
-                _run([npm, "install", "--no-audit", "--no-fund"], CACHE)
-            except RuntimeError:
-                # The newest Vite may need a newer Node than this machine's: Vite 7
-                # runs on Node 20.19+.
-                _run(
-                    [npm, "install", "--no-audit", "--no-fund", "--no-save", "vite@7", "vue@3"],
-                    CACHE,
-                )
+            install = [npm, "install", "--no-audit", "--no-fund"]
+            if _node_version() < (20, 19):
+                # Vite 7 and later need Node 20.19+, and npm only warns about it (then
+                # the build fails): Debian 12's npm comes with Node 18, which Vite 6 runs on.
+                install += ["--no-save", "vite@6", "vue@3"]
+            _run(install, CACHE)
     return CACHE
+
+
+def _node_version() -> tuple[int, ...]:
+    node = shutil.which("node") or "node"
+    found = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    try:
+        return tuple(int(part) for part in found.stdout.strip().lstrip("v").split(".")[:2])
+    except ValueError:
+        return (0,)
 
 
 def vite_build(out: Path, version: str) -> Path:

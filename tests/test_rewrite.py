@@ -58,6 +58,14 @@ CSS_CASES = [
     ('a { b: my-image-set("a.png" 1x) }', []),
     ('a { b: image-set("unterminated.png', []),
     ('a { b: image-set("a\\"b.png" 1x) }', []),
+    # Escaped characters in selectors (Tailwind's arbitrary values) start no string.
+    (
+        ".bg-\\[url\\(\\'\\/static\\/img\\/bg\\.png\\'\\)\\]{background-image:url(/static/img/bg.png)}"
+        ".content-\\[\\'\\*\\'\\]{content:var(--tw-content)}.hero{background:url(img/hero.png)}",
+        ["/static/img/bg.png", "img/hero.png"],
+    ),
+    ('.a\\"b { background: url(x.png) } .c { background: url(y.png) }', ["x.png", "y.png"]),
+    ('a { b: image-set(\\" "a.png" 1x) }', ["a.png"]),
 ]
 
 
@@ -162,6 +170,12 @@ REGEX_AND_DIVISION = [
     ("const s = 'a\\'b'; import './after.js';", ["./after.js"]),
     ('const s = "a\\\\"; import "./after.js";', ["./after.js"]),
     ("const s = 'line\\\ncontinued'; import './after.js';", ["./after.js"]),
+    # "of" is a name outside "for (... of ...)": minifiers name variables so.
+    ('let of=4,a=of/2;import("./x.js");let b=a/2', ["./x.js"]),
+    ("for (const x of /a/g.exec(s)) f(x); import './after.js';", ["./after.js"]),
+    ("for await (const x of /'/.exec(s)) f(x); import './after.js';", ["./after.js"]),
+    ('export default /"/;import("./a.js")', ["./a.js"]),
+    ('const d = x.default / 2 / import("./div.js");', ["./div.js"]),
 ]
 
 

@@ -79,7 +79,9 @@ VITE_KEYS = (
     "css",
     "assets",
 )
-CACHE_VERSION = 4
+# The build cache's format, and what its entries were made by: raised when either changes
+# (a scanner that finds other references must not be answered from the old one's entries).
+CACHE_VERSION = 5
 
 # A precompressed variant is kept only when it saves at least this share of the bytes: a
 # smaller saving is not worth a second file and a Vary header.

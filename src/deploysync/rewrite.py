@@ -82,12 +82,14 @@ def lines_of(text: str, offsets: Iterable[int]) -> dict[int, int]:
 
 # -- CSS -------------------------------------------------------------------------------------
 
+# An escape ("\\'" in a selector Tailwind writes) is read as a whole: the character after
+# the backslash starts nothing.
 _CSS_EVENT = re.compile(
-    r"/\*|\"|'|(?<![\w-])url\(|@import(?![\w-])|(?<![\w-])(?:-webkit-)?image-set\(",
+    r"\\[\s\S]|/\*|\"|'|(?<![\w-])url\(|@import(?![\w-])|(?<![\w-])(?:-webkit-)?image-set\(",
     re.IGNORECASE,
 )
 # Inside image-set(): its strings are URLs too, those of nested functions (type()) not.
-_CSS_IMAGE_SET_EVENT = re.compile(r"/\*|\"|'|\(|\)|(?<![\w-])url\(", re.IGNORECASE)
+_CSS_IMAGE_SET_EVENT = re.compile(r"\\[\s\S]|/\*|\"|'|\(|\)|(?<![\w-])url\(", re.IGNORECASE)
 _CSS_STRINGS = {
     '"': re.compile(r'"((?:[^"\\\n]|\\[\s\S])*)("?)'),
     "'": re.compile(r"'((?:[^'\\\n]|\\[\s\S])*)('?)"),
@@ -109,6 +111,8 @@ def scan_css(text: str) -> list[Reference]:
             return refs
         token = event.group().lower()
         pos = event.end()
+        if token[0] == "\\":
+            continue  # an escaped character
         if token == "/*":
             close = text.find("*/", pos)
             end = len(text) if close < 0 else close
@@ -147,6 +151,8 @@ def _css_image_set(text: str, pos: int, refs: list[Reference]) -> int:
             return len(text)
         token = event.group().lower()
         pos = event.end()
+        if token[0] == "\\":
+            continue  # an escaped character
         if token == "/*":
             close = text.find("*/", pos)
             pos = len(text) if close < 0 else close + 2
@@ -223,10 +229,11 @@ _REGEX_CLASS = re.compile(r"[\]\\\r]")
 _REGEX_FLAGS = re.compile(r"[\w$]*")
 _SPACE = frozenset(" \t\n\r\v\f\ufeff\xa0\u2028\u2029")
 
-# After these words an expression starts, so a "/" opens a regular expression.
+# After these words an expression starts, so a "/" opens a regular expression. "of" is a
+# keyword only in "for (x of y)"; elsewhere it is a name (minifiers use it: "of/2").
 _KEYWORDS_BEFORE_EXPRESSION = frozenset(
     ("return", "typeof", "instanceof", "in", "of", "new", "delete", "void", "throw", "case",
-     "do", "else", "yield", "await", "extends")
+     "do", "else", "yield", "await", "extends", "default")
 )  # fmt: skip
 # "if (x) /re/.test(y)": after the parenthesis of these a statement starts.
 _KEYWORDS_BEFORE_PAREN_STATEMENT = frozenset(("if", "while", "for", "with"))
@@ -245,8 +252,8 @@ def scan_js(text: str) -> list[Reference]:
     refs: list[Reference] = []
     # For each open "{": True when it is a template substitution "${".
     braces: list[bool] = []
-    # For each open "(": True when it follows if/while/for/with.
-    parens: list[bool] = []
+    # For each open "(": the word before it (if/while/for/with start a statement after it).
+    parens: list[str] = []
     last_paren_statement = False
     # Where each block comment seen so far starts, by where it ends: what precedes a
     # comment is found without searching back through the text.
@@ -275,16 +282,18 @@ def scan_js(text: str) -> list[Reference]:
             if not closed:
                 braces.append(True)
         elif kind == "slash":
-            if _regex_allowed(text, start, last_paren_statement, comments):
+            in_for = bool(parens) and parens[-1] in ("for", "await")  # for await (x of y)
+            if _regex_allowed(text, start, last_paren_statement, comments, in_for):
                 pos = regexes.end(start, pos)
         elif kind == "open":
             if text[start] == "{":
                 braces.append(False)
             else:
-                parens.append(_word_before(text, start) in _KEYWORDS_BEFORE_PAREN_STATEMENT)
+                parens.append(_word_before(text, start))
         elif kind == "close":
             if text[start] == ")":
-                last_paren_statement = parens.pop() if parens else False
+                word = parens.pop() if parens else ""
+                last_paren_statement = word in _KEYWORDS_BEFORE_PAREN_STATEMENT
             elif braces and braces.pop():
                 # The end of a template substitution: the template text resumes.
                 pos, closed = _template_chunk(text, pos)
@@ -330,13 +339,13 @@ def _word_before(text: str, pos: int) -> str:
 
 
 def _regex_allowed(
-    text: str, pos: int, after_paren_statement: bool, comments: Mapping[int, int]
+    text: str, pos: int, after_paren_statement: bool, comments: Mapping[int, int], in_for: bool
 ) -> bool:
     """Whether the "/" at *pos* starts a regular expression rather than a division.
 
     The classic heuristic on what precedes it; a wrong guess for "regex" falls back to a
     division when no literal closes on the same line. *comments*: the block comments
-    seen so far, by where they end.
+    seen so far, by where they end; *in_for*: inside the parentheses of a ``for``.
     """
     index = _before(text, pos)
     while index + 1 in comments:
@@ -356,7 +365,7 @@ def _regex_allowed(
         return not text.startswith(char * 2, index - 1)  # i++ / 2
     if char.isalnum() or char in "_$":
         word = _word_before(text, pos)
-        if word not in _KEYWORDS_BEFORE_EXPRESSION:
+        if word not in _KEYWORDS_BEFORE_EXPRESSION or (word == "of" and not in_for):
             return False
         previous = _before(text, index + 1 - len(word))
         return previous < 0 or text[previous] != "."  # "a.return / 2" is a property

@@ -141,6 +141,25 @@ def test_vite_is_detected_and_not_hashed_twice(vite_dist: Path, built: Deploymen
     assert not any(twice.search(asset.name) for asset in built.assets.values())
 
 
+def test_files_vite_emitted_without_listing_them_keep_their_names(
+    vite_dist: Path, built: Deployment
+) -> None:
+    # A worker's chunk and the source maps are not in the manifest, and the bundles,
+    # which are not rewritten, ask for them by Vite's names.
+    emitted = sorted(p.relative_to(vite_dist).as_posix() for p in (vite_dist / "assets").iterdir())
+    assert any(name.endswith(".js.map") for name in emitted), emitted
+    worker = [name for name in emitted if name.startswith("assets/worker-")]
+    assert worker, emitted
+    for name in emitted:
+        assert built.assets[name].name == name
+    main = (
+        vite_dist / json.loads((vite_dist / ".vite" / "manifest.json").read_text())[ENTRY]["file"]
+    )
+    text = main.read_text()
+    assert "/static/" + worker[0] in text
+    assert f"sourceMappingURL={main.name}.map" in text
+
+
 def test_manifest_graph_is_kept(vite_dist: Path, built: Deployment) -> None:
     vite = json.loads((vite_dist / ".vite" / "manifest.json").read_text())
     kept = built.extra["vite"]

@@ -13,6 +13,7 @@ export default defineConfig({
   },
   build: {
     manifest: true, // .vite/manifest.json: what `deploysync build --vite` reads
+    sourcemap: true, // .map files next to the chunks, which name them
     outDir: "dist",
     emptyOutDir: true,
     rollupOptions: {

@@ -447,6 +447,15 @@ def vite_files(manifest: Mapping[str, Mapping[str, Any]]) -> set[str]:
     return files
 
 
+def vite_emitted(named: Iterable[str], paths: Iterable[str]) -> set[str]:
+    """The other files of Vite's assets folder (the folders of the files its manifest
+    *named*, ``assets/`` by default) among *paths*: what Vite emitted without listing it
+    (a worker's chunk, source maps), named as its bundles, which are not rewritten, ask
+    for them. Files copied from ``public/`` land outside it."""
+    folders = tuple({name.rpartition("/")[0] + "/" for name in named if "/" in name})
+    return {path for path in paths if path.startswith(folders)} if folders else set()
+
+
 # -- the build cache -------------------------------------------------------------------------
 
 
@@ -991,11 +1000,12 @@ def build(
         if progress is not None and count:
             progress(done, total_steps)
 
-    fixed = vite_files(vite_manifest)
+    named = vite_files(vite_manifest)
     vite_warnings = [
         f"{VITE_MANIFEST}: names missing file '{missing}'"
-        for missing in sorted(fixed - {rel for rel, _, _ in entries})
+        for missing in sorted(named - {rel for rel, _, _ in entries})
     ]
+    fixed = named | vite_emitted(named, (rel for rel, _, _ in entries))
 
     extra = {"vite": vite_manifest} if vite else {}
     settings = _settings(static_url, compress, brotli_quality, extra)

@@ -42,6 +42,7 @@ def test_pruned_lazy_chunk_then_next_navigation_is_a_full_load(
     page.wait_for_selector("#outlet[data-route='/']")
     assert page_id(page) == v1
     assert "Home (v1)" in page.text_content("#outlet")
+    page.wait_for_selector("html[data-worker='42']")  # its chunk is served by Vite's name
     page.evaluate("() => { window.sameDocument = true }")
     page.click("#about-link")  # client routing: no reload
     page.wait_for_selector("#outlet[data-route='/about']")

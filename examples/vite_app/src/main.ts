@@ -58,3 +58,10 @@ document.addEventListener("click", (event) => {
 });
 window.addEventListener("popstate", () => void show(location.pathname));
 void show(location.pathname);
+
+// A worker, loaded by the URL Vite gives its chunk: the page says when it answered.
+const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+worker.onmessage = (event: MessageEvent<number>) => {
+  document.documentElement.dataset.worker = String(event.data);
+};
+worker.postMessage(21);

@@ -446,11 +446,10 @@ def test_a_deep_import_chain_builds(tmp_path: Path, store: FileStore) -> None:
 def test_missing_reference_is_a_warning_naming_file_and_line(
     tmp_path: Path, store: FileStore
 ) -> None:
-    css = "\n" * 11 + ".x { background: url(img/nope.png); }\n"
-    src = write_tree(
-        tmp_path / "src",
-        {"css/app.css": css, "js/a.js": '\n\nimport "./gone.js";\n', "img/ok.png": b"ok"},
-    )
+    # Each counts its language's line breaks: U+2028 is one in JavaScript, not in CSS.
+    css = "/* \u2028 */" + "\n" * 11 + ".x { background: url(img/nope.png); }\n"
+    js = '/* \u2028 */\nimport "./gone.js";\n'
+    src = write_tree(tmp_path / "src", {"css/app.css": css, "js/a.js": js, "img/ok.png": b"ok"})
     seen: list[str] = []
     result = build(src, store, warn=seen.append)
     expected = [

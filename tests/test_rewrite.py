@@ -233,6 +233,8 @@ def test_line_of() -> None:
     assert rewrite.lines_of("a\r\nb\rc\nd", [7, 0, 5, 3, 3]) == {0: 1, 3: 2, 5: 3, 7: 4}
     # an offset between CR and LF: the pair is still one line break
     assert rewrite.lines_of("a\r\nb\r\nc", [2, 6]) == {2: 2, 6: 3}
+    # CSS: a form feed breaks a line, U+2028 does not
+    assert rewrite.lines_of("a\u2028b\fc\nd", [6], rewrite.CSS_BREAKS) == {6: 3}
 
 
 @pytest.mark.parametrize(

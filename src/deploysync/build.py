@@ -1372,7 +1372,9 @@ def _link(
             else:
                 missing.append(file.references()[index])
         if missing:
-            lines = rewrite.lines_of(file.text(), [ref.start for ref in missing])
+            css = rewrite.scanner_for(file.path) is rewrite.scan_css
+            breaks = rewrite.CSS_BREAKS if css else rewrite.JS_BREAKS
+            lines = rewrite.lines_of(file.text(), [ref.start for ref in missing], breaks)
             file.warnings = [
                 f"{file.path}:{lines[ref.start]}: reference to missing file '{ref.url}'"
                 for ref in missing

@@ -67,13 +67,23 @@ def line_of(text: str, offset: int) -> int:
     return lines_of(text, [offset])[offset]
 
 
-def lines_of(text: str, offsets: Iterable[int]) -> dict[int, int]:
+# Line breaks besides CR, LF and CR LF: JavaScript's (ECMA-262 §12.3), CSS's (CSS Syntax
+# §3.3, where U+2028 is an ordinary character).
+JS_BREAKS = ("\u2028", "\u2029")
+CSS_BREAKS = ("\f",)
+
+
+def lines_of(
+    text: str, offsets: Iterable[int], breaks: tuple[str, ...] = JS_BREAKS
+) -> dict[int, int]:
     """The line number of each of *offsets*, counted in one pass through *text* (a file
-    with many warnings is not read once per warning)."""
+    with many warnings is not read once per warning); *breaks*: the line breaks of its
+    language besides CR, LF and CR LF."""
     found: dict[int, int] = {}
     line, pos = 1, 0
+    marks = ("\n", "\r", *breaks)
     for offset in sorted(set(offsets)):
-        line += sum(text.count(mark, pos, offset) for mark in ("\n", "\r", "\u2028", "\u2029"))
+        line += sum(text.count(mark, pos, offset) for mark in marks)
         line -= text.count("\r\n", max(pos - 1, 0), offset)  # a CR LF across two segments too
         found[offset] = line
         pos = offset

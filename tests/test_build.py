@@ -92,6 +92,16 @@ def test_hashed_name(path: str, expected: str) -> None:
         ("APP.CSS", "text/css; charset=utf-8"),
         ("README.md", "text/markdown; charset=utf-8"),
         ("subs.vtt", "text/vtt; charset=utf-8"),
+        ("lib.cjs", "text/javascript; charset=utf-8"),
+        ("data.jsonld", "application/ld+json"),
+        ("scene.gltf", "model/gltf+json"),
+        ("scene.glb", "model/gltf-binary"),
+        ("sound.ogg", "audio/ogg"),
+        ("clip.ogv", "video/ogg"),
+        ("anim.apng", "image/apng"),
+        ("photo.jxl", "image/jxl"),
+        ("page.xhtml", "application/xhtml+xml"),
+        ("tex.ktx2", "image/ktx2"),
         # a compressed file is what it is: no browser is told to decode it
         ("data.json.gz", "application/gzip"),
         ("logo.svgz", "application/gzip"),
@@ -113,6 +123,14 @@ def test_a_compressed_file_is_served_as_it_is_and_not_compressed_again(
     for path in ("data.json.gz", "logo.svgz"):
         asset = deployment.assets[path]
         assert (asset.content_type, dict(asset.encodings)) == ("application/gzip", {})
+
+
+def test_json_and_xml_of_any_kind_are_compressed(tmp_path: Path, store: FileStore) -> None:
+    text = '{"@context": "https://schema.org", "name": "a"}\n' * 40
+    src = write_tree(tmp_path / "src", {"data.jsonld": text, "scene.gltf": text})
+    deployment = build(src, store).deployment
+    for path in ("data.jsonld", "scene.gltf"):
+        assert "gzip" in deployment.assets[path].encodings
 
 
 def test_content_types_do_not_depend_on_pythons_table(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -204,7 +204,9 @@ def content_type(path: str) -> str:
 def compressible(path: str) -> bool:
     """Whether precompressing the file can pay (text, SVG, JSON, wasm, uncompressed fonts)."""
     kind = _base_type(_type_key(path))
-    return kind.startswith("text/") or kind in _COMPRESSIBLE_TYPES or kind.endswith("+xml")
+    return (
+        kind.startswith("text/") or kind in _COMPRESSIBLE_TYPES or kind.endswith(("+xml", "+json"))
+    )
 
 
 def integrity(data: bytes) -> str:

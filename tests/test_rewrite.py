@@ -264,6 +264,11 @@ RESOLVE_CASES = [
     ("caf%C3%A9.png", URL, "app.css", "/static/", "café.png"),
     ("café.png", URL, "app.css", "/static/", "café.png"),
     ("/other/img/a.png", URL, "css/app.css", "/static/", None),
+    # Folders, and names with an encoded separator (one segment to a browser): not files.
+    ("../img/a.png/.", URL, "css/app.css", "/static/", None),
+    ("../img/a.png/..", URL, "css/app.css", "/static/", None),
+    ("../img%2Fa.png", URL, "css/app.css", "/static/", None),
+    ("/static/img%5ca.png", URL, "css/app.css", "/static/", None),
     ("https://cdn.example/a.png", URL, "app.css", "/static/", None),
     ("//cdn.example/a.png", URL, "app.css", "/static/", None),
     ("data:image/png;base64,AA", URL, "app.css", "/static/", None),

@@ -683,8 +683,11 @@ def resolve(ref: Reference, referrer: str, static_url: str) -> str | None:
     """
     url = ref.url.strip()
     path, _ = split_url(url)
-    if not path or path.endswith("/"):
-        return None
+    if not path or path.endswith("/") or path.rpartition("/")[2] in (".", ".."):
+        return None  # a folder
+    lowered = path.lower()
+    if "%2f" in lowered or "%5c" in lowered:
+        return None  # an encoded separator: one segment to a browser, served by no server
     if static_url.startswith(("http://", "https://", "//")):
         if url.startswith(static_url):
             return _normalize(unquote(path[len(static_url) :]))

@@ -458,6 +458,27 @@ def test_a_deep_import_chain_builds(tmp_path: Path, store: FileStore) -> None:
         )
 
 
+def test_references_with_escapes_are_rewritten_unescaped(tmp_path: Path, store: FileStore) -> None:
+    src = write_tree(
+        tmp_path / "src",
+        {
+            "css/app.css": ".a { background: url(../img/c\\.png) }\n",
+            "js/app.js": 'import "./esc\\u0061pe.js";\n',
+            "js/escape.js": "export {};\n",
+            "img/c.png": b"png",
+        },
+    )
+    result = build(src, store, strict=True)
+    deployment = result.deployment
+    css = served(store, deployment, "css/app.css").decode()
+    js = served(store, deployment, "js/app.js").decode()
+    image = deployment.assets["img/c.png"].name.rpartition("/")[2]
+    module = deployment.assets["js/escape.js"].name.rpartition("/")[2]
+    assert css == f".a {{ background: url(../img/{image}) }}\n"
+    assert js == f'import "./{module}";\n'
+    assert result.warnings == []
+
+
 # -- warnings and strict mode ----------------------------------------------------------------
 
 

@@ -43,7 +43,8 @@ _SOURCE_MAP = re.compile(r"[#@][ \t]*sourceMappingURL=([^\s*]+)")
 
 @dataclass(frozen=True, slots=True)
 class Reference:
-    """A URL written in a source file: ``text[start:end] == url``."""
+    """A URL written in a source file at ``text[start:end]``: *url* is that text, with
+    its escapes decoded when it has any."""
 
     start: int
     end: int
@@ -108,7 +109,7 @@ _CSS_SPACE = re.compile(r"(?:\s|/\*[\s\S]*?\*/)*")
 # The URL is optional as a whole (not a possibly empty group between two "\s*"), so the
 # spaces of "url(   " with no ")" can only be taken by the first "\s*": backtracking
 # over them costs one step each, not a rescan of the rest (quadratic on a long run).
-_CSS_UNQUOTED_URL = re.compile(r"\s*(?:([^\s\"'()\\]+)\s*)?\)")
+_CSS_UNQUOTED_URL = re.compile(r"\s*(?:((?:[^\s\"'()\\]|\\[^\n\r\f])+)\s*)?\)")
 
 
 def scan_css(text: str) -> list[Reference]:
@@ -143,12 +144,22 @@ def scan_css(text: str) -> list[Reference]:
 
 
 def _css_string(text: str, pos: int, refs: list[Reference]) -> int:
-    """Add the URL of the CSS string at *pos* (not one with escapes); where it ends."""
+    """Add the URL of the CSS string at *pos*; where it ends."""
     string = _CSS_STRINGS[text[pos]].match(text, pos)
     assert string is not None  # the pattern matches any opening quote
-    if string.group(2) and string.group(1) and "\\" not in string.group(1):
-        refs.append(Reference(string.start(1), string.end(1), string.group(1)))
+    if string.group(2):
+        _css_reference(string, refs)
     return string.end()
+
+
+def _css_reference(match: re.Match[str], refs: list[Reference]) -> None:
+    """Add the URL in *match*'s first group, escapes decoded (when it can be written
+    back in its place)."""
+    value = match.group(1)
+    if value and "\\" in value:
+        value = _unescape_css(value)
+    if value:
+        refs.append(Reference(match.start(1), match.end(1), value))
 
 
 def _css_image_set(text: str, pos: int, refs: list[Reference]) -> int:
@@ -188,14 +199,13 @@ def _css_url(text: str, pos: int, refs: list[Reference]) -> int:
     if quote_char in _CSS_STRINGS:
         string = _CSS_STRINGS[quote_char].match(text, inner)
         assert string is not None
-        if string.group(2) and string.group(1) and "\\" not in string.group(1):
-            refs.append(Reference(string.start(1), string.end(1), string.group(1)))
+        if string.group(2):
+            _css_reference(string, refs)
         return string.end()
     unquoted = _CSS_UNQUOTED_URL.match(text, pos)
-    if unquoted is None:  # an escape, a stray quote or no ")": not something we rewrite
+    if unquoted is None:  # a stray quote or no ")": not something we rewrite
         return pos
-    if unquoted.group(1):
-        refs.append(Reference(unquoted.start(1), unquoted.end(1), unquoted.group(1)))
+    _css_reference(unquoted, refs)
     return unquoted.end()
 
 
@@ -495,9 +505,71 @@ def _string_reference(text: str, token: _Token | None, kind: str) -> Reference |
     if token_kind not in (_STR, _TPL0) or end - start < 2 or text[end - 1] != text[start]:
         return None
     value = text[start + 1 : end - 1]
-    if not value or "\\" in value:
-        return None  # escapes would need decoding; such specifiers are left alone
+    if "\\" in value:
+        value = _unescape_js(value) or ""
+    if not value:
+        return None
     return Reference(start + 1, end - 1, value, kind)
+
+
+# Escapes of a JavaScript string (ECMA-262 §12.9.4): \xHH, \uHHHH, \u{H...}, a line
+# continuation, a character escape; the empty branch catches a malformed \x or \u, or a
+# digit (\0 is NUL, octal escapes are not allowed in modules).
+_JS_ESCAPE = re.compile(
+    r"\\(?:x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|u\{([0-9A-Fa-f]{1,6})\}"
+    r"|(\r\n|[\n\r\u2028\u2029])|([^xu0-9\n\r\u2028\u2029])|)"
+)
+_JS_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+# Escapes of CSS (CSS Syntax §4.3.7): up to 6 hex digits and one optional space, a line
+# continuation (in a string), any other character for itself.
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9A-Fa-f]{1,6})(?:\r\n|[ \t\n\r\f])?|(\r\n|[\n\r\f])|([\s\S]))")
+
+
+def _unescape_js(value: str) -> str | None:
+    """The value of a string's escaped text (``./\\u0061.js`` -> ``./a.js``), or ``None``
+    when it is malformed or cannot be written back between quotes as it is."""
+    out: list[str] = []
+    pos = 0
+    for match in _JS_ESCAPE.finditer(value):
+        out.append(value[pos : match.start()])
+        code = match.group(1) or match.group(2) or match.group(3)
+        if code is not None:
+            if int(code, 16) > 0x10FFFF:
+                return None
+            out.append(chr(int(code, 16)))
+        elif match.group(5) is not None:
+            out.append(_JS_SIMPLE_ESCAPES.get(match.group(5), match.group(5)))
+        elif match.group(4) is None:
+            return None  # malformed
+        pos = match.end()
+    out.append(value[pos:])
+    decoded = "".join(out)
+    return decoded if _writable(decoded) else None
+
+
+def _unescape_css(value: str) -> str | None:
+    """The value of CSS text with escapes (``img/c\\.png`` -> ``img/c.png``), or ``None``
+    when it cannot be written back in its place as it is."""
+    out: list[str] = []
+    pos = 0
+    for match in _CSS_ESCAPE.finditer(value):
+        out.append(value[pos : match.start()])
+        if match.group(1) is not None:
+            code = int(match.group(1), 16)
+            valid = 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF
+            out.append(chr(code) if valid else "\ufffd")
+        elif match.group(3) is not None:
+            out.append(match.group(3))
+        pos = match.end()
+    out.append(value[pos:])
+    decoded = "".join(out)
+    return decoded if _writable(decoded) else None
+
+
+def _writable(url: str) -> bool:
+    """Whether *url* can replace escaped text in its place as it is (between quotes, or
+    in an unquoted ``url()``): no quote, backslash, space, parenthesis or control."""
+    return not any(char in "\"'`\\()" or char <= " " or char == "\x7f" for char in url)
 
 
 def _is(text: str, token: _Token | None, kind: str, value: str | None = None) -> bool:

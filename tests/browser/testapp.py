@@ -6,7 +6,8 @@ different asset URLs. The app counts what reached it (``/_test/stats``): full pa
 (document requests without the client's navigate marker), client navigations, and
 processed POSTs, so a test can check that a form was processed exactly once.
 ``with_csp()`` puts a nonce-based Content Security Policy, with a fresh nonce per
-response, in front of the middleware.
+response, in front of the middleware. Under ASGI a ``delay=<seconds>`` query parameter
+holds the answer back (a slow page).
 
 gunicorn imports ``testapp:wsgi_from_env()``; the store, routing mode and check
 interval come from ``DEPLOYSYNC_TEST_*`` environment variables.
@@ -14,6 +15,7 @@ interval come from ``DEPLOYSYNC_TEST_*`` environment variables.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import os
@@ -187,6 +189,16 @@ class App:
                 '<form method="get" action="/a"><input id="q" name="q">'
                 '<button id="search">Search</button></form>',
             )
+        if path == "/echo":  # a POST answered 200 in place (a form shown again with errors)
+            fragment = html.escape(params.get("fragment", ""))
+            echoed = parse_form(headers.get("content-type", ""), body).get("message", "")
+            return self.page(
+                "Echo",
+                f'<p id="echoed">{method} {html.escape(echoed)}</p>'
+                f'<form method="post" action="/echo{"#" + fragment if fragment else ""}">'
+                '<input id="message" name="message"><button id="send">Send</button></form>'
+                '<div style="height:3000px"></div><p id="end">end</p>',
+            )
         if path == "/result":
             return self.page(
                 "Result",
@@ -287,6 +299,9 @@ def asgi_app(app: App) -> Callable[..., Any]:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = scope["query_string"].decode("latin-1")
+        delay = parse_qs(query).get("delay")
+        if delay:
+            await asyncio.sleep(float(delay[-1]))
         res = app.handle(
             scope["method"], scope["path"], query, headers, body, scope.get("csp_nonce", "")
         )

@@ -4,15 +4,12 @@
 const KEY = "deploysync"
 const me = /** @type {HTMLScriptElement | null} */ (document.querySelector("script[data-deploysync]"))
 const data = me?.dataset || {}
-const nav = /** @type {any} */ (window).navigation
+const nav = /** @type {any} */ (self).navigation
 
 const config = {
-  /** server, client or external */
-  routing: data.routing || "server",
-  /** seconds between version checks */
-  interval: +data.checkInterval || 0,
+  routing: data.routing,
+  interval: +data.checkInterval,
   versionUrl: data.versionUrl || "/_deploysync/version",
-  /** prefetch every link on hover */
   prefetch: "prefetch" in data,
   staticUrl: data.staticUrl || "/static/",
 }
@@ -26,10 +23,10 @@ const abs = (href) => new URL(href, document.baseURI).href
 const here = (href) => abs(href).split("#")[0] == location.href.split("#")[0]
 /** @param {Element | null} el */
 const off = (el) => el?.closest("[data-deploysync=off]")
-/** @param {string} name @param {object} detail */
-const dispatch = (name, detail) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable: true }))
+/** @param {string} name @param {object} detail @param {boolean} [cancelable] */
+const dispatch = (name, detail, cancelable) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable }))
 
-/** A runnable copy. @param {any} el @param {any} [n] */
+/** @param {any} el @param {any} [n] */
 const script = (el, n) => {
   const s = document.createElement("script")
   for (const a of el.attributes) s.setAttribute(a.name, a.value)
@@ -41,7 +38,6 @@ const script = (el, n) => {
 
 class Router {
   stale = false
-  on = false
   last = 0
   /** @type {Promise<boolean> | null} */
   req = null
@@ -55,7 +51,6 @@ class Router {
   sub = null
   u = new URL(location.href)
   bc = new BroadcastChannel(KEY)
-  timer = 0
 
   constructor() {
     let g
@@ -63,6 +58,7 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       sessionStorage.removeItem(KEY)
     } catch {}
+    if (g?.p) scrollTo(...g.p)
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
     this.external = config.routing == "external"
@@ -80,7 +76,7 @@ class Router {
       [nav, "navigate", this.onNavigate],
       [d, "visibilitychange", this.onVisible],
       [this.bc, "message", this.onMessage],
-      ...(this.client ? [[d, "click", this.onClick], [d, "submit", this.onSubmit], [d, "mouseover", this.onHover]] : []),
+      ...(this.client ? [[self, "click", this.onCapture, true], [self, "submit", this.onCapture, true], [d, "mouseover", this.onHover], [self, "pagehide", this.onHide]] : []),
       ...(this.external ? [
         [self, "submit", this.onSubmitSeen, true],
         [nav, "navigatesuccess", this.onMoved],
@@ -101,10 +97,7 @@ class Router {
     this.on = true
     for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
     if (config.interval > 0) this.timer = setInterval(this.check, config.interval * 1e3)
-    if (this.client) {
-      history.scrollRestoration = "manual"
-      history.replaceState({ ...history.state, ds: this.key }, "")
-    }
+    if (this.client) history.replaceState({ ...history.state, ds: this.key }, "")
   }
 
   stop() {
@@ -113,22 +106,16 @@ class Router {
     for (const [t, type, fn, capture] of this.listeners()) t?.removeEventListener(type, fn, capture)
     clearInterval(this.timer)
     this.ctl.abort()
-    if (this.client) history.scrollRestoration = "auto"
+    if (this.client) this.onHide()
   }
 
-  /** @returns {Promise<boolean>} stale */
+  /** @returns {Promise<boolean>} */
   check = (reason = "check") =>
     (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
-      .then((v) => {
-        if (v.outdated ?? v.id != pageId) this.mark(v.id, reason)
-      })
+      .then((v) => (v.outdated ?? v.id != pageId) && this.mark(v.id, reason))
       .catch(() => reason == "asset" && this.mark(null, "check-failed"))
-      .then(() => {
-        this.req = null
-        this.last = Date.now()
-        return this.stale
-      }))
+      .then(() => ((this.req = null), (this.last = Date.now()), this.stale)))
 
   hint = () => this.stale || this.check("asset")
 
@@ -140,7 +127,7 @@ class Router {
     if (serverId && reason != "tab") this.bc.postMessage(serverId)
   }
 
-  /** @param {Response | XMLHttpRequest} r @returns {boolean} 409 */
+  /** @param {Response | XMLHttpRequest} r @returns {boolean} */
   seen(r) {
     const h = (n) => (r instanceof Response ? r.headers.get(n) : r.getResponseHeader(n))
     const id = h("X-Deployment-Id")
@@ -159,24 +146,24 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  onShow = (e) =>
-    (e.persisted || performance.navigation.type == 2) &&
-    this.check().then((s) => s && this.full(location.href, "reload"))
+  onShow = (e) => (e.persisted || performance.navigation.type == 2) && this.check().then((s) => s && this.full(location.href, "reload"))
 
   onPop = (e) => {
     if (here(this.from)) return
     this.from = location.href
-    if (this.stale) this.full(location.href, "reload")
+    if (this.stale) (this.p = this.pos[e.state?.ds]), this.full(location.href, "reload")
     else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
   /** @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
   full(url, how = "push", sub) {
+    this.ctl.abort()
     try {
-      if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
+      if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now(), p: this.p })
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how == "browser") return
+    if (how == "reload") history.replaceState(history.state, "")
     this.bye = 1
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
@@ -189,10 +176,10 @@ class Router {
   /** @param {Event} e */
   link(e) {
     const a = e.target instanceof Element && e.target.closest("a[href]")
-    return a instanceof HTMLAnchorElement && a.origin == location.origin && /^(_self)?$/.test(a.target) && !a.hasAttribute("download") && !off(a) ? a : null
+    return a instanceof HTMLAnchorElement && a.origin == location.origin && /^(_self)?$/.test(a.target) && !a.hasAttribute("download") && !off(a) && a
   }
 
-  onClick = (/** @type {MouseEvent} */ e) => {
+  click = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
     if (!a || e.defaultPrevented || e.button || e.metaKey || e.ctrlKey || e.shiftKey || e.altKey || (/#/.test(a.href) && here(a.href))) return
     if (this.stale) return this.full(a.href, "browser")
@@ -200,7 +187,7 @@ class Router {
     this.visit(a.href)
   }
 
-  onSubmit = (/** @type {SubmitEvent} */ e) => {
+  submit = (/** @type {SubmitEvent} */ e) => {
     const f = e.target
     const s = e.submitter
     if (e.defaultPrevented || !(f instanceof HTMLFormElement) || off(f) || off(s)) return
@@ -229,7 +216,7 @@ class Router {
   /** @param {string} url @param {any} [o] */
   async visit(url, o = {}) {
     const { form, sub, pop } = o
-    if (!dispatch("before-navigate", { url, method: o.method || "GET" })) return
+    if (!dispatch("before-navigate", { url, method: o.method || "GET" }, pop == null)) return
     if (this.stale) return this.full(url, form, sub)
     this.ctl.abort()
     const ctl = (this.ctl = new AbortController())
@@ -246,7 +233,7 @@ class Router {
       const doc = new DOMParser().parseFromString(await res.text(), "text/html")
       if (ctl == this.ctl) await this.render(doc, url, pop)
     } catch {
-      if (!ctl.signal.aborted) res ? this.full(url) : this.full(url, form, sub)
+      if (!ctl.signal.aborted) this.full(url, !res && form, sub)
     }
     clearTimeout(t)
     bar.remove()
@@ -256,6 +243,7 @@ class Router {
   async render(doc, url, pop) {
     this.pos[this.key] = [scrollX, scrollY]
     this.key = pop ?? "" + Date.now()
+    history.scrollRestoration = "manual"
     pop ?? history[here(url) ? "replaceState" : "pushState"]({ ds: this.key }, "", url)
     const key = (el) => (el.localName == "script" ? el.getAttribute("src") || el.textContent : el.outerHTML)
     const old = new Map([...document.head.children].map((el) => [key(el), el]))
@@ -281,6 +269,10 @@ class Router {
     setTimeout(() => (live.textContent = document.title), 99)
     dispatch("navigated", { url: location.href })
   }
+
+  onCapture = (e) => addEventListener(e.type, (x) => x == e && this[e.type](x), { once: true })
+
+  onHide = () => this.p || (history.scrollRestoration = "auto")
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
@@ -336,17 +328,17 @@ class Router {
   }
 }
 
-if (!(KEY in window)) {
+if (!(KEY in self)) {
   const router = new Router()
   router.start()
   const h = /** @type {any} */ (history)
   if (!nav)
-    for (const m of /** @type {const} */ (["push", "replace"])) {
+    for (const m of ["push", "replace"]) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
         (f.apply(h, a), router.on && router.external && router.stale && (navigator.userActivation?.isActive ?? 1) && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
-  /** @type {any} */ (window)[KEY] = {
+  self[KEY] = {
     get stale() { return router.stale },
     check: router.check,
     navigate: (/** @type {string} */ url) => router[router.client ? "visit" : "full"](abs(url)),

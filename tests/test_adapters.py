@@ -389,6 +389,55 @@ def test_if_range(client: Client, deployed: Deployment) -> None:
     assert client.get(url, [("Range", "bytes=0-0"), ("If-Range", '"stale"')]).status == 200
 
 
+def test_if_match(client: Client, deployed: Deployment) -> None:
+    # RFC 9110 §13.1.1: evaluated first, compared strongly; false: 412, nothing sent.
+    url = deployed.url("css/app.css")
+    etag = client.get(url).header("etag")
+    assert etag is not None
+    for value in (etag, "*", f'"other", {etag}'):
+        assert client.get(url, [("If-Match", value)]).status == 200
+    for extra in ([], [("Range", "bytes=0-0")], [("If-None-Match", etag)]):
+        for value in ('"other"', f"W/{etag}", "garbage"):
+            response = client.get(url, [("If-Match", value), *extra])
+            assert (response.status, response.body) == (412, b"")
+            assert response.header("cache-control") == "no-store"
+
+
+def test_a_range_is_validated_against_the_identity_it_is_of(
+    client: Client, deployed: Deployment
+) -> None:
+    # Ranges are of the identity bytes: If-None-Match is compared with that tag, not
+    # with the br one the client would get without Range (RFC 9110 §13.2.2).
+    url = deployed.url("css/app.css")
+    plain = client.get(url).header("etag")
+    br = client.get(url, [("Accept-Encoding", "br")]).header("etag")
+    assert plain is not None and br is not None and plain != br
+    asked = [("Accept-Encoding", "br"), ("Range", "bytes=0-9")]
+    response = client.get(url, [*asked, ("If-None-Match", plain)])
+    assert (response.status, response.header("etag")) == (304, plain)
+    response = client.get(url, [*asked, ("If-None-Match", br)])
+    assert (response.status, response.body) == (206, CSS[:10])
+
+
+@pytest.mark.parametrize(
+    "ignored", [[("Range", "bytes=abc")], [("Range", "bytes=0-1"), ("If-Range", '"zz"')]]
+)
+def test_an_ignored_range_keeps_the_negotiated_coding(
+    client: Client, deployed: Deployment, ignored: list[tuple[str, str]]
+) -> None:
+    # The Range ignored (§14.2, §13.1.5): the answer is the one without it.
+    response = client.get(deployed.url("css/app.css"), [("Accept-Encoding", "br"), *ignored])
+    assert (response.status, response.header("content-encoding")) == (200, "br")
+    assert brotli.decompress(response.body) == CSS
+
+
+def test_multi_range_parts_come_in_the_order_asked(client: Client, deployed: Deployment) -> None:
+    response = client.get(deployed.url("big.bin"), [("Range", "bytes=200000-200009, 0-9")])
+    assert response.status == 206
+    first = response.body.index(b"content-range: bytes 200000-200009/")
+    assert first < response.body.index(b"content-range: bytes 0-9/")
+
+
 def test_large_file_is_streamed_from_disk(client: Client, deployed: Deployment) -> None:
     response = client.get(deployed.url("big.bin"))
     assert response.status == 200

@@ -295,7 +295,8 @@ def test_if_range(value: bytes, allows: bool) -> None:
         (b"bytes=900-5000", 1000, [(900, 999)]),  # last-pos clamped
         (b"BYTES = 0-1", 1000, [(0, 1)]),
         (b"bytes=0-1,5-6", 1000, [(0, 1), (5, 6)]),
-        (b"bytes=5-6, 0-1", 1000, [(0, 1), (5, 6)]),
+        (b"bytes=5-6, 0-1", 1000, [(5, 6), (0, 1)]),  # the order asked (RFC 9110 §15.3.7.2)
+        (b"bytes=5-6,0-1,3-5", 1000, [(0, 1), (3, 6)]),  # coalesced: in order
         (b"bytes=0-10,5-20", 1000, [(0, 20)]),  # overlapping: coalesced
         (b"bytes=0-1,2-3", 1000, [(0, 3)]),
         (b"bytes=0-1, ,2-3,", 1000, [(0, 3)]),  # empty list elements
@@ -304,6 +305,8 @@ def test_if_range(value: bytes, allows: bool) -> None:
         (b"bytes=-0", 1000, []),
         (b"bytes=0-1,2000-3000", 1000, [(0, 1)]),  # unsatisfiable parts dropped
         (b"bytes=0-", 0, []),
+        (b"bytes=-10", 0, None),  # an empty file's one satisfiable form: ignored (200)
+        (b"bytes=-0", 0, []),
         (b"bytes=5-1", 1000, None),  # invalid: the header is ignored
         (b"bytes=abc", 1000, None),
         (b"bytes=-", 1000, None),

@@ -153,6 +153,7 @@ class Request:
     # and whether the request sent If-Modified-Since.
     fetch_dest: bytes | None = None
     if_modified_since: bool = False
+    if_match: bytes | None = None
 
     @property
     def document(self) -> bool:
@@ -165,6 +166,7 @@ _WANTED = {
     b"accept-encoding",
     b"range",
     b"if-range",
+    b"if-match",
     b"if-none-match",
     b"if-modified-since",
     b"sec-fetch-dest",
@@ -241,6 +243,7 @@ def make_request(
         page_id,
         get(b"sec-fetch-dest"),
         b"if-modified-since" in found,
+        get(b"if-match"),
     )
 
 
@@ -290,6 +293,10 @@ NOT_FOUND = Plan(
     (b"Not Found",),
 )
 NOT_FOUND_HEAD = Plan(404, NOT_FOUND.headers)
+PRECONDITION_FAILED = Plan(
+    412,
+    ((b"cache-control", NO_STORE), (b"content-length", b"0")),
+)
 METHOD_NOT_ALLOWED = Plan(
     405,
     (
@@ -506,6 +513,26 @@ def conditional_environ(environ: MutableMapping[str, Any], conditional: Conditio
         environ.pop("HTTP_IF_MODIFIED_SINCE", None)
 
 
+def if_match_hits(value: bytes, etag: bytes) -> bool:
+    """RFC 9110 §13.1.1: ``*`` or a list of entity tags, compared strongly (a weak tag
+    never matches). A malformed list matches nothing: the request is refused (412)."""
+    if len(value) > MAX_HEADER_VALUE:
+        return False
+    if value.strip() == b"*":
+        return True
+    if etag.startswith(b"W/"):
+        return False
+    pos, end = 0, len(value)
+    while pos < end:
+        match = _ETAG_RE.match(value, pos)
+        if match is None:
+            return False
+        if not match.group(1) and b'"' + match.group(2) + b'"' == etag:
+            return True
+        pos = match.end()
+    return False
+
+
 def if_range_allows(value: bytes, etag: bytes) -> bool:
     """RFC 9110 §13.1.5: a Range is honoured only if the validator matches *strongly*.
 
@@ -522,7 +549,9 @@ def parse_range(value: bytes, size: int) -> list[tuple[int, int]] | None:
 
     ``None``: the header is malformed, oversized or in another unit, and is ignored
     (§14.2: the server then sends 200). ``[]``: valid but unsatisfiable (416).
-    Overlapping ranges are coalesced, as §14.2 allows.
+    Overlapping ranges are coalesced, as §14.2 allows; otherwise they keep the order
+    they were asked in (§15.3.7.2). A zero-length representation honours no range: its
+    one satisfiable form (a suffix) is ignored (200), any other is a 416.
     """
     if len(value) > MAX_HEADER_VALUE:
         return None
@@ -555,19 +584,22 @@ def parse_range(value: bytes, size: int) -> list[tuple[int, int]] | None:
                 ranges.append((start, stop))
         elif last:
             suffix = int(last)
-            if suffix > 0 and size > 0:
+            if suffix > 0:
+                if size == 0:
+                    return None
                 ranges.append((max(0, size - suffix), size - 1))
         else:
             return None
     if not seen:
         return None
-    ranges.sort()
     merged: list[tuple[int, int]] = []
-    for start, stop in ranges:
+    for start, stop in sorted(ranges):
         if merged and start <= merged[-1][1] + 1:
             merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
         else:
             merged.append((start, stop))
+    if len(merged) == len(ranges):
+        return ranges  # nothing coalesced: the order asked
     return merged
 
 
@@ -653,23 +685,27 @@ def is_safe_name(name: str) -> bool:
 
 
 def serve_file(file: StaticFile, request: Request, boundary: str | None = None) -> Plan:
-    """GET/HEAD of a known file: 304, 200, 206 or 416 per RFC 9110 §13 and §14."""
-    variant = choose_variant(file, request.accept_encoding)
+    """GET/HEAD of a known file: 412, 304, 200, 206 or 416 per RFC 9110 §13 and §14."""
     head = request.method == "HEAD"
+    variant = choose_variant(file, request.accept_encoding)
+    # First the representation the answer is about, which the preconditions are then
+    # evaluated against (§13.2.2): a Range that will be honoured selects the identity
+    # one, so that offsets mean the same thing to every client whatever it accepts
+    # (§14.1.2); any other answer is the negotiated one. §14.2: a HEAD ignores Range.
+    ranges = None
+    if request.range is not None and not head:
+        identity = file.identity
+        if request.if_range is None or if_range_allows(request.if_range, identity.etag):
+            ranges = parse_range(request.range, identity.size)
+            if ranges is not None:
+                variant = identity
+    if request.if_match is not None and not if_match_hits(request.if_match, variant.etag):
+        return PRECONDITION_FAILED  # §13.1.1
     inm = request.if_none_match
     if inm is not None and if_none_match_hits(inm, variant.etag):
         return Plan(304, variant.not_modified_headers)
-    # §14.2: Range is defined for GET only; a HEAD ignores it.
-    if request.range is None or head:
-        return variant.head if head else variant.get
-    # Ranges are served on the identity representation, so offsets mean the same thing
-    # to every client whatever it accepts (§14.1.2 applies to the selected one).
-    variant = file.identity
-    if request.if_range is not None and not if_range_allows(request.if_range, variant.etag):
-        return variant.get
-    ranges = parse_range(request.range, variant.size)
     if ranges is None:
-        return variant.get
+        return variant.head if head else variant.get
     size = variant.size
     if not ranges:
         return Plan(
@@ -761,7 +797,12 @@ def decide(
     raw = request.raw_path
     if file is None or (raw is not None and b"%" in raw and _ENCODED_SEPARATORS.search(raw)):
         return NOT_FOUND_HEAD if method == "HEAD" else NOT_FOUND
-    if request.accept_encoding is None and request.range is None and request.if_none_match is None:
+    if (
+        request.accept_encoding is None
+        and request.range is None
+        and request.if_none_match is None
+        and request.if_match is None
+    ):
         variant = file.identity
         return variant.head if method == "HEAD" else variant.get
     return serve_file(file, request, boundary)

@@ -193,25 +193,6 @@ def test_back_to_a_client_routed_page_left_by_a_full_load_keeps_its_scroll_posit
     page.wait_for_function("scrollY == 1100", timeout=5000)
 
 
-def test_back_after_a_deploy_to_a_client_routed_page_keeps_its_scroll_position(
-    make_site: MakeSite, history_tab: Tab
-) -> None:
-    # The entry is one of the document's own: the client loads it in full itself.
-    site = make_site(routing="client")
-    page = history_tab.page
-    page.goto(site.url("/"))
-    client_routed(page)
-    _follow(page, "#to-b", "B")
-    _scroll(page, 900)
-    _follow(page, "#to-a", "A")
-    new = site.deploy("v2")
-    assert check(page)
-    page.go_back(wait_until="commit")
-    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
-    title_is(page, "B")
-    page.wait_for_function("scrollY == 900", timeout=5000)
-
-
 # -- navigations the app cancels -------------------------------------------------------------
 
 

@@ -58,7 +58,6 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       sessionStorage.removeItem(KEY)
     } catch {}
-    if (g?.p) scrollTo(...g.p)
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
     this.client = config.routing == "client" && !this.guard
     this.external = config.routing == "external"
@@ -121,7 +120,7 @@ class Router {
 
   /** @param {string | null} serverId @param {string} reason */
   mark(serverId, reason) {
-    if (this.stale || this.guard) return
+    if (this.stale || (this.guard && performance.now() < 6e4)) return
     this.stale = true
     dispatch("stale", { pageId, serverId, reason })
     if (serverId && reason != "tab") this.bc.postMessage(serverId)
@@ -151,7 +150,7 @@ class Router {
   onPop = (e) => {
     if (here(this.from)) return
     this.from = location.href
-    if (this.stale) (this.p = this.pos[e.state?.ds]), this.full(location.href, "reload")
+    if (this.stale) this.full(location.href, "reload")
     else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
@@ -159,7 +158,7 @@ class Router {
   full(url, how = "push", sub) {
     this.ctl.abort()
     try {
-      if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now(), p: this.p })
+      if (this.stale || this.guard) sessionStorage[KEY] = JSON.stringify({ id: pageId, t: Date.now() })
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how == "browser") return
@@ -272,7 +271,7 @@ class Router {
 
   onCapture = (e) => addEventListener(e.type, (x) => x == e && this[e.type](x), { once: true })
 
-  onHide = () => this.p || (history.scrollRestoration = "auto")
+  onHide = () => (history.scrollRestoration = "auto")
 
   onSubmitSeen = (/** @type {SubmitEvent} */ e) => (this.sub = e.submitter)
 
@@ -281,7 +280,7 @@ class Router {
     this.from = location.href
     if (this.bye) return (this.bye = 0), e.stopImmediatePropagation()
     if (!this.external || here(url)) return
-    if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && /push|replace/.test(e.navigationType) && !e.formData && e.downloadRequest == null) {
+    if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && e.navigationType == "push" && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
       if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
     }
@@ -336,7 +335,7 @@ if (!(KEY in self)) {
     for (const m of ["push", "replace"]) {
       const f = h[m + "State"]
       h[m + "State"] = (...a) =>
-        (f.apply(h, a), router.on && router.external && router.stale && (navigator.userActivation?.isActive ?? 1) && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
+        (f.apply(h, a), router.on && router.external && router.stale && m == "push" && (navigator.userActivation?.isActive ?? 1) && a[2] && !here(router.from) ? router.full(location.href, "reload") : (router.from = location.href))
     }
   self[KEY] = {
     get stale() { return router.stale },

@@ -917,6 +917,53 @@ def test_wsgi_error_page_replaces_held_headers(store: FileStore, deployed: Deplo
     assert body == b"error"
 
 
+def test_wsgi_error_page_made_first_is_not_read_ahead(
+    store: FileStore, deployed: Deployment
+) -> None:
+    # A first start_response with exc_info (Bottle's error pages): a response like any
+    # other, whose body the middleware does not read before the server asks for it.
+    import sys
+
+    made: list[int] = []
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+            )
+        for i in range(1000):
+            made.append(i)
+            yield b"x" * 1024
+
+    mw = _wsgi(store, app)
+    try:
+        result = mw(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda status, headers, exc=None: None
+        )
+        assert len(made) < 100, "the middleware read the body ahead"
+        assert len(b"".join(result)) == 1000 * 1024
+    finally:
+        mw.close()
+
+
+def test_wsgi_header_that_is_not_latin1_passes_through(
+    store: FileStore, deployed: Deployment
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/json"), ("X-Name", "café ☃")])
+        return [b"{}"]
+
+    mw = _wsgi(store, app)
+    try:
+        status, headers, body = _call(mw)
+    finally:
+        mw.close()
+    assert (status, body) == ("200 OK", b"{}")
+    assert ("X-Name", "café ☃") in headers
+
+
 def test_asgi_app_without_final_body_is_flushed(store: FileStore, deployed: Deployment) -> None:
     import asyncio
 

@@ -177,29 +177,31 @@ class _Response:
         headers: list[tuple[str, str]],
         exc_info: ExcInfo | None = None,
     ) -> Write:
-        if exc_info is not None and not self.held:
-            # Headers already went out (or pass through): the server re-raises.
+        if exc_info is not None and self.sent:
+            # Headers already went out: the server re-raises (PEP 3333). A first call
+            # with exc_info (an error page made before any start_response) is a response
+            # like any other.
             return self.upstream(status, headers, exc_info)
         try:
             code = int(status.split(None, 1)[0])
         except (ValueError, IndexError):
             code = 0
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.held = False
+        self.injector = None
+        try:
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        except UnicodeEncodeError:
+            # Not latin-1 as PEP 3333 wants: the server says what it makes of it.
+            return self._pass(status, headers, exc_info)
         snapshot = self.snapshot
         method = self.environ.get("REQUEST_METHOD", "GET")
         edit = core.edit_response(
             method, code, raw, snapshot.current_id, snapshot.id_header, self.conditional
         )
-        self.held = False
-        self.injector = None
         if edit is None or not edit.inject:
             tell_compressed(edit)
-            self.passthrough = self.sent = True
             out = headers if edit is None else _str_headers(edit.headers)
-            self.write = (
-                self.upstream(status, out, exc_info) if exc_info else self.upstream(status, out)
-            )
-            return self.write
+            return self._pass(status, out, exc_info)
         nonce = resolve_nonce(self.mw.nonce, self.environ) if self.mw.nonce is not None else None
         snippet = self.mw.runtime.snippet(snapshot, self.prefix, nonce)
         self.status = status
@@ -207,6 +209,14 @@ class _Response:
         self.injector = Injector(snippet)
         self.held = True
         return self._write
+
+    def _pass(self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None) -> Write:
+        """Send *headers* now; the body passes through as the app makes it."""
+        self.passthrough = self.sent = True
+        self.write = (
+            self.upstream(status, headers, exc_info) if exc_info else self.upstream(status, headers)
+        )
+        return self.write
 
     def release(self, added: int) -> None:
         """Call the server's start_response with the final headers."""

@@ -267,9 +267,7 @@ def test_static_url_is_recorded_and_used(site: Path, store: FileStore) -> None:
         ("static", "/static/"),
         ("/assets", "/assets/"),
         ("/app/assets/", "/app/assets/"),
-        ("/", "/"),
         ("/v1.2/a-b_c~d/", "/v1.2/a-b_c~d/"),
-        ("https://cdn.example.com", "https://cdn.example.com/"),
         ("https://cdn.example.com:8443/s", "https://cdn.example.com:8443/s/"),
         ("HTTPS://CDN.Example.com/Assets", "https://cdn.example.com/Assets/"),
         ("http://[::1]:8000/static/", "http://[::1]:8000/static/"),
@@ -305,6 +303,9 @@ def test_static_url_is_normalized(given: str, expected: str) -> None:
         ("https:///s/", "http(s)://"),
         ("https://cdn example/s/", "http(s)://"),
         ("http://[::1/s/", "Invalid IPv6 URL"),
+        # every URL of the site would be the assets' (the app's pages 404)
+        ("/", "the prefix '/' would take every URL"),
+        ("https://cdn.example.com", "the prefix '/' would take every URL"),
     ],
 )
 def test_a_static_url_no_asset_could_be_served_under_is_refused(

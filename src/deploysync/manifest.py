@@ -93,6 +93,11 @@ def normalize_static_url(static_url: str) -> str:
         path = "/" + path
     if not path.endswith("/"):
         path += "/"
+    if path == "/":
+        # Every URL of the site would be under it: the app's pages would answer 404.
+        raise DeploySyncError(
+            f"{bad} the prefix '/' would take every URL of the site; use a folder (/static/)"
+        )
     # Browsers resolve '.' and '..' away, and servers merge '//': the request would
     # never carry the prefix the page names.
     if "//" in path:

@@ -85,8 +85,7 @@ def normalize_static_url(static_url: str) -> str:
             raise DeploySyncError(f"{bad} {exc}") from None
         if parts.scheme not in ("http", "https") or not _HOST.fullmatch(parts.netloc):
             raise DeploySyncError(f"{bad} use a path or an http(s):// URL with a host")
-        # Scheme and host in lower case (RFC 3986 §3.2.2): one CDN, one prefix.
-        base, path = f"{parts.scheme}://{parts.netloc.lower()}", parts.path
+        base, path = f"{parts.scheme}://{parts.netloc}", parts.path
     elif static_url.startswith("//"):
         raise DeploySyncError(f"{bad} '//' starts a host name; write https://HOST/PATH")
     if not path.startswith("/"):

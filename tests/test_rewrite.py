@@ -49,6 +49,7 @@ CSS_CASES = [
     ("a { b: url('img/\\000063.png') }", ["img/c.png"]),
     ('@import "th\\\neme\\.css";', ["theme.css"]),
     ("a { b: url(\\e.png) }", []),  # a hex escape: U+000E
+    ("a { b: url(img/\\31 .png) }", ["img/1.png"]),  # its space ends the escape
     ('a { b: url("img/a\\"b.png") }', []),
     ("/*# sourceMappingURL=app.css.map */", ["app.css.map"]),
     ("/*@ sourceMappingURL=old.css.map */", ["old.css.map"]),
@@ -140,6 +141,8 @@ JS_CASES = [
     ('import "./esc\\u0061pe.js";', ["./escape.js"]),  # escapes are decoded
     ("import './\\x61\\u{62}\\c.js';", ["./abc.js"]),
     ('import "./a\\\nb.js";', ["./ab.js"]),  # a line continuation
+    ('import "./\\uD83D\\uDE00.js";', ["./\U0001f600.js"]),  # a surrogate pair
+    ('import "./\\uD83D.js";', []),  # a lone surrogate
     ('import "./a\\u00.js"; import "./\\0.js"; import "./\\".js";', []),
     ('import "./a\\\\b.js";', []),  # a backslash in the value: not written back
 ]

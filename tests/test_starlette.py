@@ -168,6 +168,7 @@ def test_url_for_static_gives_the_hashed_url(
                 "t.html": "{{ url_for('static', path='css/app.css') }}"
                 " {{ url_for('static', path='nope.css') }}"
                 " {{ url_for('files', path='css/app.css') }}"
+                " {{ url_for('legacy', path='css/app.css') }}"
                 " {{ url_for('home') }}"
             }
         )
@@ -185,6 +186,7 @@ def test_url_for_static_gives_the_hashed_url(
             Route("/", home, name="home"),
             Mount("/static", StaticFiles(directory=folder), name="static"),
             Mount("/files", StaticFiles(directory=folder), name="files"),
+            Mount("/legacy/static", StaticFiles(directory=folder), name="legacy"),
         ],
         middleware=[Middleware(DeploySync, store=str(store.root))],
     )
@@ -193,7 +195,8 @@ def test_url_for_static_gives_the_hashed_url(
     hashed = "http://testserver" + deployed.url("css/app.css")
     assert text == (
         f"{hashed} http://testserver/static/nope.css"
-        " http://testserver/files/css/app.css http://testserver/"
+        " http://testserver/files/css/app.css http://testserver/legacy/static/css/app.css"
+        " http://testserver/"
     )
     assert client.get(hashed).text == "p { margin: 0 }\n"
 

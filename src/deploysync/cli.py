@@ -382,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # done, what it would print has nowhere to go. Quiet, with a SIGPIPE's status,
         # as shell tools end (and nothing left for Python to fail to flush at exit).
         with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+            os.close(devnull)
         return 128 + 13
     except OSError as exc:
         where = f" '{exc.filename}'" if exc.filename else ""

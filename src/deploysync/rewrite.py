@@ -109,7 +109,9 @@ _CSS_SPACE = re.compile(r"(?:\s|/\*[\s\S]*?\*/)*")
 # The URL is optional as a whole (not a possibly empty group between two "\s*"), so the
 # spaces of "url(   " with no ")" can only be taken by the first "\s*": backtracking
 # over them costs one step each, not a rescan of the rest (quadratic on a long run).
-_CSS_UNQUOTED_URL = re.compile(r"\s*(?:((?:[^\s\"'()\\]|\\[^\n\r\f])+)\s*)?\)")
+_CSS_UNQUOTED_URL = re.compile(
+    r"\s*(?:((?:[^\s\"'()\\]|\\[0-9A-Fa-f]{1,6}[ \t\n\r\f]?|\\[^\n\r\f])+)\s*)?\)"
+)
 
 
 def scan_css(text: str) -> list[Reference]:
@@ -543,7 +545,10 @@ def _unescape_js(value: str) -> str | None:
             return None  # malformed
         pos = match.end()
     out.append(value[pos:])
-    decoded = "".join(out)
+    try:  # a character outside the BMP written as two \\u escapes (a surrogate pair)
+        decoded = "".join(out).encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        return None  # a lone surrogate: no file name
     return decoded if _writable(decoded) else None
 
 

@@ -108,7 +108,7 @@ class Runtime:
             )
         if not poll_interval > 0:
             raise DeploySyncError(f"poll_interval must be > 0, not {poll_interval!r}")
-        if not isinstance(strict, bool):
+        if strict not in (True, False):  # (0 and 1 too)
             raise DeploySyncError(f"strict must be True or False, not {strict!r}")
         pinned = deployment if deployment is not None else os.environ.get(ENV_DEPLOYMENT) or None
         self.pinned = validate_id(pinned) if pinned is not None else None
@@ -423,7 +423,10 @@ class Runtime:
             message, then = unread[0]
             if len(unread) > 1:
                 message += f" (and {len(unread) - 1} more assets)"
-                then = _ASSETS_404 if then == _ASSET_404 else then
+                if all(told == then for _, told in unread):
+                    then = _ASSETS_404 if then == _ASSET_404 else then
+                else:
+                    then = "those assets answer 404, or are served without a variant, until read"
             self._report(message, then=then)
         for stale in set(self._files) - used:
             del self._files[stale]

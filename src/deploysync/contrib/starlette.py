@@ -167,13 +167,18 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
             if not isinstance(path, str):
                 return url
             try:
-                runtime, _, _ = resolve(context)
+                runtime, scope, _ = resolve(context)
             except LookupError:
                 return url
             logical = path.lstrip("/")
             hashed = runtime.name(logical)
-            served = (runtime.static_path + logical, runtime.static_path + quote(logical))
-            if hashed is None or not str(getattr(url, "path", "")).endswith(served):
+            # Only a route at the static prefix itself (where the middleware serves).
+            base = runtime.prefix(scope.get("root_path", "") if scope else "")
+            base += runtime.static_path
+            if hashed is None or getattr(url, "path", None) not in (
+                base + logical,
+                base + quote(logical),
+            ):
                 return url
             return original(context, name, **{**path_params, "path": hashed})
 

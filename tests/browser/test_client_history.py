@@ -164,6 +164,23 @@ def test_a_link_the_app_cancels_in_a_later_handler_is_not_followed(
     assert site.stats()["navigate"] == 0
 
 
+def test_a_link_whose_handler_clicks_something_else_is_still_client_routed(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # A click dispatched inside the link's own click handler (a menu closing itself)
+    # is a second event: the router still sees the link's.
+    _, page = _client_page(make_site, tab)
+    page.evaluate(
+        """() => {
+          const other = document.body.appendChild(document.createElement("button"))
+          document.querySelector("#to-a").addEventListener("click", () => other.click())
+        }"""
+    )
+    page.click("#to-a")
+    title_is(page, "A")
+    assert marked(page), "the link was loaded in full, not swapped"
+
+
 # -- scroll positions ------------------------------------------------------------------------
 
 

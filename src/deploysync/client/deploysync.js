@@ -269,7 +269,9 @@ class Router {
     dispatch("navigated", { url: location.href })
   }
 
-  onCapture = (e) => addEventListener(e.type, (x) => x == e && this[e.type](x), { once: true })
+  onCapture = (e) => (removeEventListener(e.type, this.onLast), addEventListener(e.type, this.onLast))
+
+  onLast = (e) => this.on && this[e.type](e)
 
   onHide = () => (history.scrollRestoration = "auto")
 

@@ -1363,3 +1363,30 @@ def test_the_cache_dir_option_reaches_the_store(kind: str, redis_url: str, tmp_p
         assert middleware.runtime.store.cache_dir.parent == tmp_path / "flask"  # type: ignore[attr-defined]
     finally:
         middleware.close()
+
+
+def test_a_middleware_nobody_uses_any_more_stops_its_watcher(
+    store: FileStore, deployed: Deployment
+) -> None:
+    # An app factory in a test suite makes a middleware per test: each one's watcher
+    # thread ends once the middleware is gone, without a close().
+    import gc
+    import threading
+    import time
+
+    from deploysync.wsgi import DeploySync
+
+    def watchers() -> int:
+        return sum(t.name == "deploysync-watcher" for t in threading.enumerate())
+
+    before = watchers()
+    for _ in range(5):
+        mw = DeploySync(lambda environ, start_response: [], store=store, poll_interval=0.05)
+        mw.runtime.current()  # starts its watcher
+    assert watchers() >= before + 5
+    del mw
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while watchers() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watchers() == before

@@ -645,9 +645,11 @@ class Runtime:
                 first.set()
             # A forked child inherits the flag but not the thread: start its own.
             self._stop = threading.Event()
+            # The thread holds the runtime weakly: a runtime nobody uses any more (an
+            # app of a test suite's factory) is collected, and its watcher ends.
             thread = threading.Thread(
-                target=self._watch,
-                args=(self._stop, None if first.is_set() else first),
+                target=_watch,
+                args=(weakref.ref(self), self.store, self._stop, None if first.is_set() else first),
                 name="deploysync-watcher",
                 daemon=True,
             )
@@ -656,7 +658,9 @@ class Runtime:
             self._watching = True
             first.wait(FIRST_READ_WAIT)
 
-    def _watch(self, stop: threading.Event, first: threading.Event | None = None) -> None:
+    def _watch_first(self, first: threading.Event | None) -> Hashable:
+        """The watcher's start: the first read (*first* set once done), the store's
+        configuration warnings; the token to compare the next probes with."""
         if first is not None:
             try:
                 self.refresh()
@@ -669,27 +673,19 @@ class Runtime:
             with contextlib.suppress(Exception):
                 for message in self.store.config_warnings():
                     logger.warning("deploysync: %s", message)
-        polls = 0
-        token = self._state[0] if self._state else None
-        while not stop.is_set():
-            try:
-                self.store.wait_for_change(self.poll_interval)
-                if stop.is_set():
-                    return
-                polls += 1
-                if self.pinned is not None and time.monotonic() - self._held_at >= HOLD_RENEW:
-                    self._hold()
-                fresh = self.store.probe()
-                if fresh != token or polls >= RESCAN_POLLS:
-                    polls = 0
-                    token = fresh
-                    self.refresh()
-            except (StoreError, OSError, ValueError) as exc:
-                self._cannot_read(exc)
-                stop.wait(self.poll_interval)
-            except Exception as exc:  # the watcher must outlive any store hiccup
-                self._report(f"deploysync watcher: {exc!r}")
-                stop.wait(self.poll_interval)
+        return self._state[0] if self._state else None
+
+    def _watch_step(self, polls: int, token: Hashable) -> tuple[int, Hashable]:
+        """One look after a wait: renew the hold, probe, re-read when it changed (or
+        every RESCAN_POLLS polls)."""
+        polls += 1
+        if self.pinned is not None and time.monotonic() - self._held_at >= HOLD_RENEW:
+            self._hold()
+        fresh = self.store.probe()
+        if fresh != token or polls >= RESCAN_POLLS:
+            self.refresh()
+            return 0, fresh
+        return polls, token
 
     def close(self) -> None:
         """Stop the watcher and release the store."""
@@ -701,6 +697,46 @@ class Runtime:
 
 
 _RUNTIMES: weakref.WeakSet[Runtime] = weakref.WeakSet()
+
+
+def _watch(
+    ref: weakref.ref[Runtime],
+    store: Store,
+    stop: threading.Event,
+    first: threading.Event | None = None,
+) -> None:
+    """A runtime's watcher thread: waits on the store, looks, and ends when the runtime
+    is closed or collected (held only while it looks, never while it waits)."""
+    runtime = ref()
+    if runtime is None:
+        return
+    poll = runtime.poll_interval
+    token = runtime._watch_first(first)
+    polls = 0
+    del runtime
+    while not stop.is_set():
+        try:
+            store.wait_for_change(poll)
+            runtime = ref()
+            if runtime is None or stop.is_set():
+                return
+            polls, token = runtime._watch_step(polls, token)
+        except (StoreError, OSError, ValueError) as exc:
+            runtime = ref()
+            if runtime is None:
+                return
+            runtime._cannot_read(exc)
+            del runtime
+            stop.wait(poll)
+        except Exception as exc:  # the watcher must outlive any store hiccup
+            runtime = ref()
+            if runtime is None:
+                return
+            runtime._report(f"deploysync watcher: {exc!r}")
+            del runtime
+            stop.wait(poll)
+        else:
+            del runtime
 
 
 def _after_fork() -> None:

@@ -319,6 +319,26 @@ def test_flask_commands_run_while_the_static_url_differs_from_the_deployments(
     assert f"built for the static URL '{cdn}'" in done.stderr
 
 
+def test_flask_commands_given_a_store_run_when_the_app_has_none(tmp_path: Path) -> None:
+    # An app whose store comes from the environment, not set here: `--store` names it.
+    (tmp_path / "nostore.py").write_text(
+        "from flask import Flask\n"
+        "from deploysync.contrib.flask import DeploySync\n"
+        "app = Flask(__name__)\n"
+        "DeploySync(app)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DEPLOYSYNC_STORE"}
+    env["PYTHONPATH"] = str(tmp_path)
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "flask", "--app", "nostore", "deploysync", "list"]
+    done = subprocess.run(
+        [*command, "--store", str(store)], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("deploysync: warning: deploysync has no store")
+    assert done.stderr.count("\n") <= 2, done.stderr
+
+
 def _mismatched_app(store: FileStore, site_src: Callable[..., Path]) -> Flask:
     build(site_src("v1"), store, activate=True)  # for /static/
     app = make_app(store, DEPLOYSYNC_STATIC_URL="https://cdn.example.com/static/")

@@ -86,17 +86,18 @@ class DeploySync:
                 app.config.setdefault(f"DEPLOYSYNC_{name.upper()}", self.options[name])
         config = app.config
         store = config.get("DEPLOYSYNC_STORE") or os.environ.get("DEPLOYSYNC_STORE")
-        if not store:
-            raise DeploySyncError(
-                "deploysync has no store: set app.config['DEPLOYSYNC_STORE'] (a directory "
-                "or a redis:// URL) or the DEPLOYSYNC_STORE variable"
-            )
         strict = config.get("DEPLOYSYNC_STRICT")
         # Flask's wsgi_app is typed with typeshed's StartResponse, deploysync.wsgi with its
         # own (equivalent at run time) protocol.
         inner: Any = app.wsgi_app
         wrapped: Any
         try:
+            if not store:
+                raise DeploySyncError(
+                    "deploysync has no store: set app.config['DEPLOYSYNC_STORE'] (a directory"
+                    " or a redis:// URL; FLASK_DEPLOYSYNC_STORE with from_prefixed_env) or the"
+                    " DEPLOYSYNC_STORE variable"
+                )
             wrapped = wsgi.DeploySync(
                 inner,
                 store=store,

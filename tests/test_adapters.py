@@ -862,6 +862,15 @@ def _call(mw: Any, path: str = "/") -> tuple[str, list[tuple[str, str]], bytes]:
     return seen["status"], seen["headers"], body
 
 
+def _run_wsgi(store: FileStore, app: Any) -> tuple[str, list[tuple[str, str]], bytes]:
+    """*app* behind a WSGI middleware of its own, asked for ``/`` once."""
+    mw = _wsgi(store, app)
+    try:
+        return _call(mw)
+    finally:
+        mw.close()
+
+
 def test_wsgi_generator_app_calling_start_response_late(
     store: FileStore, deployed: Deployment
 ) -> None:
@@ -870,11 +879,7 @@ def test_wsgi_generator_app_calling_start_response_late(
         yield b"<html><he"
         yield b"ad></head></html>"
 
-    mw = _wsgi(store, app)
-    try:
-        status, headers, body = _call(mw)
-    finally:
-        mw.close()
+    status, headers, body = _run_wsgi(store, app)
     assert status == "200 OK"
     assert body.count(b'name="deployment-id"') == 1
     assert ("x-deployment-id", deployed.id) in headers
@@ -886,11 +891,7 @@ def test_wsgi_legacy_write_is_passed_through(store: FileStore, deployed: Deploym
         write(b"<html><head>")
         return [b"</head></html>"]
 
-    mw = _wsgi(store, app)
-    try:
-        _status, headers, body = _call(mw)
-    finally:
-        mw.close()
+    _status, headers, body = _run_wsgi(store, app)
     assert body == b"<html><head></head></html>"
     assert ("x-deployment-id", deployed.id) in headers
 
@@ -908,11 +909,7 @@ def test_wsgi_error_page_replaces_held_headers(store: FileStore, deployed: Deplo
             )
         return [b"error"]
 
-    mw = _wsgi(store, app)
-    try:
-        status, _headers, body = _call(mw)
-    finally:
-        mw.close()
+    status, _headers, body = _run_wsgi(store, app)
     assert status.startswith("500")
     assert body == b"error"
 
@@ -955,11 +952,7 @@ def test_wsgi_header_that_is_not_latin1_passes_through(
         start_response("200 OK", [("Content-Type", "application/json"), ("X-Name", "café ☃")])
         return [b"{}"]
 
-    mw = _wsgi(store, app)
-    try:
-        status, headers, body = _call(mw)
-    finally:
-        mw.close()
+    status, headers, body = _run_wsgi(store, app)
     assert (status, body) == ("200 OK", b"{}")
     assert ("X-Name", "café ☃") in headers
 

@@ -47,3 +47,10 @@ def check(page: Any) -> bool:
 def client_routed(page: Any) -> None:
     """Wait until the page is ready for client routing (the module has run)."""
     page.wait_for_function("!!window.deploysync", timeout=8000)
+
+
+def open_marked(page: Any, url: str) -> None:
+    """Load *url*, wait for the client, and mark the page (see :func:`mark`)."""
+    page.goto(url)
+    client_routed(page)
+    mark(page)

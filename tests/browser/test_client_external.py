@@ -6,7 +6,17 @@ from typing import Any
 
 import pytest
 from harness import MakeSite, Site, Tab
-from helpers import RELOAD_409, check, client_routed, mark, marked, page_id, title_is, wait_stale
+from helpers import (
+    RELOAD_409,
+    check,
+    client_routed,
+    mark,
+    marked,
+    open_marked,
+    page_id,
+    title_is,
+    wait_stale,
+)
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -35,9 +45,7 @@ def _open(
     page = tab.page
     if not navigation_api:
         page.add_init_script("Object.defineProperty(window, 'navigation', {value: undefined})")
-    page.goto(site.url(path))
-    client_routed(page)
-    mark(page)
+    open_marked(page, site.url(path))
     return site, page
 
 

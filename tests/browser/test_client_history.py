@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from harness import MakeSite, Site, Tab
-from helpers import check, client_routed, mark, marked, page_id, title_is
+from helpers import check, client_routed, marked, open_marked, page_id, title_is
 from playwright.sync_api import expect
 
 pytestmark = pytest.mark.browser
@@ -30,11 +30,8 @@ def history_tab(request: pytest.FixtureRequest) -> Iterator[Tab]:
 
 def _client_page(make_site: MakeSite, tab: Tab, path: str = "/") -> tuple[Site, Any]:
     site = make_site(routing="client")
-    page = tab.page
-    page.goto(site.url(path))
-    client_routed(page)
-    mark(page)
-    return site, page
+    open_marked(tab.page, site.url(path))
+    return site, tab.page
 
 
 def _scroll(page: Any, y: int) -> None:

@@ -38,9 +38,15 @@ class Conditional:
     etag: str | None = '"v1"'
     last_modified: str | None = DATE
     seen: list[tuple[str | None, str | None]] = field(default_factory=list)
+    if_match: list[str | None] = field(default_factory=list)
 
-    def answer(self, if_none_match: str | None, if_modified_since: str | None) -> int:
+    def answer(
+        self, if_none_match: str | None, if_modified_since: str | None, if_match: str | None = None
+    ) -> int:
         self.seen.append((if_none_match, if_modified_since))
+        self.if_match.append(if_match)
+        if if_match is not None and if_match.strip() not in ("*", self.etag):
+            return 412
         if if_none_match is not None:
             tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
             hit = self.etag is not None and ("*" in tags or self.etag.removeprefix("W/") in tags)
@@ -60,7 +66,11 @@ class Conditional:
     def asgi(self) -> Callable[..., Any]:
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-            status = self.answer(headers.get("if-none-match"), headers.get("if-modified-since"))
+            status = self.answer(
+                headers.get("if-none-match"),
+                headers.get("if-modified-since"),
+                headers.get("if-match"),
+            )
             body = PAGE if status == 200 else b""
             extra = [("Content-Length", str(len(body)))] if status == 200 else []
             start = [(k.lower().encode(), v.encode()) for k, v in self.headers() + extra]
@@ -74,9 +84,14 @@ class Conditional:
     def wsgi(self) -> Callable[..., Any]:
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             status = self.answer(
-                environ.get("HTTP_IF_NONE_MATCH"), environ.get("HTTP_IF_MODIFIED_SINCE")
+                environ.get("HTTP_IF_NONE_MATCH"),
+                environ.get("HTTP_IF_MODIFIED_SINCE"),
+                environ.get("HTTP_IF_MATCH"),
             )
             headers = self.headers()
+            if status == 412:
+                start_response("412 Precondition Failed", [("Content-Length", "0")])
+                return []
             if status == 304:
                 start_response("304 Not Modified", [h for h in headers if h[0] != "Content-Type"])
                 return []
@@ -188,6 +203,23 @@ def test_a_page_is_revalidated_until_a_deploy(
     assert after.status == 200
     assert f'content="{second.id}"'.encode() in after.body
     assert after.header("etag") == f'"v1.ds-{second.id}"'
+
+
+def test_if_match_with_the_pages_tag_reaches_the_app_as_its_own(
+    clients: Callable[[Conditional], Client], store: FileStore, first: Deployment
+) -> None:
+    # A client that read the page sends its tag back (a PUT to it, say): the app
+    # compares its own; once another deployment is current the tag is not the page's.
+    app = Conditional()
+    client = clients(app)
+    tag = client.get("/").header("etag") or ""
+    assert tag == f'"v1.ds-{first.id}"'
+    assert client.get("/", [("If-Match", tag)]).status == 200
+    assert app.if_match[-1] == '"v1"'
+    assert client.get("/", [("If-Match", '"other"')]).status == 412
+    _deploy(client, store)
+    assert client.get("/", [("If-Match", tag)]).status == 412
+    assert app.if_match[-1] == tag
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,11 @@ class DeploySync(Middleware[ASGIApp]):
             await send_plan(plan, scope, send)
             return
         conditional = None
-        if request.if_none_match is not None or request.if_modified_since:
+        if (
+            request.if_none_match is not None
+            or request.if_modified_since
+            or request.if_match is not None
+        ):
             conditional = core.request_conditional(request, snapshot.current_id)
             if conditional is not None:
                 headers = core.conditional_headers(scope["headers"], conditional)

@@ -439,11 +439,14 @@ class Conditional:
     a tag of the current deployment's page was given back its app form (a 304 then gets
     the document tag again); ``stale``: a tag of another deployment's page was removed,
     and ``If-Modified-Since`` must go too, or the app could answer 304 by date.
+    ``if_match``: the ``If-Match`` the app sees when it named the current page's tag
+    (given back its app form); ``None``: unchanged.
     """
 
     if_none_match: bytes | None
     current: bool
     stale: bool
+    if_match: bytes | None = None
 
 
 def app_conditional(value: bytes, current_id: str | None) -> Conditional | None:
@@ -480,26 +483,39 @@ def request_conditional(request: Request, current_id: str | None) -> Conditional
     """
     if current_id is None:
         return None
+    conditional = None
+    page_load = request.document or request.navigate
     if request.if_none_match is not None:
         conditional = app_conditional(request.if_none_match, current_id)
-        if conditional is not None or not (request.document or request.navigate):
-            return conditional
-        return Conditional(None, False, True)
-    if request.if_modified_since and (request.document or request.navigate):
-        return Conditional(None, False, True)
-    return None
+        if conditional is None and page_load:
+            conditional = Conditional(None, False, True)
+    elif request.if_modified_since and page_load:
+        conditional = Conditional(None, False, True)
+    if request.if_match is not None and _DOCUMENT_TAG in request.if_match:
+        # The tag a client holds is the page's (a PUT to it, say): the app knows its own.
+        if_match = app_conditional(request.if_match, current_id)
+        if if_match is not None and if_match.current and not if_match.stale:
+            if conditional is None:
+                conditional = Conditional(request.if_none_match, False, False)
+            conditional.if_match = if_match.if_none_match
+    return conditional
 
 
 def conditional_headers(headers: Iterable[Header], conditional: Conditional) -> list[Header]:
     """The request's *headers* (ASGI form) with the conditional ones as the app must see them."""
     stale = conditional.stale
+    if_match = conditional.if_match
     out = [
         (name, value)
         for name, value in headers
-        if name != b"if-none-match" and not (stale and name == b"if-modified-since")
+        if name != b"if-none-match"
+        and not (stale and name == b"if-modified-since")
+        and not (if_match is not None and name == b"if-match")
     ]
     if conditional.if_none_match is not None:
         out.append((b"if-none-match", conditional.if_none_match))
+    if if_match is not None:
+        out.append((b"if-match", if_match))
     return out
 
 
@@ -511,6 +527,8 @@ def conditional_environ(environ: MutableMapping[str, Any], conditional: Conditio
         environ["HTTP_IF_NONE_MATCH"] = conditional.if_none_match.decode("latin-1")
     if conditional.stale:
         environ.pop("HTTP_IF_MODIFIED_SINCE", None)
+    if conditional.if_match is not None:
+        environ["HTTP_IF_MATCH"] = conditional.if_match.decode("latin-1")
 
 
 def if_match_hits(value: bytes, etag: bytes) -> bool:

@@ -84,7 +84,11 @@ class DeploySync(Middleware[WSGIApp]):
         if plan is not None:
             return _respond(plan, method, environ, start_response)
         conditional = None
-        if request.if_none_match is not None or request.if_modified_since:
+        if (
+            request.if_none_match is not None
+            or request.if_modified_since
+            or request.if_match is not None
+        ):
             conditional = core.request_conditional(request, snapshot.current_id)
             if conditional is not None:
                 core.conditional_environ(environ, conditional)

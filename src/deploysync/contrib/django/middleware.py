@@ -114,7 +114,9 @@ class DeploySyncMiddleware:
         )
         plan = decide(core_request, snapshot, runtime.static_path)
         conditional = None
-        if plan is None and (core_request.if_none_match or core_request.if_modified_since):
+        if plan is None and (
+            core_request.if_none_match or core_request.if_modified_since or core_request.if_match
+        ):
             # The views (and ConditionalGetMiddleware) compare the page's own tag.
             conditional = request_conditional(core_request, snapshot.current_id)
             if conditional is not None:

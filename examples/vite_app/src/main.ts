@@ -15,8 +15,10 @@ async function show(next: string): Promise<void> {
       view.value = (await import("./lazy")).default;
       route.value = "reports";
     } catch {
-      // The chunk of an outdated deployment is gone (deploysync marks the page stale and
-      // the next navigation is a full load onto the new version): no error page.
+      // The chunk of an outdated deployment is gone: no error page. deploysync learns of
+      // it (as docs/vite.md advises for a caught failure) and the next navigation is a
+      // full load onto the new version.
+      void (window as { deploysync?: { check(): Promise<boolean> } }).deploysync?.check();
       view.value = null;
       route.value = "unavailable";
     }

@@ -488,6 +488,22 @@ def test_collectstatic_builds_and_activates(
     assert Client().get(deployment.url("css/app.css")).status_code == 200
 
 
+def test_collectstatic_with_links_builds_the_files_they_lead_to(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
+) -> None:
+    # collectstatic --link fills STATIC_ROOT with links to the apps' files, all outside it.
+    source = site_src("v1")
+    configure(django_settings={"STATICFILES_DIRS": [str(source)]})
+    call_command("collectstatic", interactive=False, verbosity=0, link=True)
+    current = store.current()
+    assert current is not None
+    deployment = store.load(current)
+    css = Client().get(deployment.url("css/base.css"))
+    assert css.status_code == 200
+    body = b"".join(css.streaming_content) if css.streaming else css.content
+    assert body == (source / "css" / "base.css").read_bytes()
+
+
 def test_collectstatic_without_activation(
     site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None]
 ) -> None:

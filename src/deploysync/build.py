@@ -260,11 +260,14 @@ def _gzip(data: bytes) -> bytes:
 MAX_FOLDER_LINKS = 8
 
 
-def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.stat_result]]:
+def collect(
+    root: Path, *, skip: Iterable[str] = (), links_outside: bool = False
+) -> list[tuple[str, str, os.stat_result]]:
     """Every regular file under *root* as ``(logical path, file path, stat)``, sorted.
 
-    Symbolic links are followed when they stay inside *root*; one leading outside it,
-    a dangling one, a FIFO or a device is a :class:`BuildError` naming it.
+    Symbolic links are followed when they stay inside *root* (anywhere with
+    *links_outside*); one leading outside it, a dangling one, a FIFO or a device is a
+    :class:`BuildError` naming it.
     """
     real_root = os.path.realpath(root)
     skipped = set(skip)
@@ -301,7 +304,7 @@ def collect(root: Path, *, skip: Iterable[str] = ()) -> list[tuple[str, str, os.
                 target = os.path.realpath(path)
                 if not os.path.exists(target):
                     raise BuildError(f"Cannot read '{rel}': dangling symbolic link")
-                if os.path.commonpath([real_root, target]) != real_root:
+                if not links_outside and os.path.commonpath([real_root, target]) != real_root:
                     raise BuildError(
                         f"'{rel}' is a symbolic link leading outside the source folder ({target})"
                     )
@@ -954,6 +957,7 @@ def build(
     vite: bool | None = None,
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
+    links_outside: bool = False,
 ) -> BuildResult:
     """Fingerprint every file under *src* into a new deployment of *store*.
 
@@ -962,7 +966,8 @@ def build(
     each warning (references to missing files), which *strict* turns into an error.
     *workers* bounds the parallelism (default: the number of cores). The build cache
     (see :class:`BuildCache`) lives in *cache_dir*, default :func:`default_cache_dir`,
-    unless *cache* is false.
+    unless *cache* is false. *links_outside*: follow symbolic links leading outside *src*
+    (Django's ``collectstatic --link`` makes nothing else).
     """
     started = time.perf_counter()
     root = Path(src)
@@ -989,7 +994,7 @@ def build(
     for inside in (getattr(store, "root", None), cache_folder):
         if isinstance(inside, Path) and inside.resolve().is_relative_to(root.resolve()):
             skip.append(inside.resolve().relative_to(root.resolve()).as_posix())
-    entries = collect(root, skip=skip)
+    entries = collect(root, skip=skip, links_outside=links_outside)
     if not entries:
         raise BuildError(f"Source folder '{src}' is empty")
     build_cache = BuildCache.open(cache_folder, root, store)

@@ -48,7 +48,6 @@ MAY_PRECEDE = frozenset(
         "django.middleware.security.SecurityMiddleware",
         "django.middleware.gzip.GZipMiddleware",
         "corsheaders.middleware.CorsMiddleware",
-        "django.middleware.http.ConditionalGetMiddleware",
     }
 )
 GZIP = "django.middleware.gzip.GZipMiddleware"

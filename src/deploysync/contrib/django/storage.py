@@ -66,6 +66,8 @@ class DeploySyncStorage(StaticFilesStorage):
                 activate=config.activate_on_collectstatic,
                 strict=config.strict,
                 cache_dir=config.cache_dir,
+                # collectstatic --link fills STATIC_ROOT with links to the apps' files.
+                links_outside=True,
             )
         except DeploySyncError as exc:
             raise CommandError(str(exc)) from None

@@ -126,14 +126,9 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
             )
         ]
     except DeploySyncError as exc:
-        return [
-            Error(
-                f"deploysync store {store.location}: {exc}",
-                hint="Create it with 'manage.py collectstatic' (deploysync staticfiles "
-                "storage) or 'deploysync build STATIC_ROOT --store ... --activate'.",
-                id="deploysync.E001",
-            )
-        ]
+        # The store exists but cannot be read (Redis unreachable, a damaged manifest):
+        # building it again is not the remedy.
+        return [Error(f"deploysync store {store.location}: {exc}", id="deploysync.E001")]
     finally:
         store.close()
     if deployment.static_url != config.static_url:
@@ -142,8 +137,8 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
                 f"Deployment {deployment.id} was built for the static URL "
                 f"{deployment.static_url!r}, but this site serves assets under "
                 f"{config.static_url!r}.",
-                hint="Build with --static-url matching settings.STATIC_URL (or set "
-                "DEPLOYSYNC['STATIC_URL']), then activate the new deployment.",
+                hint="Run 'manage.py collectstatic' to build a deployment for this "
+                "STATIC_URL (or set DEPLOYSYNC['STATIC_URL'] to the one it was built for).",
                 id="deploysync.E002",
             )
         ]

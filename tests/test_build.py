@@ -1369,7 +1369,7 @@ def test_a_name_that_is_not_utf8_is_refused_in_one_line(
 def test_a_name_no_server_would_serve_is_refused_in_one_line(
     site: Path, store: FileStore, capsys: pytest.CaptureFixture[str], name: str, shown: str | None
 ) -> None:
-    """The server leaves such names out of its index (core.is_safe_name): built, they
+    """The server leaves such names out of its index (is_safe_name): built, they
     would be assets whose URLs answer 404."""
     folder = site if shown is None else site / "css"
     (folder / name).write_text("b{}")

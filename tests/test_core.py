@@ -19,11 +19,11 @@ from deploysync.core import (
     if_none_match_hits,
     if_range_allows,
     is_outdated,
-    is_safe_name,
     make_request,
     parse_accept_encoding,
     parse_range,
 )
+from deploysync.manifest import is_safe_name
 
 ETAG = b'"0123456789abcdef0123456789abcdef"'
 DATA = bytes(range(256)) * 4  # 1024 bytes

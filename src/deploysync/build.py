@@ -47,11 +47,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import content_types, rewrite
 from .manifest import (
     DEFAULT_STATIC_URL,
-    UNSAFE_CHARACTERS,
     Asset,
     Deployment,
     DeploySyncError,
     derive_id_of_rows,
+    is_safe_name,
     normalize_static_url,
     validate_id,
 )
@@ -325,8 +325,7 @@ def collect(
                         )
                     pending.append((rel + "/", path, ancestors | {real}, linked))
             elif st is not None:
-                if UNSAFE_CHARACTERS.search(rel) or ":" in rel[:3]:
-                    # Names no server would serve (see core.is_safe_name).
+                if not is_safe_name(rel):
                     raise BuildError(
                         f"{rel!r} has a name that cannot be served (a backslash, a control"
                         " character, or a colon in its first 3 characters): rename it"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .manifest import UNSAFE_CHARACTERS, Deployment, is_valid_id
+from .manifest import Deployment, is_valid_id
 
 Header = tuple[bytes, bytes]
 Headers = Sequence[Header]
@@ -687,19 +687,6 @@ def choose_variant(file: StaticFile, accept_encoding: bytes | None) -> Variant:
 # -- static files -------------------------------------------------------------------------------
 
 _ENCODED_SEPARATORS = re.compile(rb"%(?:2f|5c|00)", re.I)
-
-
-def is_safe_name(name: str) -> bool:
-    """Whether *name* (below the static prefix, decoded) can be an asset name at all.
-
-    The index is only ever a dict lookup, so this is a second line: it keeps names with
-    traversal, absolute or odd characters out of the index when it is built.
-    """
-    if not name or name.startswith("/") or len(name) > 1024:
-        return False
-    if ":" in name[:3] or UNSAFE_CHARACTERS.search(name):
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def serve_file(file: StaticFile, request: Request, boundary: str | None = None) -> Plan:

@@ -16,10 +16,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: What no asset's path holds: a backslash or a control character. Together with a colon
-#: in its first 3 characters (a drive letter), such names are never served
-#: (:func:`deploysync.core.is_safe_name`), so a build refuses them.
-UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+# What no asset name holds: a backslash or a control character (see is_safe_name).
+_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
 MANIFEST_VERSION = 1
 DEFAULT_STATIC_URL = "/static/"
 # What a static URL's path may hold: RFC 3986 path characters (pchar) other than
@@ -64,6 +62,21 @@ def url_path(name: str) -> str:
     """A file's *name* as a URL path: spaces, ``#``, ``?``, ``%`` and non-ASCII encoded
     (a name that is not UTF-8 keeps its bytes, as :func:`os.fsencode` gives them)."""
     return quote(name, safe=URL_PATH_SAFE, errors="surrogateescape")
+
+
+def is_safe_name(name: str) -> bool:
+    """Whether *name* (a logical path, or a hashed one below the static prefix) can be
+    an asset's name at all: a server leaves other names out of its index (a second line,
+    as the index is only ever a dict lookup), so a build refuses them.
+
+    Not: empty, absolute, over 1,024 characters, with a drive letter's colon, a
+    backslash, a control character, or an empty, ``.`` or ``..`` segment.
+    """
+    if not name or name.startswith("/") or len(name) > 1024:
+        return False
+    if ":" in name[:3] or _UNSAFE_CHARACTERS.search(name):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def normalize_static_url(static_url: str) -> str:

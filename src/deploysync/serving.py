@@ -43,6 +43,7 @@ from .manifest import (
     Asset,
     Deployment,
     DeploySyncError,
+    is_safe_name,
     normalize_static_url,
     url_path,
     validate_id,
@@ -399,7 +400,7 @@ class Runtime:
                 if deployment.static_url != self.static_url:
                     continue  # its pages point elsewhere; nothing here would be asked for
                 for asset in deployment.assets.values():
-                    if asset.name in files or not core.is_safe_name(asset.name):
+                    if asset.name in files or not is_safe_name(asset.name):
                         continue
                     encodings = tuple(sorted(asset.encodings.items()))
                     key = (asset.digest, asset.content_type, encodings)

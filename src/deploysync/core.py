@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -405,15 +405,19 @@ def if_none_match_hits(value: bytes, etag: bytes) -> bool:
     if value.strip() == b"*":
         return True
     target = _opaque(etag)
+    return any(tag == target for _, tag in _listed_tags(value))
+
+
+def _listed_tags(value: bytes) -> Iterator[tuple[bool, bytes]]:
+    """The entity tags of an ``If-None-Match``/``If-Match`` list, ``(weak, "opaque")``,
+    as far as it parses."""
     pos, end = 0, len(value)
     while pos < end:
         match = _ETAG_RE.match(value, pos)
         if match is None:
-            return False
-        if b'"' + match.group(2) + b'"' == target:
-            return True
+            return
+        yield bool(match.group(1)), b'"' + match.group(2) + b'"'
         pos = match.end()
-    return False
 
 
 # The entity tag of an injected document names the deployment it was injected for: the
@@ -540,15 +544,7 @@ def if_match_hits(value: bytes, etag: bytes) -> bool:
         return True
     if etag.startswith(b"W/"):
         return False
-    pos, end = 0, len(value)
-    while pos < end:
-        match = _ETAG_RE.match(value, pos)
-        if match is None:
-            return False
-        if not match.group(1) and b'"' + match.group(2) + b'"' == etag:
-            return True
-        pos = match.end()
-    return False
+    return any(not weak and tag == etag for weak, tag in _listed_tags(value))
 
 
 def if_range_allows(value: bytes, etag: bytes) -> bool:

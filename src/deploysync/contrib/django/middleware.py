@@ -75,14 +75,16 @@ class DeploySyncMiddleware:
         snapshot, config, plan, conditional = self._decide(request)
         if plan is not None:
             return plan_response(plan, async_body=False, request=request)
-        state = get_runtime().request_state
-        token = state.set((snapshot, script_prefix()))
+        # The view renders in the request's state (see Runtime.request_state).
+        state = (snapshot, script_prefix())
+        var = get_runtime().request_state
+        token = var.set(state)
         try:
             response = self.get_response(request)
         finally:
-            state.reset(token)
+            var.reset(token)
         assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
-        return self._edit(request, response, snapshot, config, conditional)
+        return self._edit(request, response, state, config, conditional)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         snapshot, config, plan, conditional = self._decide(request)
@@ -91,13 +93,14 @@ class DeploySyncMiddleware:
                 return plan_response(plan, async_body=True, request=request)
             # Files are opened (a Redis store's local copy fetched again) off the loop.
             return await asyncio.to_thread(plan_response, plan, async_body=True, request=request)
-        state = get_runtime().request_state
-        token = state.set((snapshot, script_prefix()))
+        state = (snapshot, script_prefix())
+        var = get_runtime().request_state
+        token = var.set(state)
         try:
             response = await self.get_response(request)
         finally:
-            state.reset(token)
-        return self._edit(request, response, snapshot, config, conditional)
+            var.reset(token)
+        return self._edit(request, response, state, config, conditional)
 
     # -- request ---------------------------------------------------------------------------
     def _decide(
@@ -128,10 +131,13 @@ class DeploySyncMiddleware:
         self,
         request: HttpRequest,
         response: HttpResponseBase,
-        snapshot: Snapshot,
+        state: tuple[Snapshot, str],
         config: Config,
         conditional: Conditional | None,
     ) -> HttpResponseBase:
+        """*response* edited as the core says; *state*: the request's snapshot and the
+        URL prefix of the site."""
+        snapshot, prefix = state
         current = [
             (name.encode("latin-1"), value.encode("latin-1"))
             for name, value in response.headers.items()
@@ -149,13 +155,13 @@ class DeploySyncMiddleware:
         if response.streaming and not isinstance(response, FileResponse):
             # A streamed template renders as it is iterated, after the view returned: in
             # the request's state too, so its asset URLs name the announced deployment.
-            _in_state(response, (snapshot, script_prefix()))
+            _in_state(response, state)
         if edit is None:
             return response
         snippet = b""
         if edit.inject and config.inject:
             nonce = request_nonce(request, config)
-            snippet = get_runtime().snippet(snapshot, script_prefix(), nonce)
+            snippet = get_runtime().snippet(snapshot, prefix, nonce)
         if not snippet:
             set_headers(response, finish_headers(edit, 0))
             return response

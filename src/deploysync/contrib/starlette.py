@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 from jinja2 import pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
 
 from .. import asgi
-from ..manifest import DeploySyncError
+from ..manifest import DeploySyncError, url_path
 from ..serving import Runtime, resolve_nonce
 from ..vite import vite_tags as render_vite_tags
 
@@ -177,7 +176,7 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
             base += runtime.static_path
             if hashed is None or getattr(url, "path", None) not in (
                 base + logical,
-                base + quote(logical),
+                base + url_path(logical),
             ):
                 return url
             return original(context, name, **{**path_params, "path": hashed})

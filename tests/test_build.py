@@ -526,6 +526,8 @@ def test_precompressed_variants(tmp_path: Path, store: FileStore) -> None:
             "photo.png": os.urandom(4096),
             "tiny.css": "a{}",
             "random.ttf": os.urandom(4096),
+            "big-random.ttf": os.urandom(100_000),  # past the sample's size
+            "big.css": text * 20,
         },
     )
     deployment = build(src, store).deployment
@@ -539,6 +541,8 @@ def test_precompressed_variants(tmp_path: Path, store: FileStore) -> None:
     assert deployment.assets["photo.png"].encodings == {}  # not a compressible type
     assert deployment.assets["tiny.css"].encodings == {}  # too small to gain anything
     assert deployment.assets["random.ttf"].encodings == {}  # compressible type, random bytes
+    assert deployment.assets["big-random.ttf"].encodings == {}
+    assert set(deployment.assets["big.css"].encodings) == {"gzip", "br"}
 
 
 def test_gzip_is_reproducible() -> None:

@@ -1398,6 +1398,26 @@ def test_a_store_and_cache_inside_the_source_are_not_built_into_it(site: Path) -
     assert not any(name.startswith((".deploysync", ".cache")) for name in first.assets)
 
 
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("store", "is the store"),
+        ("store/objects", "is inside the store"),
+        ("cache", "is the build cache"),
+    ],
+)
+def test_a_source_that_is_the_store_or_the_build_cache_is_refused(
+    site: Path, tmp_path: Path, where: str, message: str
+) -> None:
+    # `deploysync build STORE --store STORE`: the store's own files are no frontend.
+    store, cache = FileStore(tmp_path / "store"), tmp_path / "cache"
+    build(site, store, activate=True, cache_dir=cache)
+    before = snapshot(tmp_path)
+    with pytest.raises(BuildError, match=message):
+        build(tmp_path / where, store, cache_dir=cache)
+    assert snapshot(tmp_path) == before
+
+
 def test_symlinks_inside_the_source_are_followed(site: Path, store: FileStore) -> None:
     (site / "img" / "alias.png").symlink_to(site / "img" / "bg.png")
     (site / "again").symlink_to(site / "img")

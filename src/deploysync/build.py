@@ -994,11 +994,19 @@ def build(
     cache_folder = (
         (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if cache else None
     )
-    # A store or build cache kept inside the source is not part of the frontend.
+    # A store or build cache kept inside the source is not part of the frontend; a
+    # source inside one of them (a typo'd command) is no frontend at all.
     skip = [".vite"] if vite else []
-    for inside in (getattr(store, "root", None), cache_folder):
-        if isinstance(inside, Path) and inside.resolve().is_relative_to(root.resolve()):
-            skip.append(inside.resolve().relative_to(root.resolve()).as_posix())
+    real_root = root.resolve()
+    for folder, what in ((getattr(store, "root", None), "store"), (cache_folder, "build cache")):
+        if not isinstance(folder, Path):
+            continue
+        real = folder.resolve()
+        if real_root.is_relative_to(real):
+            where = f"the {what}" if real == real_root else f"inside the {what} '{folder}'"
+            raise BuildError(f"Source folder '{src}' is {where}, not a frontend")
+        if real.is_relative_to(real_root):
+            skip.append(real.relative_to(real_root).as_posix())
     entries = collect(root, skip=skip, links_outside=links_outside)
     if not entries:
         raise BuildError(f"Source folder '{src}' is empty")

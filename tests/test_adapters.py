@@ -780,6 +780,21 @@ def test_corrupt_manifest_keeps_the_last_good_snapshot(
     assert client.get(deployed.url("css/app.css")).body == CSS
 
 
+def test_an_activated_deployment_whose_manifest_is_gone_keeps_the_last_good_snapshot(
+    client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The activation record names it, the store lost it (a Redis key evicted): pages
+    # must not announce an id whose assets no server has.
+    newer = publish(store, {"css/app.css": b"new"})
+    (store.root / "deployments" / f"{newer.id}.json").unlink()
+    with caplog.at_level(logging.ERROR, logger="deploysync"):
+        assert not client.mw.runtime.refresh()
+    told = [r.getMessage() for r in caplog.records if newer.id in r.getMessage()]
+    assert len(told) == 1 and "is missing from" in told[0] and "pinned" not in told[0], told
+    assert client.get("/").header("x-deployment-id") == deployed.id
+    assert client.mw.url("css/app.css") == deployed.url("css/app.css")
+
+
 def test_switch_to_another_static_url_is_refused_at_runtime(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -357,7 +357,7 @@ class Runtime:
             try:
                 self._deployments[ident] = store.load(ident)
             except DeploymentNotFound:
-                if ident in listed:
+                if ident in listed or ident != self.pinned:  # listed, or activated
                     self._report(f"Deployment {ident} is missing from {store.location}")
                 elif not self._pin_told:  # pinned to one not built (yet), or a typo
                     self._pin_told = True
@@ -370,8 +370,9 @@ class Runtime:
             except (StoreError, OSError, ValueError) as exc:
                 self._report(f"Cannot load deployment {ident} from {store.location}: {exc}")
         current = self._deployments.get(current_id) if current_id else None
-        if current_id is not None and current is None and current_id in listed:
-            # The current manifest is unreadable: keep what we have, try again later.
+        if current is None and current_id is not None and current_id != self.pinned:
+            # The current manifest is unreadable or lost (a Redis key evicted): keep
+            # what we have, try again later. Only a pin may name one not built yet.
             return None
         if current is not None and current.static_url != self.static_url:
             message = (

@@ -911,6 +911,27 @@ def test_wsgi_legacy_write_is_passed_through(store: FileStore, deployed: Deploym
     assert ("x-deployment-id", deployed.id) in headers
 
 
+def test_wsgi_legacy_write_on_a_server_without_it_fails_as_without_the_middleware(
+    store: FileStore, deployed: Deployment
+) -> None:
+    import io
+
+    # granian's start_response returns None: the app's write() call must fail (a 500 from
+    # the server), not have its page dropped under a 200 with an empty body.
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", [("Content-Type", "text/html")])
+        write(b"<html><head></head></html>")
+        return []
+
+    mw = _wsgi(store, app)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.input": io.BytesIO()}
+        with pytest.raises(TypeError, match="write"):
+            b"".join(mw(environ, lambda status, headers, exc_info=None: None))
+    finally:
+        mw.close()
+
+
 def test_wsgi_error_page_replaces_held_headers(store: FileStore, deployed: Deployment) -> None:
     import sys
 

@@ -240,8 +240,11 @@ class _Response:
             self.passthrough = True
             if pending and self.write is not None:
                 self.write(pending)
-        if self.write is not None:
-            self.write(data)
+        if self.write is None:
+            # The server offers no write() (granian): the app fails as it would without
+            # the middleware, rather than have its body dropped under a 200.
+            raise TypeError("this WSGI server provides no write() callable")
+        self.write(data)
 
 
 class _Body:

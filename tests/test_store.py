@@ -839,6 +839,30 @@ def test_blob_cache_checks_the_bytes(redis_store: Any) -> None:
 
 
 @pytest.mark.redis
+def test_a_writer_whose_lock_expired_meanwhile_changes_nothing(redis_store: Any) -> None:
+    # A build or prune paused past the lock's TTL (a suspended terminal) while another
+    # writer took the lock: it must not publish, nor delete what that one relies on.
+    kept = put(redis_store, b"kept by the other writer")
+    deployment = deployment_of("paused", b"kept by the other writer")
+    redis_store.publish(deployment_of("listed", b"kept by the other writer"))
+    before = snapshot(redis_store)
+    with redis_store.lock():
+        redis_store._redis.set("deploysync:lock", b"another-writer")  # it expired, was taken
+        for attempt in (
+            lambda: redis_store.publish(deployment),
+            lambda: redis_store.delete_blob(kept),
+            lambda: redis_store.delete_deployment("listed"),
+        ):
+            with pytest.raises(StoreError, match="lock on .* expired.*nothing was changed"):
+                attempt()
+        redis_store._redis.delete("deploysync:lock")
+    assert snapshot(redis_store) == before
+    # Outside any lock (a repair by hand) the deletions still work.
+    redis_store.delete_deployment("listed")
+    assert redis_store.delete_blob(kept) > 0
+
+
+@pytest.mark.redis
 def test_stale_lock_of_a_crashed_writer_expires(redis_store: Any) -> None:
     redis_store._redis.set("deploysync:lock", b"crashed-writer", px=300)
     started = time.monotonic()

@@ -110,6 +110,50 @@ end
 return 0
 """
 
+# The writes that rely on the lock check in the same step that it is still ours: a writer
+# paused past the lock's TTL (a suspended terminal, a frozen VM) while another one took it
+# must not publish a manifest whose blobs that one may be deleting, nor delete blobs that
+# one found stored.
+# KEYS: lock, deployment:<id>, deployments, stamps, published; ARGV: token, manifest,
+# id, stamp, channel, message.
+PUBLISH_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('lock lost')
+end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: lock, blobs, then the blob's keys; ARGV: token ('' when unlocked), digest.
+DELETE_BLOB_SCRIPT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('lock lost')
+end
+local freed = 0
+for i = 3, #KEYS do
+  freed = freed + redis.call('STRLEN', KEYS[i])
+end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('DEL', unpack(KEYS, 3))
+return freed
+"""
+
+# KEYS: lock, deployments, deployment:<id>, stamps, published; ARGV: token (or ''), id.
+DELETE_DEPLOYMENT_SCRIPT = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('lock lost')
+end
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('INCR', KEYS[5])
+return 1
+"""
+
 # KEYS: seq, history, current, deployment:<id>, deployments; ARGV: seq, activation JSON,
 # history limit, channel, message, id. Refuses when the deployment is gone or the seq is
 # not newer than the last one (a writer whose lock expired), so the record never goes
@@ -277,6 +321,9 @@ class RedisStore(Store):
         self._release = self._redis.register_script(RELEASE_SCRIPT)
         self._renew = self._redis.register_script(RENEW_SCRIPT)
         self._activate = self._redis.register_script(ACTIVATE_SCRIPT)
+        self._publish = self._redis.register_script(PUBLISH_SCRIPT)
+        self._delete_blob = self._redis.register_script(DELETE_BLOB_SCRIPT)
+        self._delete_deployment = self._redis.register_script(DELETE_DEPLOYMENT_SCRIPT)
         self._thread_lock = threading.RLock()
         self._lock_depth = 0
         self._lock_token: str | None = None
@@ -687,54 +734,61 @@ class RedisStore(Store):
             ]
         return iter(sorted(found))
 
+    def _guarded(self, script: Any, what: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a write *script* that refuses once the lock taken for it is another's."""
+        try:
+            return script(keys=[self._key("lock"), *keys], args=[self._lock_token or "", *args])
+        except self._response_error as exc:
+            if "lock lost" not in str(exc):
+                self._fail(exc)
+            raise StoreError(
+                f"Cannot {what}: the lock on {self.location} expired while this command was"
+                f" paused (over {LOCK_TTL_MS // 1000} s) and another writer may hold it;"
+                " nothing was changed, run it again"
+            ) from None
+        except self._errors as exc:
+            self._fail(exc)
+
     def delete_blob(self, digest: str) -> int:
         keys = [self._blob_key(digest, encoding) for encoding in (*ENCODINGS, None)]
-        with self._io():
-            pipe = self._redis.pipeline(transaction=True)
-            for key in keys:
-                pipe.strlen(key)
-            # The field first (in the same transaction anyway): the blob stops existing
-            # for every reader at once.
-            pipe.hdel(self._key("blobs"), digest)
-            pipe.delete(*keys)
-            sizes = pipe.execute()[: len(keys)]
+        # The field goes with the keys, at once: the blob stops existing for every reader.
+        freed = self._guarded(
+            self._delete_blob, f"delete blob {digest}", [self._key("blobs"), *keys], [digest]
+        )
         for encoding in (*ENCODINGS, None):
             with contextlib.suppress(OSError):
                 self._cached(digest, encoding).unlink()
-        return sum(int(size) for size in sizes)
+        return int(freed)
 
     # -- manifests -------------------------------------------------------------------------
     def publish(self, deployment: Deployment, *, present: Collection[str] = ()) -> bool:
         # One HMGET checks every blob: nothing to gain from *present*.
         key = self._manifest_key(deployment.id)
-        with self.lock(), self._io():
-            if self._redis.exists(key):
-                # Published already; listed again if the set lost it, and stamped if it
-                # has no stamp yet (published by an earlier version, or the hash evicted)
-                # so that builds can rely on it from now on. An existing stamp is kept.
-                pipe = self._redis.pipeline(transaction=True)
-                pipe.sadd(self._key("deployments"), deployment.id)
-                pipe.hsetnx(self._key("stamps"), deployment.id, secrets.token_hex(8))
-                pipe.execute()
-                return False
-            digests = sorted(deployment.digests())
-            if digests:
-                found = self._redis.hmget(self._key("blobs"), digests)
-                for digest, meta in zip(digests, found, strict=True):
-                    if meta is None:
-                        raise StoreError(
-                            f"Cannot publish {deployment.id}: blob {digest} is missing"
-                        )
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.set(key, deployment.dumps())
-            pipe.sadd(self._key("deployments"), deployment.id)
-            pipe.hset(self._key("stamps"), deployment.id, secrets.token_hex(8))
+        with self.lock():
+            with self._io():
+                if self._redis.exists(key):
+                    # Published already; listed again if the set lost it, and stamped if
+                    # it has no stamp yet (published by an earlier version, or the hash
+                    # evicted) so that builds can rely on it from now on. An existing
+                    # stamp is kept.
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.sadd(self._key("deployments"), deployment.id)
+                    pipe.hsetnx(self._key("stamps"), deployment.id, secrets.token_hex(8))
+                    pipe.execute()
+                    return False
+                digests = sorted(deployment.digests())
+                found = self._redis.hmget(self._key("blobs"), digests) if digests else []
+            for digest, meta in zip(digests, found, strict=True):
+                if meta is None:
+                    raise StoreError(f"Cannot publish {deployment.id}: blob {digest} is missing")
             # Servers must be able to serve its assets before any server pinned to it
-            # renders a page (a container rolling in before the activation): change the
-            # probe and wake the watchers now, not at their next periodic rescan.
-            pipe.incr(self._key("published"))
-            pipe.publish(self.channel, json.dumps({"published": deployment.id}))
-            pipe.execute()
+            # renders a page (a container rolling in before the activation): the script
+            # changes the probe and wakes the watchers now, not at their next rescan.
+            keys = [key, self._key("deployments"), self._key("stamps"), self._key("published")]
+            message = json.dumps({"published": deployment.id})
+            stamp = secrets.token_hex(8)
+            args = [deployment.dumps(), deployment.id, stamp, self.channel, message]
+            self._guarded(self._publish, f"publish {deployment.id}", keys, args)
             return True
 
     def load(self, deployment_id: str) -> Deployment:
@@ -808,14 +862,14 @@ class RedisStore(Store):
             return bool(self._redis.exists(self._manifest_key(deployment_id)))
 
     def delete_deployment(self, deployment_id: str) -> None:
-        key = self._manifest_key(deployment_id)
-        with self._io():
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.srem(self._key("deployments"), deployment_id)
-            pipe.delete(key)
-            pipe.hdel(self._key("stamps"), deployment_id)
-            pipe.incr(self._key("published"))
-            pipe.execute()
+        keys = [
+            self._key("deployments"),
+            self._manifest_key(deployment_id),
+            self._key("stamps"),
+            self._key("published"),
+        ]
+        what = f"delete deployment {deployment_id}"
+        self._guarded(self._delete_deployment, what, keys, [deployment_id])
 
     # -- holds by running servers -----------------------------------------------------------
     def hold(self, deployment_id: str, ttl: float = HOLD_TTL) -> None:

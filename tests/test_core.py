@@ -554,6 +554,65 @@ def test_finish_headers_adjusts_length() -> None:
     assert not [h for h in core.finish_headers(edit, 30) if h[0] == b"content-length"]
 
 
+ORIGIN = b"https://shop.example.com"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        b"https://pay.example.com/checkout",
+        b"//pay.example.com/x",
+        b"/\\pay.example.com/x",  # a backslash reads as a slash in a browser
+        b" /\t/pay.example.com",  # so do surrounding spaces and inner tabs
+        b"http://shop.example.com/",  # another scheme: another origin
+        b"https://shop.example.com:8443/",
+        b"https://shop.example.com.evil.example/",
+        b"HTTPS:pay.example.com",
+    ],
+)
+def test_a_navigation_redirected_elsewhere_is_told_to_the_client(location: bytes) -> None:
+    headers = [(b"Location", location), (b"Content-Type", b"text/html")]
+    edit = edit_response("POST", 303, headers, "bbbb", (), None, ORIGIN)
+    assert edit is not None and not edit.inject
+    assert (b"x-deploysync-location", location) in edit.headers
+    assert not [name for name, _ in edit.headers if name.lower() == b"location"]
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        b"/done",
+        b"done?x=1",
+        b"?page=2",
+        b"https://SHOP.example.com/done",
+        b"https://shop.example.com",
+        b"mailto:sales@example.com",  # no page: left to the browser
+        b"javascript:alert(1)",  # never handed to the client to load
+    ],
+)
+def test_a_redirect_on_the_same_origin_is_left_to_fetch(location: bytes) -> None:
+    headers = [(b"Location", location)]
+    edit = edit_response("POST", 302, headers, "bbbb", (), None, ORIGIN)
+    assert edit is None or (b"Location", location) in edit.headers
+
+
+def test_only_a_navigation_redirect_is_renamed() -> None:
+    away = [(b"Location", b"https://pay.example.com/")]
+    assert edit_response("POST", 303, away, "bbbb") is None  # not a navigation fetch
+    edit = edit_response("POST", 200, [*away, HTML], "bbbb", (), None, ORIGIN)
+    assert edit is not None and (b"Location", b"https://pay.example.com/") in edit.headers
+
+
+def test_the_origin_of_a_request() -> None:
+    assert core.origin_of("https", b"Shop.Example.com") == ORIGIN
+    assert core.origin_of("http", None, ("testserver", 80)) == b"http://testserver"
+    assert core.origin_of("http", None, ("localhost", 8000)) == b"http://localhost:8000"
+    assert core.origin_of("http", None) is None
+    environ = {"wsgi.url_scheme": "https", "SERVER_NAME": "a.example", "SERVER_PORT": "443"}
+    assert core.environ_origin(environ) == b"https://a.example"
+    assert core.environ_origin({**environ, "HTTP_HOST": "b.example:81"}) == b"https://b.example:81"
+
+
 def test_no_deployment_means_no_edit() -> None:
     assert edit_response("GET", 200, [HTML], None) is None
 

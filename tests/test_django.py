@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -27,6 +28,7 @@ from django.core.management import call_command, get_commands  # noqa: E402
 from django.http import (  # noqa: E402
     HttpRequest,
     HttpResponse,
+    HttpResponseRedirect,
     JsonResponse,
     StreamingHttpResponse,
 )
@@ -93,6 +95,11 @@ def submit(request: HttpRequest) -> HttpResponse:
     return HttpResponse("<!doctype html><p>saved</p>")
 
 
+def pay(request: HttpRequest) -> HttpResponse:
+    CALLS.append(request.method or "")
+    return HttpResponseRedirect(request.GET.get("to", "https://pay.example.com/checkout"))
+
+
 def api(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"ok": True})
 
@@ -155,6 +162,7 @@ urlpatterns = [
     path("stream", stream),
     path("astream", async_stream),
     path("submit", submit),
+    path("pay", pay),
     path("api", api),
     path("manual", manual),
     path("vite", vite),
@@ -399,6 +407,30 @@ def test_stale_navigation_409_without_calling_the_view(deployed: Deployment) -> 
     fresh = {"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id}
     assert Client().post("/submit", headers=fresh).status_code == 200
     assert CALLS == ["POST"]
+
+
+@pytest.mark.parametrize(
+    ("to", "renamed"),
+    [
+        ("https://pay.example.com/checkout", True),
+        ("//pay.example.com/checkout", True),
+        ("http://testserver/done", False),
+        ("/done", False),
+    ],
+)
+def test_a_navigation_redirected_to_another_origin_tells_the_client_where(
+    deployed: Deployment, to: str, renamed: bool
+) -> None:
+    # A fetch cannot follow it (CORS): the client loads it, the POST is not sent again.
+    navigate = {"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id}
+    response = Client().post("/pay?to=" + quote(to), headers=navigate)
+    assert response.status_code == 302 and CALLS == ["POST"]
+    if renamed:
+        assert response["X-Deploysync-Location"] == to and "Location" not in response
+    else:
+        assert response["Location"] == to and "X-Deploysync-Location" not in response
+    # Other requests (a plain form post, a fetch of the app's) keep their redirect.
+    assert Client().post("/pay?to=" + quote(to))["Location"] == to
 
 
 def test_stale_navigation_async(deployed: Deployment) -> None:

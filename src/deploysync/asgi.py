@@ -92,6 +92,11 @@ class DeploySync(Middleware[ASGIApp]):
         # Read now: a Mount further in changes root_path in the scope it shares.
         prefix = mount_prefix(root) if root else ""
         responder = _Responder(self, scope, send, snapshot, conditional, prefix)
+        if request.navigate:
+            host = next((v for k, v in scope["headers"] if k == b"host"), None)
+            responder.navigation = core.origin_of(
+                scope.get("scheme", "http"), host, scope.get("server")
+            )
         token = self._request_state.set((snapshot, prefix))
         try:
             await self.app(scope, receive, responder.send)
@@ -111,6 +116,7 @@ class _Responder:
         "edit",
         "injector",
         "mw",
+        "navigation",
         "passthrough",
         "prefix",
         "scope",
@@ -138,6 +144,7 @@ class _Responder:
         self.edit: core.ResponseEdit | None = None
         self.injector: Injector | None = None
         self.start: Message | None = None
+        self.navigation: bytes | None = None  # the origin of a navigation fetch
 
     async def send(self, message: Message) -> None:
         if self.passthrough:
@@ -153,6 +160,7 @@ class _Responder:
                 snapshot.current_id,
                 snapshot.id_header,
                 self.conditional,
+                self.navigation,
             )
             if edit is None:
                 self.passthrough = True

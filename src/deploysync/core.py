@@ -836,6 +836,7 @@ def edit_response(
     current_id: str | None,
     id_header: tuple[Header, ...] = (),
     conditional: Conditional | None = None,
+    navigation: bytes | None = None,
 ) -> ResponseEdit | None:
     """Decide how an app's response is changed; ``None``: it passes through untouched.
 
@@ -848,6 +849,11 @@ def edit_response(
     *conditional* is what :func:`app_conditional` made of the request. *headers* may
     have names in any case. A page the app compressed comes back with its coding in
     ``compressed`` (no tags can go in; the adapters say so once).
+
+    *navigation*: the origin (:func:`origin_of`) of a request the client made to navigate
+    (``X-Deploysync: navigate``). A redirect of such a request to another origin has its
+    ``Location`` renamed ``X-Deploysync-Location``: a fetch cannot follow it (CORS), and
+    a POST the app processed must not be sent again, so the client loads it instead.
     """
     content_type = b""
     opt_out = has_cache_control = download = False
@@ -888,6 +894,13 @@ def edit_response(
         out.append((name, value))
     if opt_out:
         return ResponseEdit(_with_length(out, content_length), False)
+    if navigation is not None and 300 <= status < 400:
+        for index, (name, value) in enumerate(out):
+            if name.lower() == b"location":
+                if leads_elsewhere(value, navigation):
+                    out[index] = (b"x-deploysync-location", value)
+                    return ResponseEdit(_with_length(out, content_length), False)
+                break
     if current_id is None or status < 200:
         return None
     restored = conditional is not None and conditional.current
@@ -930,6 +943,49 @@ def edit_response(
     if encoded and status == 200 and method != "HEAD":
         edit.compressed = encoded
     return edit
+
+
+# A reference that stays on the request's origin: a path from the root ("/a", not "//a"
+# or "/\\a", which browsers read as another host), or one without scheme or leading slash.
+_SAME_ORIGIN_REFERENCE_RE = re.compile(rb"/(?![/\\])|(?![a-zA-Z][a-zA-Z0-9+.-]*:)[^/\\]")
+_SCHEME_RE = re.compile(rb"[a-zA-Z][a-zA-Z0-9+.-]*:")
+_URL_SPACE = bytes(range(0x21))  # stripped from the ends of a URL, as browsers do
+
+
+def origin_of(
+    scheme: str, host: bytes | str | None, server: tuple[str, int | str] | None = None
+) -> bytes | None:
+    """``scheme://host`` of a request (lower case), for :func:`edit_response`: from its
+    ``Host`` header, else from the server's name and port (a default port left out)."""
+    if not host and server:
+        name, port = server
+        default = (scheme, str(port)) in (("http", "80"), ("https", "443"))
+        host = name if default else f"{name}:{port}"
+    if not host:
+        return None
+    raw = host.encode("latin-1", "replace") if isinstance(host, str) else host
+    return (scheme.encode("latin-1", "replace") + b"://" + raw.strip()).lower()
+
+
+def environ_origin(environ: Mapping[str, Any]) -> bytes | None:
+    """:func:`origin_of` a WSGI environ (or Django's ``request.META``)."""
+    server = (environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
+    scheme = environ.get("wsgi.url_scheme", "http")
+    return origin_of(scheme, environ.get("HTTP_HOST"), server if server[0] else None)
+
+
+def leads_elsewhere(location: bytes, origin: bytes) -> bool:
+    """Whether a redirect to *location* leads to a web page of another origin than
+    *origin* (``scheme://host``). In doubt it does (a reference a browser might resolve
+    to another host); a scheme other than HTTP(S) (``mailto:``) does not: no page."""
+    value = location.translate(None, b"\t\n\r").strip(_URL_SPACE)
+    if not value or _SAME_ORIGIN_REFERENCE_RE.match(value):
+        return False
+    end = len(origin)
+    if value[:end].lower() == origin and value[end : end + 1] in (b"", b"/", b"?", b"#"):
+        return False
+    scheme = _SCHEME_RE.match(value)
+    return scheme is None or scheme.group().lower() in (b"http:", b"https:")
 
 
 def _with_length(headers: list[Header], length: int | None) -> list[Header]:

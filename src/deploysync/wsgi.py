@@ -96,6 +96,8 @@ class DeploySync(Middleware[WSGIApp]):
         script_name = environ.get("SCRIPT_NAME")
         prefix = mount_prefix(script_name, wsgi=True) if script_name else ""
         response = _Response(self, environ, start_response, snapshot, conditional, prefix)
+        if request.navigate:
+            response.navigation = core.environ_origin(environ)
         token = self._request_state.set((snapshot, prefix))
         try:
             result = self.app(environ, response.start_response)
@@ -143,6 +145,7 @@ class _Response:
         "held",
         "injector",
         "mw",
+        "navigation",
         "passthrough",
         "prefix",
         "sent",
@@ -174,6 +177,7 @@ class _Response:
         self.edit: core.ResponseEdit | None = None
         self.injector: Injector | None = None
         self.write: Write | None = None
+        self.navigation: bytes | None = None  # the origin of a navigation fetch
 
     def start_response(
         self,
@@ -200,7 +204,13 @@ class _Response:
         snapshot = self.snapshot
         method = self.environ.get("REQUEST_METHOD", "GET")
         edit = core.edit_response(
-            method, code, raw, snapshot.current_id, snapshot.id_header, self.conditional
+            method,
+            code,
+            raw,
+            snapshot.current_id,
+            snapshot.id_header,
+            self.conditional,
+            self.navigation,
         )
         if edit is None or not edit.inject:
             tell_compressed(edit)

@@ -204,6 +204,23 @@ def test_a_stale_form_clicked_twice_is_processed_once_with_its_fields(
     _posted_once(site, page, "hello via other #1", new)
 
 
+def test_a_stale_get_form_announces_the_url_the_browser_loads(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, page = _client_page(make_site, tab, "/form")
+    page.evaluate(
+        """() => document.addEventListener("deploysync:before-reload",
+            (e) => sessionStorage.reloadUrl = e.detail.url)"""
+    )
+    new = site.deploy("v2")
+    assert check(page)
+    page.fill("#q", "needle")
+    page.click("#search")
+    title_is(page, "A")
+    assert page_id(page) == new
+    assert page.evaluate("sessionStorage.reloadUrl") == site.url("/a?q=needle")
+
+
 def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
     make_site: MakeSite, tab: Tab
 ) -> None:

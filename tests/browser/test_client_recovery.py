@@ -178,6 +178,46 @@ def test_a_page_restored_from_the_back_forward_cache_after_a_deploy_loads_afresh
     assert page.evaluate("+sessionStorage.restored || 0") == 1, "not restored from the bfcache"
 
 
+def test_a_restored_page_the_user_types_in_before_its_check_answers_is_not_reloaded(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # On a slow network the version check of a restored page answers seconds later: by
+    # then the user is at work on the page, which only becomes stale (a check answered
+    # within a second completes the navigation back: the page loads afresh).
+    site = make_site(routing="server")
+    page = tab.page
+    _bfcache_probe(page)
+    page.goto(site.url("/type"))
+    client_routed(page)
+    mark(page)
+    # The page's version checks wait for the test (the page keeps this through the cache).
+    page.evaluate(
+        """() => {
+        const real = fetch
+        window.__checks = 0
+        window.__answer = new Promise((resolve) => (window.__release = resolve))
+        window.fetch = (url, options) => String(url).includes("/_deploysync/version")
+            ? (window.__checks++, window.__answer.then(() => real(url, options)))
+            : real(url, options)
+    }"""
+    )
+    page.goto(site.url("/a"))
+    title_is(page, "A")
+    new = site.deploy("v2")
+    page.go_back(wait_until="commit")
+    page.wait_for_function("window.__checks > 0")
+    assert page.evaluate("+sessionStorage.restored || 0") == 1, "not restored from the bfcache"
+    page.type("#text", "a comment")
+    page.wait_for_timeout(1500)  # the answer comes once the restore is long over
+    page.evaluate("window.__release()")
+    wait_stale(page)
+    page.wait_for_timeout(500)
+    assert marked(page) and page.input_value("#text") == "a comment"
+    page.click("#to-a")  # the next navigation is the full load
+    title_is(page, "A")
+    assert page_id(page) == new
+
+
 def test_a_page_taken_from_the_http_cache_by_back_after_a_deploy_loads_afresh(
     make_site: MakeSite, browser_without_bfcache: Any
 ) -> None:

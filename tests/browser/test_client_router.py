@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,6 +191,52 @@ def test_a_failed_fetch_falls_back_to_a_full_load(site: Site, page: Any, tab: Ta
     page.click("#to-a")
     title_is(page, "A")
     assert not marked(page)
+
+
+def test_a_post_answered_with_a_file_downloads_it_and_is_processed_once(
+    site: Site, tab: Tab
+) -> None:
+    # An export form: the browser downloads the answer and stays on the page.
+    page = tab.page
+    page.goto(site.url("/export"))
+    client_routed(page)
+    mark(page)
+    with page.expect_download() as download:
+        page.click("#export")
+    assert download.value.suggested_filename == "report.csv"
+    assert Path(download.value.path()).read_bytes() == b"id,name\n1,deploysync\n"
+    assert site.stats()["posts"] == 1
+    assert page.url == site.url("/export") and marked(page)
+
+
+def test_a_post_answered_with_text_shows_it_as_the_browser_would(site: Site, tab: Tab) -> None:
+    # Not a download (no Content-Disposition: attachment): the tab shows it.
+    page = tab.page
+    tab.allow(r"Failed to load resource: the server responded with a status of 500")
+    page.goto(site.url("/export"))
+    client_routed(page)
+    page.click("#fail")
+    page.wait_for_url("blob:**")
+    expect(page.locator("body")).to_have_text("export failed")
+    assert site.stats()["posts"] == 1
+
+
+@pytest.mark.parametrize("adapter", ["asgi", "wsgi"])
+def test_a_post_redirected_to_another_origin_lands_there_processed_once(
+    make_site: MakeSite, tab: Tab, adapter: str
+) -> None:
+    # A checkout sending the user to a payment page: a fetch cannot follow the redirect
+    # (CORS), and the form must not be sent again to find out where it led.
+    site = make_site(adapter, routing="client")
+    page = tab.page
+    page.goto(site.url("/pay"))
+    client_routed(page)
+    mark(page)
+    page.click("#pay")
+    elsewhere = site.url("/b").replace("127.0.0.1", "localhost")
+    page.wait_for_url(elsewhere)
+    title_is(page, "B")
+    assert site.stats()["posts"] == 1
 
 
 def test_the_app_hears_about_navigations_and_can_cancel_them(page: Any) -> None:

@@ -211,6 +211,26 @@ class App:
                 f'<button id="load" data-chunk="{self.url("chunk.js")}">Load</button>'
                 '<p id="lazy"></p>',
             )
+        if path == "/export":  # a POST answered with a file, or with text shown in the tab
+            if method == "POST" and params.get("fail"):
+                return Response(500, [("Content-Type", "text/plain")], b"export failed")
+            if method == "POST":
+                disposition = 'attachment; filename="report.csv"'
+                headers_out = [("Content-Type", "text/csv"), ("Content-Disposition", disposition)]
+                return Response(200, headers_out, b"id,name\n1,deploysync\n")
+            return self.page(
+                "Export",
+                '<form method="post" action="/export"><button id="export">Export</button></form>'
+                '<form method="post" action="/export?fail=1">'
+                '<button id="fail">Fail</button></form>',
+            )
+        if path == "/pay":  # a POST answered with a redirect to another origin (a payment)
+            if method == "POST":
+                port = headers.get("host", "").rpartition(":")[2]
+                return Response(303, [("Location", f"http://localhost:{port}/b")], b"")
+            return self.page(
+                "Pay", '<form method="post" action="/pay"><button id="pay">Pay</button></form>'
+            )
         if path == "/redirect":
             return Response(302, [("Location", "/b")], b"")
         if path == "/nothing":  # a navigation that leaves the page where it is

@@ -1,18 +1,11 @@
 // @ts-check
-// deploysync client: a stale page's next navigation is a full load.
+// deploysync: a stale page's next navigation is a full load.
 
 const KEY = "deploysync"
 const me = /** @type {HTMLScriptElement | null} */ (document.querySelector("script[data-deploysync]"))
 const data = me?.dataset || {}
 const nav = /** @type {any} */ (self).navigation
 
-const config = {
-  routing: data.routing,
-  interval: +data.checkInterval,
-  versionUrl: data.versionUrl || "/_deploysync/version",
-  prefetch: "prefetch" in data,
-  staticUrl: data.staticUrl || "/static/",
-}
 const pageId = document.querySelector("meta[name=deployment-id]")?.getAttribute("content")
 const ID = { "X-Deployment-Id": pageId || "" }
 const HEADERS = { "X-Deploysync": "navigate", ...ID }
@@ -56,11 +49,11 @@ class Router {
     let g
     try {
       g = JSON.parse(sessionStorage[KEY])
-      sessionStorage.removeItem(KEY)
+      delete sessionStorage[KEY]
     } catch {}
     this.guard = g?.id == pageId && Date.now() - g.t < 6e4
-    this.client = config.routing == "client" && !this.guard
-    this.external = config.routing == "external"
+    this.client = data.routing == "client" && !this.guard
+    this.external = data.routing == "external"
   }
 
   /** @returns {any[][]} */
@@ -95,7 +88,7 @@ class Router {
     if (this.on) return
     this.on = true
     for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
-    if (config.interval > 0) this.timer = setInterval(this.check, config.interval * 1e3)
+    if (+data.checkInterval > 0) this.timer = setInterval(this.check, +data.checkInterval * 1e3)
     if (this.client) history.replaceState({ ...history.state, ds: this.key }, "")
   }
 
@@ -110,7 +103,7 @@ class Router {
 
   /** @returns {Promise<boolean>} */
   check = (reason = "check") =>
-    (this.req ||= fetch(config.versionUrl, { cache: "no-store", headers: ID })
+    (this.req ||= fetch(data.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
       .then((v) => (v.outdated ?? v.id != pageId) && this.mark(v.id, reason))
       .catch(() => reason == "asset" && this.mark(null, "check-failed"))
@@ -135,7 +128,7 @@ class Router {
     return reload
   }
 
-  onError = (e) => (e.target.src || e.target.href)?.startsWith?.(abs(config.staticUrl)) && this.hint()
+  onError = (e) => (e.target.src || e.target.href)?.startsWith?.(abs(data.staticUrl)) && this.hint()
 
   onRejection = (e) => /dynamically imported|module script/i.test(e.reason?.message) && this.hint()
 
@@ -145,7 +138,7 @@ class Router {
 
   onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
 
-  onShow = (e) => (e.persisted || performance.navigation.type == 2) && this.check().then((s) => s && this.full(location.href, "reload"))
+  onShow = (e) => (e.persisted || performance.navigation.type == 2) && this.check().then((s) => s && performance.now() - e.timeStamp < 1e3 && this.full(location.href, "reload"))
 
   onPop = (e) => {
     if (here(this.from)) return
@@ -194,17 +187,17 @@ class Router {
     const method = at("method").toUpperCase()
     const url = new URL(abs(at("action") || location.href))
     if (url.origin != location.origin || method == "DIALOG" || !/^(_self)?$/.test(at("target"))) return
-    if (this.stale) return this.full(url.href, "browser")
-    e.preventDefault()
     const body = new FormData(f, s)
     const params = new URLSearchParams(/** @type {any} */ (body))
     if (method != "POST") url.search = "" + params
+    if (this.stale) return this.full(url.href, "browser")
+    e.preventDefault()
     this.visit(url.href, method == "POST" ? { method, body: /multipart/.test(at("enctype")) ? body : params, form: f, sub: s } : {})
   }
 
   onHover = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
-    if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !(config.prefetch || a.closest("[data-deploysync-prefetch]"))) return
+    if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !("prefetch" in data || a.closest("[data-deploysync-prefetch]"))) return
     if (this.cache.size > 7) this.cache.clear()
     const k = a.href
     const p = fetch(k, { headers: HEADERS }).catch(() => {})
@@ -221,21 +214,30 @@ class Router {
     const ctl = (this.ctl = new AbortController())
     const hit = !form && this.cache.get(url)
     this.cache.clear()
-    const bar = Object.assign(document.createElement("progress"), { id: KEY + "-progress", style: "position:fixed;inset:0;width:100%;height:3px;border:0;z-index:99999" })
-    const t = setTimeout(() => document.documentElement.append(bar), 300)
+    document.documentElement.ariaBusy = "true"
     let res
     try {
       res = (await hit) || (await fetch(url, { ...o, headers: HEADERS, signal: ctl.signal }))
-      url = res.url + new URL(url).hash
+      const h = (n) => res.headers.get(n)
+      const to = h("X-Deploysync-Location")
+      const html = /html/.test(h("Content-Type"))
+      url = to || res.url + new URL(url).hash
       if (this.seen(res)) throw (res = res.redirected)
-      if ((this.stale && (!form || res.redirected)) || !/html/.test(res.headers.get("Content-Type"))) throw 0
-      const doc = new DOMParser().parseFromString(await res.text(), "text/html")
-      if (ctl == this.ctl) await this.render(doc, url, pop)
+      if (to || ((!form || res.redirected) && (this.stale || !html))) throw 0
+      if (html) {
+        const doc = new DOMParser().parseFromString(await res.text(), "text/html")
+        if (ctl == this.ctl) await this.render(doc, url, pop)
+      } else if (res.status != 204) {
+        const a = document.createElement("a")
+        const d = /^attachment(.*filename="?([^";]+))?/i.exec(h("Content-Disposition"))
+        a.href = URL.createObjectURL(await res.blob())
+        if (d) a.download = d[2] || ""
+        a.click()
+      }
     } catch {
       if (!ctl.signal.aborted) this.full(url, !res && form, sub)
     }
-    clearTimeout(t)
-    bar.remove()
+    if (ctl == this.ctl) document.documentElement.ariaBusy = null
   }
 
   /** @param {Document} doc @param {string} url @param {string} [pop] */

@@ -39,6 +39,7 @@ from ...core import (
     decide,
     edit_response,
     environ_headers,
+    environ_origin,
     finish_headers,
     make_request,
     request_conditional,
@@ -72,7 +73,7 @@ class DeploySyncMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        snapshot, config, plan, conditional = self._decide(request)
+        snapshot, config, plan, conditional, navigation = self._decide(request)
         if plan is not None:
             return plan_response(plan, async_body=False, request=request)
         # The view renders in the request's state (see Runtime.request_state).
@@ -84,10 +85,10 @@ class DeploySyncMiddleware:
         finally:
             var.reset(token)
         assert isinstance(response, HttpResponseBase)  # the sync chain returns responses
-        return self._edit(request, response, state, config, conditional)
+        return self._edit(request, response, state, config, conditional, navigation)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        snapshot, config, plan, conditional = self._decide(request)
+        snapshot, config, plan, conditional, navigation = self._decide(request)
         if plan is not None:
             if all(isinstance(part, bytes) for part in plan.body):
                 return plan_response(plan, async_body=True, request=request)
@@ -100,12 +101,15 @@ class DeploySyncMiddleware:
             response = await self.get_response(request)
         finally:
             var.reset(token)
-        return self._edit(request, response, state, config, conditional)
+        return self._edit(request, response, state, config, conditional, navigation)
 
     # -- request ---------------------------------------------------------------------------
     def _decide(
         self, request: HttpRequest
-    ) -> tuple[Snapshot, Config, Plan | None, Conditional | None]:
+    ) -> tuple[Snapshot, Config, Plan | None, Conditional | None, bytes | None]:
+        """The request's snapshot, the configuration, the middleware's own answer (or
+        ``None``: the view's), how validators reach the view, and the origin of a
+        navigation fetch (for :func:`~deploysync.core.edit_response`)."""
         config = get_config()
         runtime = get_runtime()
         # One snapshot per request: the decision, the headers and the injected tags all
@@ -124,7 +128,11 @@ class DeploySyncMiddleware:
             conditional = request_conditional(core_request, snapshot.current_id)
             if conditional is not None:
                 conditional_environ(request.META, conditional)
-        return snapshot, config, plan, conditional
+        navigation = None
+        if plan is None and core_request.navigate:
+            # The scheme as Django reads it (SECURE_PROXY_SSL_HEADER), the host as sent.
+            navigation = environ_origin({**request.META, "wsgi.url_scheme": request.scheme})
+        return snapshot, config, plan, conditional, navigation
 
     # -- response --------------------------------------------------------------------------
     def _edit(
@@ -134,6 +142,7 @@ class DeploySyncMiddleware:
         state: tuple[Snapshot, str],
         config: Config,
         conditional: Conditional | None,
+        navigation: bytes | None = None,
     ) -> HttpResponseBase:
         """*response* edited as the core says; *state*: the request's snapshot and the
         URL prefix of the site."""
@@ -149,6 +158,7 @@ class DeploySyncMiddleware:
             snapshot.current_id,
             snapshot.id_header,
             conditional,
+            navigation,
         )
         if config.inject:  # (templates that place the tags lose nothing to compression)
             tell_compressed(edit)

@@ -839,6 +839,42 @@ def test_blob_cache_checks_the_bytes(redis_store: Any) -> None:
 
 
 @pytest.mark.redis
+def test_prefetch_copies_many_blobs_in_few_round_trips(
+    redis_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server switching to a deployment of thousands of new files must not wait for a
+    # round trip per file and per variant.
+    from deploysync.store import redis as redis_module
+
+    blobs = [f"/* file {i} */ body {{ color: red; }}\n".encode() * 20 for i in range(150)]
+    digests = [put(redis_store, data, gzip=gzip.compress(data, mtime=0)) for data in blobs]
+    tampered = digests[7]
+    redis_store._redis.set(f"deploysync:blob:{tampered}", b"tampered")
+    executed: list[int] = []
+    real_pipeline = redis_store._redis.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = real_pipeline(*args, **kwargs)
+        real_execute = pipe.execute
+        pipe.execute = lambda *a, **k: executed.append(1) or real_execute(*a, **k)
+        return pipe
+
+    monkeypatch.setattr(redis_store._redis, "pipeline", pipeline)
+    wanted = [(d, coding) for d in digests for coding in (None, "gzip")]
+    redis_store.prefetch(wanted)
+    assert len(executed) == -(-len(wanted) // redis_module.PREFETCH_BATCH)  # 5 for 300
+    executed.clear()
+    for digest, data in zip(digests, blobs, strict=True):
+        if digest == tampered:
+            with pytest.raises(StoreError, match="corrupt"):  # not copied: told when read
+                redis_store.blob_path(digest)
+            continue
+        assert Path(redis_store.blob_path(digest)).read_bytes() == data
+        assert gzip.decompress(Path(redis_store.blob_path(digest, "gzip")).read_bytes()) == data
+    assert len(executed) == 1  # only the tampered one was asked for again
+
+
+@pytest.mark.redis
 def test_a_writer_whose_lock_expired_meanwhile_changes_nothing(redis_store: Any) -> None:
     # A build or prune paused past the lock's TTL (a suspended terminal) while another
     # writer took the lock: it must not publish, nor delete what that one relies on.
@@ -853,7 +889,7 @@ def test_a_writer_whose_lock_expired_meanwhile_changes_nothing(redis_store: Any)
             lambda: redis_store.delete_blob(kept),
             lambda: redis_store.delete_deployment("listed"),
         ):
-            with pytest.raises(StoreError, match="lock on .* expired.*nothing was changed"):
+            with pytest.raises(StoreError, match=r"lock on .* expired.*nothing was changed"):
                 attempt()
         redis_store._redis.delete("deploysync:lock")
     assert snapshot(redis_store) == before

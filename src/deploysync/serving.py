@@ -396,6 +396,11 @@ class Runtime:
         # Problems with single assets are told in one line per snapshot: a prune racing
         # a server's first read can make hundreds of them.
         self._unread = []
+        if self._root is None:
+            # A remote store: the new assets' bytes are copied in bulk first, the loop
+            # below then finds them local (a deploy of thousands of files would take a
+            # round trip per file and per variant, seconds before the switch).
+            self._prefetch(ordered)
         try:
             for deployment in ordered:
                 if deployment.static_url != self.static_url:
@@ -469,6 +474,20 @@ class Runtime:
             deployment=current,
             loaded=tuple(sorted(self._deployments)),
         )
+
+    def _prefetch(self, deployments: Iterable[Deployment]) -> None:
+        wanted: list[tuple[str, str | None]] = []
+        for deployment in deployments:
+            if deployment.static_url != self.static_url:
+                continue
+            for asset in deployment.assets.values():
+                key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
+                if key not in self._files:
+                    wanted.append((asset.digest, None))
+                    wanted += [(asset.digest, coding) for coding in asset.encodings]
+        if wanted:
+            with contextlib.suppress(StoreError, OSError, ValueError):  # each read tells
+                self.store.prefetch(wanted)
 
     def _load_file(self, asset: Asset) -> StaticFile | None:
         """The servable form of *asset*, or ``None`` when its bytes are not trustworthy."""

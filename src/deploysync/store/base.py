@@ -204,6 +204,12 @@ class Store(ABC):
 
         A remote backend materialises the blob into a local cache first."""
 
+    def prefetch(self, blobs: Iterable[tuple[str, str | None]]) -> None:  # noqa: B027
+        """Make :meth:`blob_path` of these ``(digest, encoding)`` pairs cheap, in bulk: a
+        remote backend fetches what its local cache lacks in a few round trips instead of
+        one each. Best effort (what fails is fetched again, and told, by ``blob_path``);
+        a local backend has nothing to do."""
+
     @abstractmethod
     def all_blobs(self) -> Iterator[str]:
         """Every stored digest (used by prune)."""

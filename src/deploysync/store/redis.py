@@ -39,7 +39,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Collection, Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -72,6 +72,8 @@ INSTALL_HINT = "the redis store needs `pip install deploysync[redis]`"
 LOCK_TTL_MS = 30_000
 LOCK_RENEW_EVERY = LOCK_TTL_MS / 3000
 LOCK_POLL = (0.02, 0.25)  # first and longest wait between attempts to take the lock
+#: Blobs fetched per round trip when a server copies a new deployment's assets.
+PREFETCH_BATCH = 64
 #: Connecting must fail fast: a CLI command reports an outage in a second or two.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 10.0
@@ -701,6 +703,13 @@ class RedisStore(Store):
             pipe.get(key)
             pipe.hget(self._key("blobs"), digest)
             data, meta = pipe.execute()
+        self._keep_copy(digest, encoding, data, meta)
+        return str(target)
+
+    def _keep_copy(
+        self, digest: str, encoding: str | None, data: bytes | None, meta: bytes | None
+    ) -> None:
+        """Check fetched bytes and write them to the local cache."""
         sizes = self._parse_variants(meta)
         if data is None or sizes is None:
             raise StoreError(f"Blob {digest} ({encoding or 'identity'}) is missing")
@@ -711,8 +720,29 @@ class RedisStore(Store):
                 raise StoreError(f"Blob {digest} in {self.location} is corrupt (sha256 mismatch)")
         elif sizes.get(encoding) != len(data):
             raise StoreError(f"Blob {digest} ({encoding}) in {self.location} is corrupt")
-        self._write_cache(target, data)
-        return str(target)
+        self._write_cache(self._cached(digest, encoding), data)
+
+    def prefetch(self, blobs: Iterable[tuple[str, str | None]]) -> None:
+        if not self._cache_ready:
+            self._prepare_cache()
+        wanted = [
+            (digest, encoding)
+            for digest, encoding in dict.fromkeys(blobs)
+            if not self._cached(check_digest(digest), encoding).is_file()
+        ]
+        # Batches bounded in count: a reply of a few MB at most in the usual case, and a
+        # server's other requests are not held behind one huge read.
+        for start in range(0, len(wanted), PREFETCH_BATCH):
+            batch = wanted[start : start + PREFETCH_BATCH]
+            with self._io():
+                pipe = self._redis.pipeline(transaction=False)
+                for digest, encoding in batch:
+                    pipe.get(self._blob_key(digest, encoding))
+                pipe.hmget(self._key("blobs"), [digest for digest, _ in batch])
+                *found, metas = pipe.execute()
+            for (digest, encoding), data, meta in zip(batch, found, metas, strict=True):
+                with contextlib.suppress(StoreError):  # blob_path fetches and tells it
+                    self._keep_copy(digest, encoding, data, meta)
 
     def _write_cache(self, target: Path, data: bytes) -> None:
         try:

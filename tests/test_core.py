@@ -236,6 +236,13 @@ def test_other_methods_under_the_prefix_are_405(method: str) -> None:
         ("C:x", False),
         ("", False),
         ("a/", False),
+        ("a/.", False),
+        ("a/..", False),
+        ("..", False),
+        ("/", False),
+        ("x" * 1025, False),
+        ("...", True),
+        (".hidden/a..b/c.", True),
     ],
 )
 def test_is_safe_name(name: str, safe: bool) -> None:

@@ -17,7 +17,9 @@ from urllib.parse import quote, urlsplit
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What no asset name holds: a backslash or a control character (see is_safe_name).
-_UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+# A control character or backslash anywhere, or an empty, "." or ".." segment (a leading
+# "/" makes the first one empty).
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f\x7f\\]|(?:^|/)\.{0,2}(?:/|$)")
 MANIFEST_VERSION = 1
 DEFAULT_STATIC_URL = "/static/"
 # What a static URL's path may hold: RFC 3986 path characters (pchar) other than
@@ -72,11 +74,7 @@ def is_safe_name(name: str) -> bool:
     Not: empty, absolute, over 1,024 characters, with a drive letter's colon, a
     backslash, a control character, or an empty, ``.`` or ``..`` segment.
     """
-    if not name or name.startswith("/") or len(name) > 1024:
-        return False
-    if ":" in name[:3] or _UNSAFE_CHARACTERS.search(name):
-        return False
-    return all(part not in ("", ".", "..") for part in name.split("/"))
+    return 0 < len(name) <= 1024 and ":" not in name[:3] and _UNSAFE_NAME.search(name) is None
 
 
 def normalize_static_url(static_url: str) -> str:

@@ -128,6 +128,24 @@ def test_put_blob_is_idempotent(any_store: Store) -> None:
     assert any_store.blob_variants(digest) == {}
 
 
+def test_a_variant_left_in_part_by_a_killed_build_is_written_over(tmp_path: Path) -> None:
+    # A new blob's variants are written in place before its plain file: a build killed
+    # meanwhile leaves a part of one, and no plain file (the blob is not stored).
+    store = FileStore(tmp_path / "store")
+    store.ensure_writable()
+    data = b"body { color: red; }\n" * 50
+    digest = digest_of(data)
+    compressed = gzip.compress(data, mtime=0)
+    folder = store.root / "objects" / digest[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{digest}.gz").write_bytes(compressed[:10])
+    assert store.blob_variants(digest) is None  # not stored
+    store.put_blob(digest, data, {"gzip": compressed})
+    assert store.read_blob(digest, "gzip") == compressed
+    assert store.read_blob(digest) == data
+    assert not list((store.root / "tmp").iterdir())
+
+
 def test_absent_blob(any_store: Store) -> None:
     any_store.ensure_writable()
     digest = digest_of(b"never stored")

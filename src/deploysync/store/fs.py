@@ -11,9 +11,11 @@ Layout::
 
 Every file is written under ``tmp/`` and moved into place with ``os.replace``, which is
 atomic on POSIX and Windows: a reader, or a build killed at any moment, sees the old file
-or the new one, never a part. Blobs are published before the manifest that names them,
-and the activation record is replaced last, so ``current`` always names a complete
-deployment.
+or the new one, never a part. (The precompressed variants of a blob not stored yet are
+written in place, before its plain file: a blob counts as stored only once its plain
+file exists, so a part left by a crash is never read.) Blobs are published before the
+manifest that names them, and the activation record is replaced last, so ``current``
+always names a complete deployment.
 """
 
 from __future__ import annotations
@@ -236,12 +238,43 @@ class FileStore(Store):
         # Variants first: a blob whose plain file exists is complete. Plain strings: a
         # build writes thousands of blobs, and path objects cost as much as the writing.
         base = f"{self._objects_str}/{check_digest(digest)[:2]}/{digest}"
+        stored = os.path.isfile(base)
         for encoding, payload in variants.items():
             if encoding not in SUFFIXES:
                 raise StoreError(f"Unknown encoding {encoding!r}")
-            self._write_atomic(base + SUFFIXES[encoding], payload)
-        if not os.path.isfile(base):
+            if stored:  # a variant the blob lost: others may be reading the blob
+                self._write_atomic(base + SUFFIXES[encoding], payload)
+            else:
+                self._write_new(base + SUFFIXES[encoding], payload)
+        if not stored:
             self._write_atomic(base, data)
+
+    def _write_new(self, target: str, data: bytes) -> None:
+        """Write a variant of a blob not stored yet in place, without a temporary file: no
+        reader opens it before the blob's plain file exists, written after it, so a
+        part left by a crash is only a leftover (written over, or pruned). A file
+        already there (such a leftover) is replaced atomically instead."""
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except (FileExistsError, FileNotFoundError):  # a leftover, or the folder's first
+            self._write_atomic(target, data)
+            return
+        except OSError as exc:
+            raise _write_error(target, exc) from None
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fchmod(fd, 0o644)  # whatever the umask
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            if isinstance(exc, OSError):
+                raise _write_error(target, exc) from None
+            raise
 
     def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
         try:

@@ -23,6 +23,8 @@ deploysync.W004 ``deploysync.contrib.django`` is listed after ``django.contrib.s
 deploysync.W005 the store has no current deployment yet, or its directory does not exist
                 yet (run ``collectstatic`` with the deploysync storage, or
                 ``deploysync build --activate``)
+deploysync.W006 the staticfiles storage is not deploysync's: ``{% static %}`` gives
+                URLs the middleware does not serve (404)
 ============== ==========================================================================
 """
 
@@ -51,6 +53,7 @@ MAY_PRECEDE = frozenset(
     }
 )
 GZIP = "django.middleware.gzip.GZipMiddleware"
+STORAGE_PATH = "deploysync.contrib.django.storage.DeploySyncStorage"
 
 
 def _injects() -> bool:
@@ -206,3 +209,31 @@ def check_app_order(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> 
             )
         ]
     return []
+
+
+@register(Tags.staticfiles)
+def check_storage(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """W006: ``{% static %}`` asks the staticfiles storage for URLs."""
+    middleware = [_name(m) for m in getattr(settings, "MIDDLEWARE", None) or ()]
+    storages = getattr(settings, "STORAGES", None) or {}
+    backend = (storages.get("staticfiles") or {}).get("BACKEND")
+    if MIDDLEWARE_PATH not in middleware or not isinstance(backend, str):
+        return []
+    from django.utils.module_loading import import_string
+
+    from .storage import DeploySyncStorage
+
+    try:
+        storage = import_string(backend)
+    except ImportError:
+        return []  # Django says so itself
+    if isinstance(storage, type) and issubclass(storage, DeploySyncStorage):
+        return []
+    return [
+        Warning(
+            f"The staticfiles storage is {backend}: {{% static %}} gives URLs of its own"
+            " (unhashed, or hashed by it), which the deploysync middleware does not serve.",
+            hint=f'Set STORAGES["staticfiles"] = {{"BACKEND": "{STORAGE_PATH}"}}.',
+            id="deploysync.W006",
+        )
+    ]

@@ -583,6 +583,9 @@ def test_a_navigation_redirected_elsewhere_is_told_to_the_client(location: bytes
     assert edit is not None and not edit.inject
     assert (b"x-deploysync-location", location) in edit.headers
     assert not [name for name, _ in edit.headers if name.lower() == b"location"]
+    # No longer a redirect: no cache keeps it for a page load (a 301 would stay fresh).
+    assert (b"cache-control", b"no-store") in edit.headers
+    assert (b"vary", b"X-Deploysync") in edit.headers
 
 
 @pytest.mark.parametrize(
@@ -612,12 +615,56 @@ def test_only_a_navigation_redirect_is_renamed() -> None:
 
 def test_the_origin_of_a_request() -> None:
     assert core.origin_of("https", b"Shop.Example.com") == ORIGIN
+    assert core.origin_of("https", b"shop.example.com:443") == ORIGIN  # the default port
     assert core.origin_of("http", None, ("testserver", 80)) == b"http://testserver"
     assert core.origin_of("http", None, ("localhost", 8000)) == b"http://localhost:8000"
+    assert core.origin_of("http", None, ("::1", 8000)) == b"http://[::1]:8000"
     assert core.origin_of("http", None) is None
-    environ = {"wsgi.url_scheme": "https", "SERVER_NAME": "a.example", "SERVER_PORT": "443"}
+    environ = {
+        "wsgi.url_scheme": "https",
+        "SERVER_NAME": "a.example",
+        "SERVER_PORT": "443",
+        "HTTP_X_DEPLOYSYNC_ROUTER": "1",
+    }
     assert core.environ_origin(environ) == b"https://a.example"
     assert core.environ_origin({**environ, "HTTP_HOST": "b.example:81"}) == b"https://b.example:81"
+
+
+def test_only_the_client_routers_fetches_have_their_redirects_told() -> None:
+    # htmx and Turbo send the navigate header too, and follow redirects their own way.
+    assert core.own_router_origin("https", "shop.example.com", None, True) == ORIGIN
+    assert core.own_router_origin("https", "shop.example.com", None, False) is None
+    assert core.environ_origin({"HTTP_HOST": "shop.example.com"}) is None
+    routed = {"HTTP_HOST": "shop.example.com", "HTTP_X_DEPLOYSYNC_ROUTER": "1"}
+    assert core.environ_origin(routed) == b"http://shop.example.com"
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        (b'attachment; filename="report.csv"', "report.csv"),
+        (b"attachment; filename*=utf-8''my%20r%C3%A9port.csv", "my r\u00e9port.csv"),
+        (b"attachment; filename=\"plain.csv\"; filename*=UTF-8''na%C3%AFve.csv", "na\u00efve.csv"),
+        (b'attachment; filename="a;b.csv"', "a;b.csv"),
+        (b"ATTACHMENT; FILENAME=up.csv", "up.csv"),
+        (b"attachment", ""),
+        (b"inline; filename=x.pdf", None),
+        (b"attachment; filename*=x-unknown''a%FFb", "a\u00ffb"),  # read as Latin-1
+    ],
+)
+def test_the_name_an_attachment_is_saved_under(disposition: bytes, name: str | None) -> None:
+    assert core.attachment_name(disposition) == name
+
+
+def test_a_download_answering_the_router_names_its_file() -> None:
+    headers = [
+        (b"Content-Type", b"text/csv"),
+        (b"Content-Disposition", b"attachment; filename*=utf-8''my%20r%C3%A9port.csv"),
+    ]
+    edit = edit_response("POST", 200, headers, "bbbb", (), None, ORIGIN)
+    assert edit is not None and not edit.inject
+    assert (b"x-deploysync-download", b"my%20r%C3%A9port.csv") in edit.headers
+    assert edit_response("POST", 200, headers, "bbbb") is None  # not the router's
 
 
 def test_no_deployment_means_no_edit() -> None:

@@ -422,7 +422,11 @@ def test_a_navigation_redirected_to_another_origin_tells_the_client_where(
     deployed: Deployment, to: str, renamed: bool
 ) -> None:
     # A fetch cannot follow it (CORS): the client loads it, the POST is not sent again.
-    navigate = {"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id}
+    navigate = {
+        "X-Deploysync": "navigate",
+        "X-Deployment-Id": deployed.id,
+        "X-Deploysync-Router": "1",
+    }
     response = Client().post("/pay?to=" + quote(to), headers=navigate)
     assert response.status_code == 302 and CALLS == ["POST"]
     if renamed:
@@ -431,6 +435,23 @@ def test_a_navigation_redirected_to_another_origin_tells_the_client_where(
         assert response["Location"] == to and "X-Deploysync-Location" not in response
     # Other requests (a plain form post, a fetch of the app's) keep their redirect.
     assert Client().post("/pay?to=" + quote(to))["Location"] == to
+
+
+def test_a_redirect_to_the_site_behind_a_proxy_is_left_to_fetch(deployed: Deployment) -> None:
+    # With USE_X_FORWARDED_HOST Django writes the site's own URLs with the proxy's host.
+    navigate = {
+        "X-Deploysync": "navigate",
+        "X-Deployment-Id": deployed.id,
+        "X-Deploysync-Router": "1",
+        "X-Forwarded-Host": "shop.example.com",
+    }
+    with override_settings(USE_X_FORWARDED_HOST=True, ALLOWED_HOSTS=["shop.example.com"]):
+        response = Client().post("/pay?to=http://shop.example.com/done", headers=navigate)
+    assert response["Location"] == "http://shop.example.com/done"
+    # htmx's and Turbo's navigations keep their redirects: they follow them their way.
+    headers = {"X-Deploysync": "navigate", "X-Deployment-Id": deployed.id, "HX-Request": "true"}
+    response = Client().post("/pay", headers=headers)
+    assert response["Location"] == "https://pay.example.com/checkout"
 
 
 def test_stale_navigation_async(deployed: Deployment) -> None:
@@ -662,6 +683,25 @@ def test_w004_app_after_staticfiles_in_debug(
         }
     )
     assert check_ids() == ["deploysync.W004"]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "django.contrib.staticfiles.storage.ManifestStaticFilesStorage",
+        "django.contrib.staticfiles.storage.StaticFilesStorage",
+    ],
+)
+def test_w006_another_staticfiles_storage(
+    deployed: Deployment, configure: Callable[..., None], backend: str
+) -> None:
+    # {% static %} would give names the middleware does not serve: every asset a 404.
+    storages = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": backend},
+    }
+    configure(django_settings={"STORAGES": storages})
+    assert check_ids() == ["deploysync.W006"]
 
 
 def test_w005_nothing_activated_yet(configure: Callable[..., None], store: FileStore) -> None:

@@ -93,9 +93,14 @@ class DeploySync(Middleware[ASGIApp]):
         prefix = mount_prefix(root) if root else ""
         responder = _Responder(self, scope, send, snapshot, conditional, prefix)
         if request.navigate:
-            host = next((v for k, v in scope["headers"] if k == b"host"), None)
-            responder.navigation = core.origin_of(
-                scope.get("scheme", "http"), host, scope.get("server")
+            host, router = None, False
+            for name, value in scope["headers"]:
+                if name == b"host":
+                    host = host or value
+                elif name == b"x-deploysync-router":
+                    router = True
+            responder.navigation = core.own_router_origin(
+                scope.get("scheme", "http"), host, scope.get("server"), router
             )
         token = self._request_state.set((snapshot, prefix))
         try:

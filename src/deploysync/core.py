@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 from .manifest import Deployment, is_valid_id
 
@@ -850,13 +851,16 @@ def edit_response(
     have names in any case. A page the app compressed comes back with its coding in
     ``compressed`` (no tags can go in; the adapters say so once).
 
-    *navigation*: the origin (:func:`origin_of`) of a request the client made to navigate
-    (``X-Deploysync: navigate``). A redirect of such a request to another origin has its
-    ``Location`` renamed ``X-Deploysync-Location``: a fetch cannot follow it (CORS), and
-    a POST the app processed must not be sent again, so the client loads it instead.
+    *navigation*: the origin (:func:`own_router_origin`) of a fetch of the client's
+    router. A redirect of such a request to another origin has its ``Location`` renamed
+    ``X-Deploysync-Location`` (and is not to be cached): a fetch cannot follow it (CORS),
+    and a POST the app processed must not be sent again, so the client loads it instead.
+    An attachment gets ``X-Deploysync-Download``, its file name (percent-encoded UTF-8):
+    the router saves it under that name.
     """
     content_type = b""
     opt_out = has_cache_control = download = False
+    disposition = b""
     encoded = b""
     content_length: int | None = None
     etag_at = modified_at = ranges_at = -1
@@ -891,16 +895,32 @@ def edit_response(
         elif lname == b"content-disposition":
             # A download (an HTML export) is a file, not a page of the site (RFC 6266).
             download = value.lstrip()[:10].lower() == b"attachment"
+            disposition = value
         out.append((name, value))
     if opt_out:
         return ResponseEdit(_with_length(out, content_length), False)
     if navigation is not None and 300 <= status < 400:
-        for index, (name, value) in enumerate(out):
+        for name, value in out:
             if name.lower() == b"location":
                 if leads_elsewhere(value, navigation):
-                    out[index] = (b"x-deploysync-location", value)
-                    return ResponseEdit(_with_length(out, content_length), False)
+                    # Not a redirect any more: no cache may keep it for other requests
+                    # (a 301 without Cache-Control is fresh for good).
+                    kept = [
+                        (n, v) for n, v in out if n.lower() not in (b"location", b"cache-control")
+                    ]
+                    kept += [
+                        (b"x-deploysync-location", value),
+                        (b"cache-control", NO_STORE),
+                        (b"vary", b"X-Deploysync"),
+                    ]
+                    return ResponseEdit(_with_length(kept, content_length), False)
                 break
+    if navigation is not None and download:
+        # The router saves the file the browser would have saved, under its name.
+        saved_as = attachment_name(disposition)
+        if saved_as is not None:
+            out.append((b"x-deploysync-download", quote(saved_as, safe="").encode()))
+            return ResponseEdit(_with_length(out, content_length), False)
     if current_id is None or status < 200:
         return None
     restored = conditional is not None and conditional.current
@@ -955,23 +975,60 @@ _URL_SPACE = bytes(range(0x21))  # stripped from the ends of a URL, as browsers 
 def origin_of(
     scheme: str, host: bytes | str | None, server: tuple[str, int | str] | None = None
 ) -> bytes | None:
-    """``scheme://host`` of a request (lower case), for :func:`edit_response`: from its
-    ``Host`` header, else from the server's name and port (a default port left out)."""
+    """``scheme://host`` of a request (lower case, without the scheme's default port),
+    for :func:`edit_response`: from its ``Host``, else from the server's name and port."""
     if not host and server:
         name, port = server
-        default = (scheme, str(port)) in (("http", "80"), ("https", "443"))
-        host = name if default else f"{name}:{port}"
+        host = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
     if not host:
         return None
-    raw = host.encode("latin-1", "replace") if isinstance(host, str) else host
-    return (scheme.encode("latin-1", "replace") + b"://" + raw.strip()).lower()
+    raw = (host.encode("latin-1", "replace") if isinstance(host, str) else host).strip()
+    origin = (scheme.encode("latin-1", "replace") + b"://" + raw).lower()
+    default = b":443" if scheme == "https" else b":80"
+    return origin.removesuffix(default)
 
 
-def environ_origin(environ: Mapping[str, Any]) -> bytes | None:
-    """:func:`origin_of` a WSGI environ (or Django's ``request.META``)."""
-    server = (environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
-    scheme = environ.get("wsgi.url_scheme", "http")
-    return origin_of(scheme, environ.get("HTTP_HOST"), server if server[0] else None)
+def own_router_origin(
+    scheme: str,
+    host: bytes | str | None,
+    server: tuple[str, int | str] | None,
+    router: bool,
+) -> bytes | None:
+    """:func:`origin_of` a fetch of the client's own router (``X-Deploysync-Router``),
+    ``None`` for other requests: htmx and Turbo send the navigate header too, and follow
+    redirects and save downloads their own way."""
+    return origin_of(scheme, host, server) if router else None
+
+
+def environ_origin(environ: Mapping[str, Any], host: str | None = None) -> bytes | None:
+    """:func:`own_router_origin` of a WSGI environ (or Django's ``request.META``, with
+    the *host* Django reads)."""
+    name = environ.get("SERVER_NAME")
+    return own_router_origin(
+        environ.get("wsgi.url_scheme", "http"),
+        host or environ.get("HTTP_HOST"),
+        (name, environ.get("SERVER_PORT", "")) if name else None,
+        "HTTP_X_DEPLOYSYNC_ROUTER" in environ,
+    )
+
+
+def attachment_name(disposition: bytes) -> str | None:
+    """The file name a ``Content-Disposition`` gives an attachment (``filename*`` first,
+    RFC 6266), ``""`` when it gives none; ``None`` when it is no attachment."""
+    from email.message import Message
+    from email.utils import collapse_rfc2231_value
+
+    message = Message()
+    try:
+        message["content-disposition"] = disposition.decode("latin-1")
+        if message.get_content_disposition() != "attachment":
+            return None
+        params = message.get_params([], header="content-disposition")
+        names = [value for key, value in params if key == "filename"]
+        extended = [value for value in names if isinstance(value, tuple)]  # filename*
+        return str(collapse_rfc2231_value((extended or names or [""])[0]))
+    except (ValueError, LookupError):  # a malformed value, an unknown charset
+        return ""
 
 
 def leads_elsewhere(location: bytes, origin: bytes) -> bool:

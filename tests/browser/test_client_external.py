@@ -332,3 +332,15 @@ def test_a_guard_page_of_a_pushstate_router_can_become_stale_after_a_minute(
     page.click("#spa-y")
     expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
     assert not marked(page)
+
+
+def test_turbo_keeps_its_own_way_with_a_redirect_to_another_origin(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # The middleware tells only the client's own router where such a redirect leads;
+    # Turbo's request fails on it (CORS) and Turbo loads the link in full, as without us.
+    site, page = _open(make_site, tab, "/turbo")
+    tab.allow(r"(CORS policy|net::ERR_FAILED|Failed to fetch)")
+    page.click("#turbo-away")
+    page.wait_for_url(site.url("/b").replace("127.0.0.1", "localhost"))
+    title_is(page, "B")

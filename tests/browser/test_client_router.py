@@ -193,20 +193,37 @@ def test_a_failed_fetch_falls_back_to_a_full_load(site: Site, page: Any, tab: Ta
     assert not marked(page)
 
 
+@pytest.mark.parametrize(
+    ("button", "name"), [("#export", "report.csv"), ("#export-extended", "my r\u00e9port.csv")]
+)
 def test_a_post_answered_with_a_file_downloads_it_and_is_processed_once(
-    site: Site, tab: Tab
+    site: Site, tab: Tab, button: str, name: str
 ) -> None:
-    # An export form: the browser downloads the answer and stays on the page.
+    # An export form: the browser saves the answer under its name and stays on the page.
     page = tab.page
     page.goto(site.url("/export"))
     client_routed(page)
     mark(page)
     with page.expect_download() as download:
-        page.click("#export")
-    assert download.value.suggested_filename == "report.csv"
+        page.click(button)
+    assert download.value.suggested_filename == name
     assert Path(download.value.path()).read_bytes() == b"id,name\n1,deploysync\n"
     assert site.stats()["posts"] == 1
     assert page.url == site.url("/export") and marked(page)
+
+
+def test_a_link_to_an_html_attachment_saves_it_once(site: Site, tab: Tab) -> None:
+    # Content-Disposition: attachment makes even HTML a file, not a page to swap in.
+    page = tab.page
+    page.goto(site.url("/export"))
+    client_routed(page)
+    mark(page)
+    with page.expect_download() as download:
+        page.click("#report")
+    assert download.value.suggested_filename == "report.html"
+    assert page.url == site.url("/export") and marked(page)
+    assert site.stats()["paths"].count("GET /report (client)") == 1
+    assert "GET /report" not in site.stats()["paths"]
 
 
 def test_a_post_answered_with_text_shows_it_as_the_browser_would(site: Site, tab: Tab) -> None:

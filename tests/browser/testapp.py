@@ -215,15 +215,26 @@ class App:
             if method == "POST" and params.get("fail"):
                 return Response(500, [("Content-Type", "text/plain")], b"export failed")
             if method == "POST":
-                disposition = 'attachment; filename="report.csv"'
+                disposition = (
+                    "attachment; filename*=utf-8''my%20r%C3%A9port.csv"  # as Starlette writes
+                    if params.get("extended")
+                    else 'attachment; filename="report.csv"'
+                )
                 headers_out = [("Content-Type", "text/csv"), ("Content-Disposition", disposition)]
                 return Response(200, headers_out, b"id,name\n1,deploysync\n")
             return self.page(
                 "Export",
                 '<form method="post" action="/export"><button id="export">Export</button></form>'
+                '<a id="report" href="/report">Report</a>'
+                '<form method="post" action="/export?extended=1">'
+                '<button id="export-extended">Export</button></form>'
                 '<form method="post" action="/export?fail=1">'
                 '<button id="fail">Fail</button></form>',
             )
+        if path == "/report":  # an HTML file to save, not a page to show
+            disposition = 'attachment; filename="report.html"'
+            headers_out = [("Content-Type", "text/html"), ("Content-Disposition", disposition)]
+            return Response(200, headers_out, b"<!doctype html><h1>report</h1>")
         if path == "/pay":  # a POST answered with a redirect to another origin (a payment)
             if method == "POST":
                 port = headers.get("host", "").rpartition(":")[2]
@@ -263,6 +274,9 @@ class App:
         """Pages of an htmx-boosted (htmx 2, htmx 4) or Turbo Drive site."""
         if method == "POST":
             return self.posted(headers, body, to=f"/{lib}/result")
+        if path == f"/{lib}/away":  # a redirect to another origin
+            port = headers.get("host", "").rpartition(":")[2]
+            return Response(302, [("Location", f"http://localhost:{port}/b")], b"")
         if lib == "htmx":
             head = f'<script src="{self.url("vendor/htmx.min.js")}"></script>'
             attrs = ' hx-boost="true"'
@@ -276,6 +290,7 @@ class App:
         title = f"{lib} {path.rsplit('/', 1)[-1] or 'home'}"
         links = "".join(f' <a id="{lib}-{n}" href="/{lib}/{n}">{n}</a>' for n in ("a", "b"))
         links += f' <a id="{lib}-b-end" href="/{lib}/b#end">b end</a>'
+        links += f' <a id="{lib}-away" href="/{lib}/away">away</a>'
         form = (
             f'<form method="post" action="/{lib}/form"><input id="message" name="message">'
             '<button id="send" name="action" value="send">Send</button></form>'

@@ -9,6 +9,7 @@ const nav = /** @type {any} */ (self).navigation
 const pageId = document.querySelector("meta[name=deployment-id]")?.getAttribute("content")
 const ID = { "X-Deployment-Id": pageId || "" }
 const HEADERS = { "X-Deploysync": "navigate", ...ID }
+const OWN = { ...HEADERS, "X-Deploysync-Router": "1" }
 
 /** @param {string} href */
 const abs = (href) => new URL(href, document.baseURI).href
@@ -200,7 +201,7 @@ class Router {
     if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !("prefetch" in data || a.closest("[data-deploysync-prefetch]"))) return
     if (this.cache.size > 7) this.cache.clear()
     const k = a.href
-    const p = fetch(k, { headers: HEADERS }).catch(() => {})
+    const p = fetch(k, { headers: OWN }).catch(() => {})
     this.cache.set(k, p)
     setTimeout(() => this.cache.get(k) == p && this.cache.delete(k), 1e4)
   }
@@ -217,21 +218,21 @@ class Router {
     document.documentElement.ariaBusy = "true"
     let res
     try {
-      res = (await hit) || (await fetch(url, { ...o, headers: HEADERS, signal: ctl.signal }))
+      res = (await hit) || (await fetch(url, { ...o, headers: OWN, signal: ctl.signal }))
       const h = (n) => res.headers.get(n)
       const to = h("X-Deploysync-Location")
-      const html = /html/.test(h("Content-Type"))
+      const d = h("X-Deploysync-Download")
+      const html = d == null && /html/.test(h("Content-Type"))
       url = to || res.url + new URL(url).hash
       if (this.seen(res)) throw (res = res.redirected)
-      if (to || ((!form || res.redirected) && (this.stale || !html))) throw 0
+      if (to || (d == null && (!form || res.redirected) && (this.stale || !html))) throw 0
       if (html) {
         const doc = new DOMParser().parseFromString(await res.text(), "text/html")
         if (ctl == this.ctl) await this.render(doc, url, pop)
       } else if (res.status != 204) {
         const a = document.createElement("a")
-        const d = /^attachment(.*filename="?([^";]+))?/i.exec(h("Content-Disposition"))
         a.href = URL.createObjectURL(await res.blob())
-        if (d) a.download = d[2] || ""
+        if (d != null) a.download = decodeURIComponent(d)
         a.click()
       }
     } catch {

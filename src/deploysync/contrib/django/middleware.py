@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, BinaryIO
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import DisallowedHost
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -130,8 +131,15 @@ class DeploySyncMiddleware:
                 conditional_environ(request.META, conditional)
         navigation = None
         if plan is None and core_request.navigate:
-            # The scheme as Django reads it (SECURE_PROXY_SSL_HEADER), the host as sent.
-            navigation = environ_origin({**request.META, "wsgi.url_scheme": request.scheme})
+            # Scheme and host as Django reads them (SECURE_PROXY_SSL_HEADER,
+            # USE_X_FORWARDED_HOST): as it writes the site's own absolute URLs.
+            try:
+                host = request.get_host()
+            except DisallowedHost:
+                host = None
+            if host is not None:
+                meta = {**request.META, "wsgi.url_scheme": request.scheme}
+                navigation = environ_origin(meta, host)
         return snapshot, config, plan, conditional, navigation
 
     # -- response --------------------------------------------------------------------------

@@ -482,9 +482,14 @@ class Runtime:
                 continue
             for asset in deployment.assets.values():
                 key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
-                if key not in self._files:
+                if key in self._files:
+                    continue
+                # The small ones, held in memory anyway: a batch of large files would
+                # pull hundreds of MB at once (they come one by one, as before).
+                if asset.size <= MEMORY_LIMIT:
                     wanted.append((asset.digest, None))
-                    wanted += [(asset.digest, coding) for coding in asset.encodings]
+                coded = asset.encodings.items()
+                wanted += [(asset.digest, c) for c, size in coded if size <= MEMORY_LIMIT]
         if wanted:
             with contextlib.suppress(StoreError, OSError, ValueError):  # each read tells
                 self.store.prefetch(wanted)

@@ -75,6 +75,19 @@ def _write_error(target: str | Path, exc: OSError) -> StoreError:
     return StoreError(f"Cannot write '{target}': {exc.strerror or exc}")
 
 
+def _fill(fd: int, data: bytes, *, durable: bool = False) -> None:
+    """Write *data* to the new file *fd* (readable by all, whatever the umask), close it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, 0o644)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class FileStore(Store):
     """A store in a local directory, created on first write."""
 
@@ -112,15 +125,7 @@ class FileStore(Store):
         except OSError as exc:
             raise _write_error(target, exc) from None
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, 0o644)  # whatever the umask
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fill(fd, data, durable=durable)
             try:
                 os.replace(tmp, target)
             except FileNotFoundError:  # the first file of its folder
@@ -262,13 +267,7 @@ class FileStore(Store):
         except OSError as exc:
             raise _write_error(target, exc) from None
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fchmod(fd, 0o644)  # whatever the umask
-            finally:
-                os.close(fd)
+            _fill(fd, data)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(target)

@@ -585,7 +585,7 @@ def test_a_navigation_redirected_elsewhere_is_told_to_the_client(location: bytes
     assert not [name for name, _ in edit.headers if name.lower() == b"location"]
     # No longer a redirect: no cache keeps it for a page load (a 301 would stay fresh).
     assert (b"cache-control", b"no-store") in edit.headers
-    assert (b"vary", b"X-Deploysync") in edit.headers
+    assert (b"vary", b"X-Deploysync-Router") in edit.headers
 
 
 @pytest.mark.parametrize(

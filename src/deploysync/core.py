@@ -911,7 +911,7 @@ def edit_response(
                     kept += [
                         (b"x-deploysync-location", value),
                         (b"cache-control", NO_STORE),
-                        (b"vary", b"X-Deploysync"),
+                        (b"vary", b"X-Deploysync-Router"),
                     ]
                     return ResponseEdit(_with_length(kept, content_length), False)
                 break

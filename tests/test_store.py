@@ -904,6 +904,7 @@ def test_a_writer_whose_lock_expired_meanwhile_changes_nothing(redis_store: Any)
         redis_store._redis.set("deploysync:lock", b"another-writer")  # it expired, was taken
         for attempt in (
             lambda: redis_store.publish(deployment),
+            lambda: redis_store.publish(deployment_of("listed", b"kept by the other writer")),
             lambda: redis_store.delete_blob(kept),
             lambda: redis_store.delete_deployment("listed"),
         ):

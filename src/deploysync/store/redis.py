@@ -130,6 +130,22 @@ redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
 
+# A deployment published already: listed again if the set lost it, stamped if it has no
+# stamp yet (published by an earlier version, or the hash evicted) so that builds can rely
+# on it from now on; an existing stamp is kept. 0 when it is not published.
+# KEYS: lock, deployment:<id>, deployments, stamps; ARGV: token, id, stamp.
+RELIST_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('lock lost')
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[3])
+return 1
+"""
+
 # KEYS: lock, blobs, then the blob's keys; ARGV: token ('' when unlocked), digest.
 DELETE_BLOB_SCRIPT = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -324,6 +340,7 @@ class RedisStore(Store):
         self._renew = self._redis.register_script(RENEW_SCRIPT)
         self._activate = self._redis.register_script(ACTIVATE_SCRIPT)
         self._publish = self._redis.register_script(PUBLISH_SCRIPT)
+        self._relist = self._redis.register_script(RELIST_SCRIPT)
         self._delete_blob = self._redis.register_script(DELETE_BLOB_SCRIPT)
         self._delete_deployment = self._redis.register_script(DELETE_DEPLOYMENT_SCRIPT)
         self._thread_lock = threading.RLock()
@@ -794,18 +811,12 @@ class RedisStore(Store):
     def publish(self, deployment: Deployment, *, present: Collection[str] = ()) -> bool:
         # One HMGET checks every blob: nothing to gain from *present*.
         key = self._manifest_key(deployment.id)
+        what = f"publish {deployment.id}"
         with self.lock():
+            keys = [key, self._key("deployments"), self._key("stamps")]
+            if self._guarded(self._relist, what, keys, [deployment.id, secrets.token_hex(8)]):
+                return False  # published already
             with self._io():
-                if self._redis.exists(key):
-                    # Published already; listed again if the set lost it, and stamped if
-                    # it has no stamp yet (published by an earlier version, or the hash
-                    # evicted) so that builds can rely on it from now on. An existing
-                    # stamp is kept.
-                    pipe = self._redis.pipeline(transaction=True)
-                    pipe.sadd(self._key("deployments"), deployment.id)
-                    pipe.hsetnx(self._key("stamps"), deployment.id, secrets.token_hex(8))
-                    pipe.execute()
-                    return False
                 digests = sorted(deployment.digests())
                 found = self._redis.hmget(self._key("blobs"), digests) if digests else []
             for digest, meta in zip(digests, found, strict=True):
@@ -818,7 +829,7 @@ class RedisStore(Store):
             message = json.dumps({"published": deployment.id})
             stamp = secrets.token_hex(8)
             args = [deployment.dumps(), deployment.id, stamp, self.channel, message]
-            self._guarded(self._publish, f"publish {deployment.id}", keys, args)
+            self._guarded(self._publish, what, keys, args)
             return True
 
     def load(self, deployment_id: str) -> Deployment:

@@ -521,12 +521,19 @@ def test_edit_response_injects(
         [(b"content-type", b"application/json")],
         [(b"content-type", b"text/html-sandboxed")],
         [],
-        [HTML, (b"Content-Disposition", b'attachment; filename="export.html"')],
-        [HTML, (b"content-disposition", b" ATTACHMENT")],
     ],
 )
 def test_edit_response_leaves_other_content_alone(headers: list[tuple[bytes, bytes]]) -> None:
     assert _edit(headers) is None
+
+
+@pytest.mark.parametrize("disposition", [b'attachment; filename="export.html"', b" ATTACHMENT"])
+def test_an_html_download_is_a_file_not_a_page(disposition: bytes) -> None:
+    headers = [HTML, (b"Content-Disposition", disposition)]
+    edit = _edit(headers)
+    assert edit is not None and not edit.inject
+    # Untouched but for the one header that keeps the router's answer apart in caches.
+    assert edit.headers == [*headers, (b"vary", b"X-Deploysync-Router")]
 
 
 def test_edit_response_cache_control() -> None:
@@ -575,6 +582,8 @@ ORIGIN = b"https://shop.example.com"
         b"https://shop.example.com:8443/",
         b"https://shop.example.com.evil.example/",
         b"HTTPS:pay.example.com",
+        b"mailto:sales@example.com",  # no page, yet no fetch can follow it either
+        b"zoommtg://zoom.us/join?confno=1",  # an app's own scheme
     ],
 )
 def test_a_navigation_redirected_elsewhere_is_told_to_the_client(location: bytes) -> None:
@@ -596,19 +605,24 @@ def test_a_navigation_redirected_elsewhere_is_told_to_the_client(location: bytes
         b"?page=2",
         b"https://SHOP.example.com/done",
         b"https://shop.example.com",
-        b"mailto:sales@example.com",  # no page: left to the browser
-        b"javascript:alert(1)",  # never handed to the client to load
+        b"javascript:alert(1)",  # never handed to the client to load (nor followed)
+        b" Data:text/html,x",
     ],
 )
 def test_a_redirect_on_the_same_origin_is_left_to_fetch(location: bytes) -> None:
     headers = [(b"Location", location)]
     edit = edit_response("POST", 302, headers, "bbbb", (), None, ORIGIN)
     assert edit is None or (b"Location", location) in edit.headers
+    assert edit is None or not [n for n, _ in edit.headers if n == b"x-deploysync-location"]
 
 
 def test_only_a_navigation_redirect_is_renamed() -> None:
     away = [(b"Location", b"https://pay.example.com/")]
-    assert edit_response("POST", 303, away, "bbbb") is None  # not a navigation fetch
+    plain = edit_response("POST", 303, away, "bbbb")  # not the router's fetch
+    assert plain is not None and (b"Location", b"https://pay.example.com/") in plain.headers
+    # It varies on the router's marker: no cache hands it to the router's fetch.
+    assert (b"vary", b"X-Deploysync-Router") in plain.headers
+    assert edit_response("GET", 302, [(b"Location", b"/next")], "bbbb") is None
     edit = edit_response("POST", 200, [*away, HTML], "bbbb", (), None, ORIGIN)
     assert edit is not None and (b"Location", b"https://pay.example.com/") in edit.headers
 
@@ -650,6 +664,7 @@ def test_only_the_client_routers_fetches_have_their_redirects_told() -> None:
         (b"attachment", ""),
         (b"inline; filename=x.pdf", None),
         (b"attachment; filename*=x-unknown''a%FFb", "a\u00ffb"),  # read as Latin-1
+        ('attachment; filename="r\u00e9sum\u00e9.txt"'.encode(), "r\u00e9sum\u00e9.txt"),  # UTF-8
     ],
 )
 def test_the_name_an_attachment_is_saved_under(disposition: bytes, name: str | None) -> None:
@@ -664,7 +679,9 @@ def test_a_download_answering_the_router_names_its_file() -> None:
     edit = edit_response("POST", 200, headers, "bbbb", (), None, ORIGIN)
     assert edit is not None and not edit.inject
     assert (b"x-deploysync-download", b"my%20r%C3%A9port.csv") in edit.headers
-    assert edit_response("POST", 200, headers, "bbbb") is None  # not the router's
+    plain = edit_response("POST", 200, headers, "bbbb")  # not the router's fetch
+    assert plain is not None and (b"vary", b"X-Deploysync-Router") in plain.headers
+    assert not [n for n, _ in plain.headers if n == b"x-deploysync-download"]
 
 
 def test_no_deployment_means_no_edit() -> None:

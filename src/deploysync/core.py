@@ -899,28 +899,10 @@ def edit_response(
         out.append((name, value))
     if opt_out:
         return ResponseEdit(_with_length(out, content_length), False)
-    if navigation is not None and 300 <= status < 400:
-        for name, value in out:
-            if name.lower() == b"location":
-                if leads_elsewhere(value, navigation):
-                    # Not a redirect any more: no cache may keep it for other requests
-                    # (a 301 without Cache-Control is fresh for good).
-                    kept = [
-                        (n, v) for n, v in out if n.lower() not in (b"location", b"cache-control")
-                    ]
-                    kept += [
-                        (b"x-deploysync-location", value),
-                        (b"cache-control", NO_STORE),
-                        (b"vary", b"X-Deploysync-Router"),
-                    ]
-                    return ResponseEdit(_with_length(kept, content_length), False)
-                break
-    if navigation is not None and download:
-        # The router saves the file the browser would have saved, under its name.
-        saved_as = attachment_name(disposition)
-        if saved_as is not None:
-            out.append((b"x-deploysync-download", quote(saved_as, safe="").encode()))
-            return ResponseEdit(_with_length(out, content_length), False)
+    if 300 <= status < 400 or download:
+        edit = _router_edit(status, out, content_length, download, disposition, navigation)
+        if edit is not None:
+            return edit
     if current_id is None or status < 200:
         return None
     restored = conditional is not None and conditional.current
@@ -970,6 +952,7 @@ def edit_response(
 _SAME_ORIGIN_REFERENCE_RE = re.compile(rb"/(?![/\\])|(?![a-zA-Z][a-zA-Z0-9+.-]*:)[^/\\]")
 _SCHEME_RE = re.compile(rb"[a-zA-Z][a-zA-Z0-9+.-]*:")
 _URL_SPACE = bytes(range(0x21))  # stripped from the ends of a URL, as browsers do
+_NEVER_LOADED = (b"javascript:", b"data:", b"vbscript:")
 
 
 def origin_of(
@@ -1020,7 +1003,12 @@ def attachment_name(disposition: bytes) -> str | None:
 
     message = Message()
     try:
-        message["content-disposition"] = disposition.decode("latin-1")
+        # Browsers read the bytes of a plain filename="..." as UTF-8 when they are.
+        try:
+            text = disposition.decode("utf-8")
+        except UnicodeDecodeError:
+            text = disposition.decode("latin-1")
+        message["content-disposition"] = text
         if message.get_content_disposition() != "attachment":
             return None
         params = message.get_params([], header="content-disposition")
@@ -1031,18 +1019,61 @@ def attachment_name(disposition: bytes) -> str | None:
         return ""
 
 
+def _clean_url(value: bytes) -> bytes:
+    """A URL as browsers read it: no tab or line break, no space or control at its ends."""
+    return value.translate(None, b"\t\n\r").strip(_URL_SPACE)
+
+
 def leads_elsewhere(location: bytes, origin: bytes) -> bool:
-    """Whether a redirect to *location* leads to a web page of another origin than
-    *origin* (``scheme://host``). In doubt it does (a reference a browser might resolve
-    to another host); a scheme other than HTTP(S) (``mailto:``) does not: no page."""
-    value = location.translate(None, b"\t\n\r").strip(_URL_SPACE)
+    """Whether a redirect to *location* leaves *origin* (``scheme://host``): another
+    host, scheme or port, or another kind of URL (``mailto:``, an app's own scheme),
+    which a fetch cannot follow either. In doubt it does (a reference a browser might
+    resolve to another host). A ``javascript:`` or ``data:`` URL does not count: no
+    browser follows a redirect there, and the client must never load one."""
+    value = _clean_url(location)
     if not value or _SAME_ORIGIN_REFERENCE_RE.match(value):
         return False
     end = len(origin)
     if value[:end].lower() == origin and value[end : end + 1] in (b"", b"/", b"?", b"#"):
         return False
     scheme = _SCHEME_RE.match(value)
-    return scheme is None or scheme.group().lower() in (b"http:", b"https:")
+    return scheme is None or scheme.group().lower() not in _NEVER_LOADED
+
+
+# What the client's router is told that other requests are not: they vary on its marker.
+_VARY_ROUTER = (b"vary", b"X-Deploysync-Router")
+
+
+def _router_edit(
+    status: int,
+    out: list[Header],
+    content_length: int | None,
+    download: bool,
+    disposition: bytes,
+    navigation: bytes | None,
+) -> ResponseEdit | None:
+    """A redirect or an attachment, as the client's router is to get it (*navigation*:
+    its fetch's origin, see :func:`edit_response`) and as every other request is:
+    either answer varies on the router's marker, so that no cache hands one to the other
+    (a cached plain redirect to another origin would fail the router's fetch, which would
+    then submit a POST again; a cached attachment would be shown as a page)."""
+    if download:
+        if navigation is not None:
+            # The router saves the file the browser would have saved, under its name.
+            saved_as = attachment_name(disposition) or ""
+            out.append((b"x-deploysync-download", quote(saved_as, safe="").encode()))
+        out.append(_VARY_ROUTER)
+        return ResponseEdit(_with_length(out, content_length), False)
+    location = next((v for n, v in out if n.lower() == b"location"), None)
+    if location is None or _SAME_ORIGIN_REFERENCE_RE.match(_clean_url(location)):
+        return None  # a path on this site: fetch follows it as the browser does
+    if navigation is not None and leads_elsewhere(location, navigation):
+        # Not a redirect any more: no cache may keep it (a 301 is fresh for good).
+        kept = [(n, v) for n, v in out if n.lower() not in (b"location", b"cache-control")]
+        kept += [(b"x-deploysync-location", location), (b"cache-control", NO_STORE)]
+        out = kept
+    out.append(_VARY_ROUTER)
+    return ResponseEdit(_with_length(out, content_length), False)
 
 
 def _with_length(headers: list[Header], length: int | None) -> list[Header]:

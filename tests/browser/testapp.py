@@ -238,9 +238,12 @@ class App:
         if path == "/pay":  # a POST answered with a redirect to another origin (a payment)
             if method == "POST":
                 port = headers.get("host", "").rpartition(":")[2]
-                return Response(303, [("Location", f"http://localhost:{port}/b")], b"")
+                to = "mailto:sales@example.com" if params.get("mail") else None
+                return Response(303, [("Location", to or f"http://localhost:{port}/b")], b"")
             return self.page(
-                "Pay", '<form method="post" action="/pay"><button id="pay">Pay</button></form>'
+                "Pay",
+                '<form method="post" action="/pay"><button id="pay">Pay</button></form>'
+                '<form method="post" action="/pay?mail=1"><button id="mail">Mail</button></form>',
             )
         if path == "/redirect":
             return Response(302, [("Location", "/b")], b"")

@@ -225,7 +225,7 @@ class Router {
       const html = d == null && /html/.test(h("Content-Type"))
       url = to || res.url + new URL(url).hash
       if (this.seen(res)) throw (res = res.redirected)
-      if (to || (d == null && (!form || res.redirected) && (this.stale || !html))) throw 0
+      if (to || ((!form || res.redirected) && (this.stale || !html))) throw 0
       if (html) {
         const doc = new DOMParser().parseFromString(await res.text(), "text/html")
         if (ctl == this.ctl) await this.render(doc, url, pop)

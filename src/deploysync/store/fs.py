@@ -75,6 +75,20 @@ def _write_error(target: str | Path, exc: OSError) -> StoreError:
     return StoreError(f"Cannot write '{target}': {exc.strerror or exc}")
 
 
+@contextlib.contextmanager
+def _undone_on_failure(written: str, target: str) -> Iterator[None]:
+    """On a failure, delete the file being *written*; an ``OSError`` is told as one
+    writing *target*."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(written)
+        if isinstance(exc, OSError):
+            raise _write_error(target, exc) from None
+        raise
+
+
 def _fill(fd: int, data: bytes, *, durable: bool = False) -> None:
     """Write *data* to the new file *fd* (readable by all, whatever the umask), close it."""
     try:
@@ -124,19 +138,13 @@ class FileStore(Store):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise _write_error(target, exc) from None
-        try:
+        with _undone_on_failure(tmp, target):
             _fill(fd, data, durable=durable)
             try:
                 os.replace(tmp, target)
             except FileNotFoundError:  # the first file of its folder
                 make_folders(Path(os.path.dirname(target)), 0o755)
                 os.replace(tmp, target)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            if isinstance(exc, OSError):
-                raise _write_error(target, exc) from None
-            raise
 
     # -- writers' setup --------------------------------------------------------------------
     def _require_store(self) -> None:
@@ -266,14 +274,8 @@ class FileStore(Store):
             return
         except OSError as exc:
             raise _write_error(target, exc) from None
-        try:
+        with _undone_on_failure(target, target):
             _fill(fd, data)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(target)
-            if isinstance(exc, OSError):
-                raise _write_error(target, exc) from None
-            raise
 
     def read_blob(self, digest: str, encoding: str | None = None) -> bytes:
         try:

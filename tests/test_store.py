@@ -192,7 +192,7 @@ def test_corrupt_manifest_is_a_manifest_error(any_store: Store) -> None:
     any_store.publish(deployment_of("good", b"one", created=2.0))
     any_store.publish(deployment_of("bad", b"one"))
     corrupt_manifest(any_store, "bad", b"{not json")
-    with pytest.raises(ManifestError):
+    with pytest.raises(ManifestError, match=r"bad.*not valid JSON"):  # names the manifest
         any_store.load("bad")
     corrupt_manifest(any_store, "bad", b'{"version": 1, "id": "good"}')
     with pytest.raises(ManifestError):

@@ -352,7 +352,12 @@ class FileStore(Store):
             raise DeploymentNotFound(message) from None
         except OSError as exc:
             raise ManifestError(f"Cannot read {path}: {exc.strerror}") from None
-        deployment = Deployment.loads(raw)
+        try:
+            deployment = Deployment.loads(raw)
+        except ManifestError as exc:
+            raise ManifestError(
+                f"{path}: {exc} (a damaged file: delete it to build again)"
+            ) from None
         if deployment.id != deployment_id:
             raise ManifestError(f"Manifest {path} names deployment {deployment.id!r}")
         return deployment

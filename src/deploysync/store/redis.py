@@ -847,7 +847,10 @@ class RedisStore(Store):
             remember = True
         if raw is None:
             raise DeploymentNotFound(f"Unknown deployment {deployment_id!r} in {self.location}")
-        deployment = Deployment.loads(raw)
+        try:
+            deployment = Deployment.loads(raw)
+        except ManifestError as exc:
+            raise ManifestError(f"{key} in {self.location}: {exc}") from None
         if deployment.id != deployment_id:
             raise ManifestError(f"Manifest {key} names deployment {deployment.id!r}")
         if remember:

@@ -146,6 +146,21 @@ def test_a_variant_left_in_part_by_a_killed_build_is_written_over(tmp_path: Path
     assert not list((store.root / "tmp").iterdir())
 
 
+def test_a_variant_left_in_part_never_joins_a_blob_stored_without_it(tmp_path: Path) -> None:
+    # The next build writes the blob without that variant (--no-compress, another
+    # brotli quality): the part must not become the blob's variant.
+    store = FileStore(tmp_path / "store")
+    store.ensure_writable()
+    data = b"body { color: red; }\n" * 50
+    digest = digest_of(data)
+    folder = store.root / "objects" / digest[:2]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{digest}.gz").write_bytes(gzip.compress(data, mtime=0)[:10])
+    store.put_blob(digest, data, {})
+    assert store.blob_variants(digest) == {}
+    assert sorted(p.name for p in folder.iterdir()) == [digest]
+
+
 def test_absent_blob(any_store: Store) -> None:
     any_store.ensure_writable()
     digest = digest_of(b"never stored")
@@ -908,7 +923,7 @@ def test_a_writer_whose_lock_expired_meanwhile_changes_nothing(redis_store: Any)
             lambda: redis_store.delete_blob(kept),
             lambda: redis_store.delete_deployment("listed"),
         ):
-            with pytest.raises(StoreError, match=r"lock on .* expired.*nothing was changed"):
+            with pytest.raises(StoreError, match=r"lock on .* expired.*run it again"):
                 attempt()
         redis_store._redis.delete("deploysync:lock")
     assert snapshot(redis_store) == before

@@ -260,6 +260,13 @@ class FileStore(Store):
             else:
                 self._write_new(base + SUFFIXES[encoding], payload)
         if not stored:
+            # A variant this build does not write may be a part left by a killed build
+            # (another --brotli-quality, --no-compress): the plain file makes the blob
+            # complete, and every file of a complete blob must be whole.
+            for encoding, suffix in SUFFIXES.items():
+                if encoding not in variants:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(base + suffix)
             self._write_atomic(base, data)
 
     def _write_new(self, target: str, data: bytes) -> None:

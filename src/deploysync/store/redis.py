@@ -791,7 +791,7 @@ class RedisStore(Store):
             raise StoreError(
                 f"Cannot {what}: the lock on {self.location} expired while this command was"
                 f" paused (over {LOCK_TTL_MS // 1000} s) and another writer may hold it;"
-                " nothing was changed, run it again"
+                " run it again (blobs it stored unused go at the next prune)"
             ) from None
         except self._errors as exc:
             self._fail(exc)

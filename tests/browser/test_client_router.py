@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from harness import MakeSite, Site, Tab
-from helpers import client_routed, mark, marked, title_is
+from helpers import client_routed, mark, marked, open_marked, title_is
 from playwright.sync_api import expect
 from testapp import make_asgi, with_csp
 
@@ -201,9 +201,7 @@ def test_a_post_answered_with_a_file_downloads_it_and_is_processed_once(
 ) -> None:
     # An export form: the browser saves the answer under its name and stays on the page.
     page = tab.page
-    page.goto(site.url("/export"))
-    client_routed(page)
-    mark(page)
+    open_marked(page, site.url("/export"))
     with page.expect_download() as download:
         page.click(button)
     assert download.value.suggested_filename == name
@@ -216,9 +214,7 @@ def test_a_link_to_an_html_attachment_is_left_to_the_browser_to_save(site: Site,
     # Content-Disposition: attachment makes even HTML a file, not a page to swap in: a
     # link's answer is the browser's own download (streamed to disk, however large).
     page = tab.page
-    page.goto(site.url("/export"))
-    client_routed(page)
-    mark(page)
+    open_marked(page, site.url("/export"))
     with page.expect_download() as download:
         page.click("#report")
     assert download.value.suggested_filename == "report.html"
@@ -231,8 +227,7 @@ def test_a_post_answered_with_text_shows_it_as_the_browser_would(site: Site, tab
     # Not a download (no Content-Disposition: attachment): the tab shows it.
     page = tab.page
     tab.allow(r"Failed to load resource: the server responded with a status of 500")
-    page.goto(site.url("/export"))
-    client_routed(page)
+    open_marked(page, site.url("/export"))
     page.click("#fail")
     page.wait_for_url("blob:**")
     expect(page.locator("body")).to_have_text("export failed")
@@ -247,9 +242,7 @@ def test_a_post_redirected_to_another_origin_lands_there_processed_once(
     # (CORS), and the form must not be sent again to find out where it led.
     site = make_site(adapter, routing="client")
     page = tab.page
-    page.goto(site.url("/pay"))
-    client_routed(page)
-    mark(page)
+    open_marked(page, site.url("/pay"))
     page.click("#pay")
     elsewhere = site.url("/b").replace("127.0.0.1", "localhost")
     page.wait_for_url(elsewhere)
@@ -261,8 +254,7 @@ def test_a_post_redirected_to_a_mailto_url_is_processed_once(site: Site, tab: Ta
     # No fetch follows it either: it is handed over like another origin's address.
     page = tab.page
     tab.allow(r"mailto")
-    page.goto(site.url("/pay"))
-    client_routed(page)
+    open_marked(page, site.url("/pay"))
     page.click("#mail")
     page.wait_for_timeout(1000)
     assert site.stats()["posts"] == 1

@@ -130,7 +130,7 @@ class Runtime:
 
         self._root = _store_root(self.store)
         self._deployments: dict[str, Deployment] = {}
-        self._files: dict[tuple[str, str, tuple[tuple[str, int], ...]], StaticFile] = {}
+        self._files: dict[_FileKey, StaticFile] = {}
         self._state: tuple[Hashable, frozenset[str]] | None = None
         self._activated = False  # the store's activation record was seen non-empty
         self._last_error: str | None = None
@@ -391,7 +391,7 @@ class Runtime:
             key=lambda d: (d.id != current_id, -order.get(d.id, 0), -d.created),
         )
         files: dict[str, StaticFile] = {}
-        used: set[tuple[str, str, tuple[tuple[str, int], ...]]] = set()
+        used: set[_FileKey] = set()
         incomplete = False  # an asset (or a variant) could not be read this time
         # Problems with single assets are told in one line per snapshot: a prune racing
         # a server's first read can make hundreds of them.
@@ -408,8 +408,7 @@ class Runtime:
                 for asset in deployment.assets.values():
                     if asset.name in files or not is_safe_name(asset.name):
                         continue
-                    encodings = tuple(sorted(asset.encodings.items()))
-                    key = (asset.digest, asset.content_type, encodings)
+                    key = _file_key(asset)
                     static = self._files.get(key)
                     if static is not None and self._root is None and not _on_disk(static):
                         static = None  # a local copy vanished (a cache cleaner): fetch again
@@ -481,8 +480,7 @@ class Runtime:
             if deployment.static_url != self.static_url:
                 continue
             for asset in deployment.assets.values():
-                key = (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
-                if key in self._files:
+                if _file_key(asset) in self._files:
                     continue
                 # The small ones, held in memory anyway: a batch of large files would
                 # pull hundreds of MB at once (they come one by one, as before).
@@ -864,6 +862,14 @@ def restore_files(paths: Iterable[str]) -> bool:
             break
         missing = [path for path in missing if not runtime._restore(path)]
     return not missing
+
+
+_FileKey = tuple[str, str, tuple[tuple[str, int], ...]]
+
+
+def _file_key(asset: Asset) -> _FileKey:
+    """What makes two assets (of any deployments) one servable file."""
+    return (asset.digest, asset.content_type, tuple(sorted(asset.encodings.items())))
 
 
 def _on_disk(static: StaticFile) -> bool:

@@ -116,12 +116,19 @@ return 0
 # paused past the lock's TTL (a suspended terminal, a frozen VM) while another one took it
 # must not publish a manifest whose blobs that one may be deleting, nor delete blobs that
 # one found stored.
-# KEYS: lock, deployment:<id>, deployments, stamps, published; ARGV: token, manifest,
-# id, stamp, channel, message.
-PUBLISH_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+# Each such script starts so: KEYS[1] is the lock, ARGV[1] the token it was taken with
+# ('' for a write made without the lock: a repair by hand).
+_UNLESS_LOCK_LOST = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('lock lost')
 end
+"""
+
+# KEYS: lock, deployment:<id>, deployments, stamps, published; ARGV: token, manifest,
+# id, stamp, channel, message.
+PUBLISH_SCRIPT = (
+    _UNLESS_LOCK_LOST
+    + """
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
@@ -129,15 +136,15 @@ redis.call('INCR', KEYS[5])
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 """
+)
 
 # A deployment published already: listed again if the set lost it, stamped if it has no
 # stamp yet (published by an earlier version, or the hash evicted) so that builds can rely
 # on it from now on; an existing stamp is kept. 0 when it is not published.
 # KEYS: lock, deployment:<id>, deployments, stamps; ARGV: token, id, stamp.
-RELIST_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('lock lost')
-end
+RELIST_SCRIPT = (
+    _UNLESS_LOCK_LOST
+    + """
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return 0
 end
@@ -145,12 +152,12 @@ redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('HSETNX', KEYS[4], ARGV[2], ARGV[3])
 return 1
 """
+)
 
 # KEYS: lock, blobs, then the blob's keys; ARGV: token ('' when unlocked), digest.
-DELETE_BLOB_SCRIPT = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('lock lost')
-end
+DELETE_BLOB_SCRIPT = (
+    _UNLESS_LOCK_LOST
+    + """
 local freed = 0
 for i = 3, #KEYS do
   freed = freed + redis.call('STRLEN', KEYS[i])
@@ -159,18 +166,19 @@ redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('DEL', unpack(KEYS, 3))
 return freed
 """
+)
 
 # KEYS: lock, deployments, deployment:<id>, stamps, published; ARGV: token (or ''), id.
-DELETE_DEPLOYMENT_SCRIPT = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('lock lost')
-end
+DELETE_DEPLOYMENT_SCRIPT = (
+    _UNLESS_LOCK_LOST
+    + """
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('INCR', KEYS[5])
 return 1
 """
+)
 
 # KEYS: seq, history, current, deployment:<id>, deployments; ARGV: seq, activation JSON,
 # history limit, channel, message, id. Refuses when the deployment is gone or the seq is

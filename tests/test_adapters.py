@@ -752,6 +752,34 @@ def test_store_disappearing_keeps_the_last_good_snapshot(
     assert client.get("/").header("x-deployment-id") == deployed.id
 
 
+def test_a_server_cut_off_from_its_store_sends_no_page_back(
+    client: Client, store: FileStore, deployed: Deployment, tmp_path: Path
+) -> None:
+    """While the store cannot be read, an id this server does not know may be one
+    activated since (by servers that can read it): its pages are answered, not 409'd, and
+    the version check does not call them outdated. Once readable again, the rule holds."""
+    navigate = [("X-Deploysync", "navigate")]
+    moved = tmp_path / "moved"
+    store.root.rename(moved)
+    assert not client.mw.runtime.refresh()
+    elsewhere = FileStore(moved)
+    newer = publish(elsewhere, {"css/app.css": b"new"})  # activated where it can be read
+    answer = client.get("/", [*navigate, ("X-Deployment-Id", newer.id)])
+    assert answer.status == 200 and answer.header("x-deployment-id") == deployed.id
+    version = client.get("/_deploysync/version", [("X-Deployment-Id", newer.id)])
+    assert json.loads(version.body)["outdated"] is False
+    older = client.get("/", [*navigate, ("X-Deployment-Id", "0ld")])
+    assert older.status == 200  # unknown too: pruned, or newer, it cannot tell
+    assert client.spec.calls == 2
+
+    moved.rename(store.root)
+    assert client.mw.runtime.refresh()
+    assert client.get("/").header("x-deployment-id") == newer.id
+    assert client.get("/", [*navigate, ("X-Deployment-Id", "0ld")]).status == 409
+    version = client.get("/_deploysync/version", [("X-Deployment-Id", deployed.id)])
+    assert json.loads(version.body)["outdated"] is True
+
+
 def test_a_store_that_reads_as_empty_keeps_the_last_good_snapshot(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

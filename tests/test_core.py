@@ -87,6 +87,15 @@ def test_is_outdated(page: str, current: str, order: dict[str, int], outdated: b
     assert is_outdated(page, current, order) is outdated
 
 
+def test_a_server_behind_its_store_does_not_move_pages_it_does_not_know() -> None:
+    # Cut off from the store, the server cannot tell a pruned id from one activated
+    # since: only what it knows to be older moves.
+    order = {"a": 1, "b": 2}
+    assert is_outdated("x", "b", order, behind=True) is False
+    assert is_outdated("a", "b", order, behind=True) is True
+    assert is_outdated("b", "a", {"a": 3, "b": 2}, behind=True) is True
+
+
 # -- request normalisation --------------------------------------------------------------------
 
 

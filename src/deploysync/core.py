@@ -127,6 +127,9 @@ class Snapshot:
     id_header: tuple[Header, ...] = ()
     deployment: Deployment | None = None
     loaded: tuple[str, ...] = field(default=())
+    # The store could not be read lately (Redis unreachable): ids activated since are
+    # unknown here, so an unknown page id may be newer than what this server knows.
+    behind: bool = False
 
 
 # Not frozen: a request is built on every call, and a frozen dataclass's __init__ costs
@@ -251,17 +254,21 @@ def make_request(
 # -- ordering and stale navigation ----------------------------------------------------------
 
 
-def is_outdated(page_id: str, current_id: str, order: Mapping[str, int]) -> bool:
+def is_outdated(
+    page_id: str, current_id: str, order: Mapping[str, int], *, behind: bool = False
+) -> bool:
     """Whether a page rendered against *page_id* must move to *current_id*.
 
     *order* maps ids to the seq of their latest activation (``Store.order()``); higher is
-    newer, so a rollback (re-activating an older id) gives it the highest seq.
+    newer, so a rollback (re-activating an older id) gives it the highest seq. *behind*:
+    this server cannot read the store now, so an id it does not know may be one
+    activated since (never send a page back to an older frontend).
     """
     if page_id == current_id:
         return False
     page, cur = order.get(page_id), order.get(current_id)
     if page is None:
-        return True  # never activated, pruned or unknown: move it to current
+        return not behind  # never activated, pruned or unknown: move it to current
     if cur is None:
         return True  # this server is pinned to a not-yet-activated (newer) deployment
     return page < cur  # a newer page never goes back to an older frontend
@@ -333,7 +340,9 @@ def version_plans(
 def version_for_page(snapshot: Snapshot, page_id: str, method: str) -> Plan:
     """The version answer for a page that sent its id."""
     current = snapshot.current_id
-    outdated = current is not None and is_outdated(page_id, current, snapshot.order)
+    outdated = current is not None and is_outdated(
+        page_id, current, snapshot.order, behind=snapshot.behind
+    )
     get, head = version_plans(current, snapshot.static_url, snapshot.seq, outdated)
     return get if method == "GET" else head
 
@@ -769,7 +778,7 @@ def decide(
         request.navigate
         and current is not None
         and page is not None
-        and is_outdated(page, current, snapshot.order)
+        and is_outdated(page, current, snapshot.order, behind=snapshot.behind)
     ):
         # The app is not called: a POST is not processed, so the client can submit it
         # again natively on the new frontend. Plain API fetches (no navigate marker)

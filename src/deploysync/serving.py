@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -137,7 +138,8 @@ class Runtime:
         self._pin_told = False  # said that the pinned deployment is not in the store
         # While a snapshot is built: the problems of single assets, to tell at its end.
         self._unread: list[tuple[str, str]] | None = None
-        self._refresh_lock = threading.Lock()
+        self._refresh_lock = threading.RLock()
+        self._read_failed = False  # the last read of the store failed
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -275,10 +277,19 @@ class Runtime:
         with self._refresh_lock:
             snapshot = self._build(initial=False)
             self._read_at = time.monotonic()
-            if snapshot is None:
-                return False
-            self.snapshot = snapshot  # one reference assignment: atomic for readers
-            return True
+            if snapshot is not None:
+                self.snapshot = snapshot  # one reference assignment: atomic for readers
+            self._note_behind()
+            return snapshot is not None
+
+    def _note_behind(self) -> None:
+        """Mark the snapshot served as read from a store this server cannot read now
+        (Redis unreachable), or no longer: see ``Snapshot.behind``."""
+        with self._refresh_lock:
+            behind = self._read_failed or self.store.unreachable
+            snapshot = getattr(self, "snapshot", None)  # not yet while constructed
+            if snapshot is not None and snapshot.behind != behind:
+                self.snapshot = dataclasses.replace(snapshot, behind=behind)
 
     def _empty(self) -> Snapshot:
         version, version_head = core.version_plans(self.pinned, self.static_url, None)
@@ -297,6 +308,8 @@ class Runtime:
 
     def _cannot_read(self, exc: Exception) -> None:
         """Report a failed read of the store (by a snapshot or the watcher's probe)."""
+        self._read_failed = True
+        self._note_behind()
         self._report(f"Cannot read deploysync store {self.store.location}: {exc}")
 
     def _report(self, message: str, *, then: str | None = None) -> None:
@@ -333,6 +346,7 @@ class Runtime:
             if not (initial and isinstance(exc, StoreNotFound)):
                 self._cannot_read(exc)
             return None
+        self._read_failed = False
         # The current (or pinned) deployment is read even when the list lost it (a
         # Redis set evicted or deleted): its pages are out there.
         current_id = self.pinned or (activations[-1].id if activations else None)
@@ -709,6 +723,8 @@ class Runtime:
         if fresh != token or polls >= RESCAN_POLLS:
             self.refresh()
             return 0, fresh
+        self._read_failed = False  # it answered the probe
+        self._note_behind()  # Redis may have gone away (or come back) since
         return polls, token
 
     def close(self) -> None:

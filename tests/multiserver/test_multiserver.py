@@ -348,6 +348,15 @@ def stop_keeping_data(cluster: Cluster, redis_server: Any) -> Path:
     return Path(redis_server.folder) / "dump.rdb"
 
 
+UNKNOWN_ID = "feedbeef0000"
+
+
+def navigate_from(url: str, page_id: str) -> int:
+    """The status of a client router's navigation from a page of *page_id*."""
+    headers = {"X-Deploysync": "navigate", "X-Deployment-Id": page_id}
+    return http_get(url, headers)[0]
+
+
 def asset_urls(cluster: Cluster, ident: str) -> list[str]:
     deployment = cluster.store.load(ident)
     return [f"/static/{asset.name}" for asset in deployment.assets.values()]
@@ -396,11 +405,20 @@ def test_redis_outage_keeps_serving_and_recovers_without_restart(
         assert err and "\n" not in err, err
         time.sleep(1.2)  # a few of the watchers' polls fail while Redis is away
         assert hammer(bases, paths, rounds=10, seconds=2) == []
+        # Cut off, a server cannot tell an id activated since (by servers that can reach
+        # Redis) from a pruned one: it never sends such a page back to its own.
+        for server in servers:
+            assert navigate_from(server.base + "/a", UNKNOWN_ID) == 200, server.name
     finally:
         redis_server.start()
         dump.unlink(missing_ok=True)
 
     assert cluster.store.current() == v1, "the failed activation changed the store"
+    for server in servers:
+        deadline = time.monotonic() + 10
+        while navigate_from(server.base + "/a", UNKNOWN_ID) != 409:  # reachable: it knows
+            assert time.monotonic() < deadline, f"{server.name} never read Redis again"
+            time.sleep(0.1)
     cluster.activate(v2)
     for server in servers:
         server.wait_for(v2)

@@ -527,7 +527,77 @@ def test_list_text_and_json(
     assert [d["id"] for d in data] == [first, second]
     assert [d["current"] for d in data] == [True, False]
     assert data[0]["files"] == len(SITE) and data[0]["bytes"] > 0
-    assert set(data[0]) == {"id", "created", "activated", "files", "bytes", "current"}
+    assert set(data[0]) == {
+        "id",
+        "created",
+        "activated",
+        "files",
+        "bytes",
+        "current",
+        "static_url",
+    }
+    assert data[0]["static_url"] == "/static/"
+
+
+def test_a_deployment_of_another_static_url_is_shown_and_warned_about(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    """Servers keep serving the previous deployment when the one activated was built for
+    another prefix (and one started now fails): activating it says so, list shows it."""
+    store = str(store_dir)
+    code, out, _ = run(capsys, "build", str(site), "--store", store, "--activate")
+    first = out.splitlines()[-1]
+    code, out, err = run(
+        capsys, "build", str(site), "--store", store, "--static-url", "/assets/", "--activate"
+    )
+    second = out.splitlines()[-1]
+    assert code == 0 and err.splitlines() == [
+        f"deploysync: warning: {second} was built for /assets/, {first} for /static/:"
+        f" servers serving /static/ keep {first}"
+    ]
+    code, _, err = run(capsys, "activate", first, "--store", store)
+    assert code == 0 and f"{first} was built for /static/, {second} for /assets/" in err
+    code, _, err = run(capsys, "activate", first, "--store", store)
+    assert code == 0 and err == ""  # the same one again: nothing changes for servers
+    code, out, _ = run(capsys, "list", "--store", store)
+    header, *rows = (line.split() for line in out.splitlines())
+    assert header[-2:] == ["STATIC", "URL"]
+    assert rows[0][:2] == ["*", first] and rows[0][-1] == "/static/"
+    assert rows[1][0] == second and rows[1][-1] == "/assets/"
+
+
+def test_the_store_may_come_before_the_command(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    code, out, _ = run(capsys, "--store", str(store_dir), "build", str(site), "--activate")
+    assert code == 0
+    ident = out.splitlines()[-1]
+    code, out, _ = run(capsys, "--store", str(store_dir), "list")
+    assert code == 0 and ident in out
+    # Given twice, the one after the command counts.
+    absent = store_dir.parent / "absent"
+    code, _, err = run(capsys, "--store", str(store_dir), "list", "--store", str(absent))
+    assert_one_line_error(code, err, f"'{absent}' does not exist")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list", "STORE"], ["activate", "STORE", "abc123"], ["prune", "STORE", "--keep", "2"]],
+)
+def test_a_store_given_without_store_is_pointed_out(
+    capsys: pytest.CaptureFixture[str], store_dir: Path, argv: list[str]
+) -> None:
+    argv = [str(store_dir) if arg == "STORE" else arg for arg in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(code, err, "unrecognized arguments", "--store STORE")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from deploysync import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out == f"deploysync {__version__}\n"
 
 
 def test_list_empty_and_missing(capsys: pytest.CaptureFixture[str], store_dir: Path) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
+from . import __version__
 from .build import DEFAULT_BROTLI_QUALITY, brotli_available, build
 from .manifest import DEFAULT_STATIC_URL, DeploymentInfo, DeploySyncError, validate_id
 from .store import (
@@ -44,7 +45,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line as one line, not usage plus a message."""
 
     def error(self, message: str) -> NoReturn:
+        stray = message.partition("unrecognized arguments: ")[2].split()
+        if stray and not stray[0].startswith("-") and self._has_store():
+            # The most common slip: a store named like SRC (`list .deploysync`).
+            message += " (a store is named with --store STORE)"
         raise UsageError(message)
+
+    def _has_store(self) -> bool:
+        return any("--store" in action.option_strings for action in self._actions)
 
 
 def parse_duration(text: str) -> float:
@@ -123,6 +131,10 @@ def _open(args: argparse.Namespace, err: TextIO) -> Store:
 
 def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     store = _open(args, err)
+    previous = None
+    if args.activate:
+        with contextlib.suppress(StoreError):  # a new store (or one the build will refuse)
+            previous = store.current()
     bar = _ProgressBar(err) if err.isatty() else None
 
     def warn(message: str) -> None:
@@ -169,6 +181,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     )
     if result.activated:
         out.write(f"activated {deployment.id}\n")
+        _warn_prefix(store, deployment.id, previous, err)
     # The id is the last line, so `$(deploysync build ... | tail -n1)` works.
     out.write(deployment.id + "\n")
     return 0
@@ -186,9 +199,26 @@ def cmd_activate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _require_store(store)
     if not store.exists(ident):
         raise DeploymentNotFound(f"Unknown deployment {ident!r} in {store.location}")
+    previous = store.current()
     store.activate(ident)
     out.write(f"activated {ident}\n")
+    _warn_prefix(store, ident, previous, err)
     return 0
+
+
+def _warn_prefix(store: Store, ident: str, previous: str | None, err: TextIO) -> None:
+    """Warn when the deployment just activated was built for another static prefix than
+    the one it replaced: servers refuse it and keep the previous one (a server started
+    now fails)."""
+    if previous is None or previous == ident:
+        return
+    with contextlib.suppress(DeploySyncError, StoreError):
+        now, before = store.load(ident).static_url, store.load(previous).static_url
+        if now != before:
+            err.write(
+                f"{PROG}: warning: {ident} was built for {now}, {previous} for {before}:"
+                f" servers serving {before} keep {previous}\n"
+            )
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -212,7 +242,10 @@ def format_list(infos: Sequence[DeploymentInfo], now: float | None = None) -> st
     what an unreadable manifest hides."""
     if not infos:
         return "no deployments\n"
-    rows = [("", "ID", "CREATED", "ACTIVATED", "FILES", "SIZE")]
+    # The prefix each was built for, when they differ (activating one of another prefix
+    # leaves servers on the previous one).
+    prefixes = {info.static_url for info in infos if info.static_url is not None}
+    rows = [("", "ID", "CREATED", "ACTIVATED", "FILES", "SIZE", "STATIC URL")]
     for info in infos:
         rows.append(
             (
@@ -222,12 +255,17 @@ def format_list(infos: Sequence[DeploymentInfo], now: float | None = None) -> st
                 human_time(info.activated, now),
                 "?" if info.files is None else str(info.files),
                 "?" if info.bytes is None else human_size(info.bytes),
+                info.static_url or "?",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    columns = 7 if len(prefixes) > 1 else 6
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
     lines = []
     for row in rows:
-        cells = [row[i].ljust(widths[i]) if i < 4 else row[i].rjust(widths[i]) for i in range(6)]
+        cells = [
+            row[i].rjust(widths[i]) if i in (4, 5) else row[i].ljust(widths[i])
+            for i in range(columns)
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines) + "\n"
 
@@ -269,17 +307,21 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # -- parser ----------------------------------------------------------------------------------
 
 
-def _store_option(parser: argparse.ArgumentParser) -> None:
+def _store_option(parser: argparse.ArgumentParser, default: object = argparse.SUPPRESS) -> None:
+    # Given before or after the command (`deploysync --store S list`, `... list --store S`):
+    # a command's own default must not hide the one given before it.
     parser.add_argument(
         "--store",
         metavar="STORE",
-        default=None,
+        default=default,
         help=f"a directory or a redis:// URL (default: ${ENV_VAR})",
     )
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Deployment synchronization for Python web apps.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _store_option(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -318,7 +360,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_build)
 
     p = commands.add_parser("activate", help="make deployment ID current")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", metavar="ID", help="a deployment of the store (see `deploysync list`)")
     _store_option(p)
     p.set_defaults(handler=cmd_activate)
 
@@ -344,12 +386,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_prune)
 
     p = commands.add_parser("demo", help="run the demo site that shows a deployment transition")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="the port (8000; 0 picks a free one)")
     p.add_argument(
         "--store",
         metavar="DIR",
-        default=None,
+        default=argparse.SUPPRESS,
         help="keep the demo's deployments here (default: a temporary folder)",
     )
     p.add_argument(

@@ -350,8 +350,8 @@ def derive_id_of_rows(
 class DeploymentInfo:
     """What ``deploysync list`` shows of a deployment.
 
-    ``error`` says why its manifest cannot be read; ``created``, ``files`` and ``bytes``
-    are then unknown (``None``).
+    ``error`` says why its manifest cannot be read; ``created``, ``files``, ``bytes`` and
+    ``static_url`` (the prefix it was built for) are then unknown (``None``).
     """
 
     id: str
@@ -361,6 +361,7 @@ class DeploymentInfo:
     bytes: int | None
     current: bool
     error: str | None = None
+    static_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -370,6 +371,7 @@ class DeploymentInfo:
             "files": self.files,
             "bytes": self.bytes,
             "current": self.current,
+            "static_url": self.static_url,
         }
         if self.error is not None:
             data["error"] = self.error

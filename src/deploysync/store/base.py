@@ -437,6 +437,7 @@ class Store(ABC):
                 files=len(d.assets),
                 bytes=d.total_size,
                 current=d.id == current,
+                static_url=d.static_url,
             )
             for d in deployments
         )

@@ -324,3 +324,44 @@ def test_an_early_flushed_head_with_the_apps_meta_goes_out_at_once() -> None:
     assert injector.feed(start) == start  # not held until </head>
     assert injector.decided and not injector.injected
     assert injector.feed(b"<title>t</title></head>") == b"<title>t</title></head>"
+
+
+# -- one decision, however the body arrives ----------------------------------------------
+
+
+def test_a_body_in_one_piece_gets_the_answer_of_the_machine() -> None:
+    """inject_whole (one ASGI message, most WSGI pages) and the machine (a streamed page)
+    place the tags alike: a head that ends at "<body" before "</head>" (a template in a
+    script, a comment) included."""
+    rng = random.Random(17)
+    pieces = [b"<!doctype html>", b"<html>", b"<head>", b"<HEAD>", b"</head>", b"</HEAD>",
+              b"<body>", b"<BODY>", b"<Body x>", b"<script>", b"</script>", b'"', b"<br>",
+              b"<base href=/>", b"<title>t</title>", b"<!-- <body> -->", b"x", b" ",
+              b'<meta name="deployment-id" content="X">', b"<b>"]  # fmt: skip
+    for _ in range(4000):
+        doc = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert inject_whole(doc, SNIP) == run([doc]), doc
+        assert inject_whole(doc, SNIP) == run([doc[i : i + 3] for i in range(0, len(doc), 3)])
+
+
+def test_a_body_tag_in_a_head_script_ends_the_head_in_one_piece_too() -> None:
+    doc = (
+        b'<!doctype html><html><head><script>var tpl = "<body>";</script>'
+        b'<meta name="deployment-id" content="X"></head><body>x'
+    )
+    whole = inject_whole(doc, SNIP)
+    assert whole[1] is True  # the meta is read as past the head's end, as when streamed
+    assert whole == run([doc[i : i + 7] for i in range(0, len(doc), 7)])
+
+
+def test_a_quote_in_a_tag_name_is_part_of_the_name() -> None:
+    """As HTML reads ``<a"b x="y>``: the tag's name is ``a"b`` and the quoted value runs
+    past the ">". A regex free to give the quote back would close the tag there instead,
+    after trying every split of the name (quadratic on a long one without a ">")."""
+    assert inject._TAG_RE.match(b'<a"b x="y>z') is None
+    match = inject._TAG_RE.match(b'<a"b x="y>z" c>')
+    assert match is not None and match.group(1) == b'a"b' and match.end() == 15
+    doc = b'<a"b x="y>z' + b"x" * 2000 + b'"><head>'
+    assert run([doc]) == run([doc[i : i + 1] for i in range(len(doc))]) == inject_whole(doc, SNIP)
+    hostile = b'<a"' + b"x" * 50_000  # read once: 50 KB of a name, no ">"
+    assert inject_whole(hostile, SNIP) == (hostile, False)

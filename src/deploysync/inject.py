@@ -31,7 +31,11 @@ _BOM = b"\xef\xbb\xbf"
 _SPACE_RE = re.compile(rb"[ \t\r\n\f]+")
 _COMMENT_RE = re.compile(rb"<!--.*?-->", re.S)
 _DECL_RE = re.compile(rb"<[!?][^>]*>")
-_TAG_RE = re.compile(rb"<([A-Za-z][^\s/>]*)(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
+# The name is matched once, never given back (a lookahead and a backreference make it
+# atomic on every Python): a quote in it is a name character, as HTML reads it, and a
+# regex free to give name characters back tries every split of a long name (quadratic on
+# "<a\"xxx..." without a ">").
+_TAG_RE = re.compile(rb"<(?=([A-Za-z][^\s/>]*))\1(?:[^>\"']|\"[^\"]*\"|'[^']*')*>")
 _NAME_END_RE = re.compile(rb"[\s/>]")
 _ATTR_STOP_RE = re.compile(rb"[>\"']")
 _HEAD_END_RE = re.compile(rb"</head[\s>]|<body[\s/>]", re.I)
@@ -56,9 +60,9 @@ _FAST_HEAD_RE = (
 )
 
 _SCANNING, _IN_HEAD, _DONE = 0, 1, 2
-# Where the start tag being read is (Injector._tag): in its name, between attributes, in
-# a quoted value (the quote's byte), or left to _TAG_RE (a quote in its name).
-_IN_NAME, _IN_ATTRS, _ODD = -1, 0, -2
+# Where the start tag being read is (Injector._tag): in its name, between attributes, or
+# in a quoted value (the quote's byte).
+_IN_NAME, _IN_ATTRS = -1, 0
 
 
 def head_tags(
@@ -103,12 +107,12 @@ def inject_whole(body: bytes, snippet: bytes) -> tuple[bytes, bool]:
         return out, injector.injected
     at = fast.end()
     limit = at + LOOKAHEAD
-    # bytes.find first (the common spelling), the case-insensitive regexes only when
-    # it says they could match.
+    # The head ends at "</head>" or "<body", whichever comes first, in any case (as the
+    # machine reads it). bytes.find first bounds the case-insensitive regex's search by
+    # the common spelling.
     end = body.find(b"</head>", at, limit)
-    if end < 0:
-        found = _HEAD_END_RE.search(body, at, limit)
-        end = found.start() if found else limit
+    found = _HEAD_END_RE.search(body, at, limit if end < 0 else end + 7)
+    end = found.start() if found else limit
     if _has_meta(body, at, end):
         return body, False
     view = memoryview(body)
@@ -295,7 +299,7 @@ class Injector:
                 continue
             if not buf[pos + 1 : pos + 2].isalpha():
                 return pos if self._doc else -1  # a "<" that cannot start a tag is text
-            tag_end = self._tag_end(buf, pos, final)
+            tag_end = self._tag_end(buf, pos)
             if tag_end < 0:
                 return None  # an incomplete tag waits
             name = buf[pos + 1 : self._name_end].lower()
@@ -312,22 +316,17 @@ class Injector:
             self._pos, self._seen, self._tag = pos, 0, _IN_NAME
         return None
 
-    def _tag_end(self, buf: bytearray, pos: int, final: bool) -> int:
+    def _tag_end(self, buf: bytearray, pos: int) -> int:
         """The end of the start tag at *pos* (a "<" and a letter), or -1 while incomplete.
 
-        Its name runs to a space, "/" or ">"; then the first ">" outside quotes ends it.
-        Bytes already read for this tag are not read again.
+        Its name runs to a space, "/" or ">" (a quote in it is part of it); then the first
+        ">" outside quotes ends it. Bytes already read for this tag are not read again.
         """
-        if self._tag == _ODD:
-            return self._odd_tag_end(buf, pos, final)
         end = len(buf)
         at = max(pos + 2, self._seen)
         if self._tag == _IN_NAME:
             name_end = _NAME_END_RE.search(buf, at)
             self._name_end = end if name_end is None else name_end.start()
-            if b'"' in buf[at : self._name_end] or b"'" in buf[at : self._name_end]:
-                self._tag, self._seen = _ODD, 0
-                return self._odd_tag_end(buf, pos, final)
             if name_end is None:
                 self._seen = end
                 return -1
@@ -347,24 +346,6 @@ class Injector:
             if buf[stop.start()] == 0x3E:  # ">"
                 return at
             self._tag = buf[stop.start()]
-
-    def _odd_tag_end(self, buf: bytearray, pos: int, final: bool) -> int:
-        """:meth:`_tag_end` for a tag whose name holds a quote (``<a"b ...``).
-
-        There _TAG_RE may give back name characters to close a quote, which no single
-        left-to-right reading follows, so the regex itself decides; it is run again only
-        when the held bytes have doubled (or at the end, or at the lookahead limit),
-        which bounds the rescans of a hostile stream to about twice its length.
-        """
-        end = len(buf)
-        if not (final or end > LOOKAHEAD or end >= 2 * self._seen):
-            return -1
-        self._seen = end
-        match = _TAG_RE.match(buf, pos)
-        if match is None:
-            return -1
-        self._name_end = match.end(1)
-        return match.end()
 
     def _give_up(self) -> bytes:
         self._state = _DONE

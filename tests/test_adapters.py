@@ -231,6 +231,23 @@ def test_response_opt_out(make: MakeClient, deployed: Deployment) -> None:
     assert response.body == spec.chunks[0]
 
 
+def test_response_opt_out_keeps_the_apps_own_deployment_id(
+    make: MakeClient, deployed: Deployment
+) -> None:
+    # "Left alone" is whole: a header the app set itself stays, as the app set it.
+    spec = AppSpec(
+        headers=[
+            ("Content-Type", "text/html"),
+            ("X-Deploysync", "off"),
+            ("X-Deployment-Id", "apps-own"),
+        ]
+    )
+    response = make(spec).get("/")
+    assert response.header("x-deploysync") is None
+    assert response.header("x-deployment-id") == "apps-own"
+    assert response.body == spec.chunks[0]
+
+
 def test_nonce_from_a_callable(make: MakeClient, deployed: Deployment) -> None:
     response = make(nonce=lambda holder: "r4nd0m").get("/")
     assert b' nonce="r4nd0m"></script>' in response.body

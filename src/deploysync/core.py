@@ -874,6 +874,7 @@ def edit_response(
     content_length: int | None = None
     etag_at = modified_at = ranges_at = -1
     out: list[Header] = []
+    own_id: list[Header] = []  # the app's own X-Deployment-Id
     for name, value in headers:
         lname = name.lower()
         if lname == b"content-type":
@@ -894,7 +895,8 @@ def edit_response(
                 content_length = None
             continue  # re-added below, exact
         elif lname == b"x-deployment-id":
-            continue  # the middleware's own header wins
+            own_id.append((name, value))
+            continue  # the middleware's own header wins (unless the app opts out)
         elif lname == b"etag":
             etag_at = len(out)
         elif lname == b"last-modified":
@@ -907,7 +909,7 @@ def edit_response(
             disposition = value
         out.append((name, value))
     if opt_out:
-        return ResponseEdit(_with_length(out, content_length), False)
+        return ResponseEdit(_with_length(out + own_id, content_length), False)
     if 300 <= status < 400 or download:
         edit = _router_edit(status, out, content_length, download, disposition, navigation)
         if edit is not None:

@@ -1091,6 +1091,9 @@ def test_default_blob_cache_must_be_private(
         ("redis://127.0.0.1:1/x", "the database 'x' is not a number"),
         ("redis://:secret@127.0.0.1:1/1/2", "the database '1/2' is not a number"),
         ("redis://127.0.0.1:1/0?db=x", "Invalid value for 'db'"),
+        ("redis://[::1", "Invalid IPv6 URL"),
+        ("redis://:secret@[::1/0", "Invalid IPv6 URL"),
+        ("redis://127.0.0.1:port/0", "Port could not be cast"),
     ],
 )
 def test_an_invalid_redis_url_is_refused_at_once_in_one_line(
@@ -1100,7 +1103,7 @@ def test_an_invalid_redis_url_is_refused_at_once_in_one_line(
     with pytest.raises(StoreError) as caught:
         open_store(url)
     message = str(caught.value)
-    assert message.startswith("Invalid Redis URL ") and reason in message
+    assert message.startswith("Invalid Redis URL") and reason in message
     assert "secret" not in message
     main = cli_main()
     assert main is not None
@@ -1108,7 +1111,8 @@ def test_an_invalid_redis_url_is_refused_at_once_in_one_line(
     assert main(["list", "--store", url]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("deploysync: error: Invalid Redis URL ") and reason in err
+    assert err.startswith("deploysync: error: Invalid Redis URL") and reason in err
+    assert "secret" not in err
 
 
 def test_redis_store_without_redis_py_says_what_to_install(

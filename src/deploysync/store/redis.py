@@ -321,6 +321,11 @@ class RedisStore(Store):
         the prefix of its keys (default ``deploysync``), also given as the URL's
         ``?namespace=`` parameter, so that several projects can share one database."""
         redis = _import_redis()
+        try:
+            urlsplit(url).port  # noqa: B018 - raises for a malformed host or port
+        except ValueError as exc:
+            # Not echoed: a URL that cannot be read cannot have its password hidden.
+            raise StoreError(f"Invalid Redis URL: {exc}") from None
         url, namespace = _split_namespace(url, namespace)
         self.url = url
         self.location = redact(url)

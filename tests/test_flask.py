@@ -137,6 +137,27 @@ def test_unknown_static_file_raises_in_debug(
         url_for("static", filename="missing.css")
 
 
+def test_nothing_built_yet_gives_unhashed_urls_in_debug_too(tmp_path: Path) -> None:
+    # A fresh checkout under `flask run --debug`: every name is unknown, none mistyped.
+    app = make_app(FileStore(tmp_path / "store"), DEBUG=True)
+    DeploySync(app)
+    with app.test_request_context():
+        assert url_for("static", filename="css/site.css") == "/static/css/site.css"
+        assert app.jinja_env.globals["asset_url"]("css/site.css") == "/static/css/site.css"
+    assert app.test_client().get("/").status_code == 200
+
+
+def test_an_app_without_a_static_folder_serves_the_default_prefix(
+    store: FileStore, deployed: Deployment
+) -> None:
+    app = Flask(__name__, static_folder=None)
+    app.config.update(DEPLOYSYNC_STORE=str(store.root))
+    DeploySync(app)  # no "Invalid static URL '/'": there is no static URL of its own
+    with app.test_request_context():
+        assert app.jinja_env.globals["asset_url"]("css/app.css") == deployed.url("css/app.css")
+    assert app.test_client().get(deployed.url("css/app.css")).status_code == 200
+
+
 def test_stale_navigation_gets_409_and_the_view_is_not_called(
     app: Flask, deployed: Deployment
 ) -> None:

@@ -201,14 +201,15 @@ class Runtime:
         """The hashed URL of *logical_path* in the current deployment.
 
         Unknown: :class:`UnknownAsset` when ``strict``, else the unhashed URL (a missing
-        asset must never turn a page into a 500).
+        asset must never turn a page into a 500). Before the first deployment (a fresh
+        checkout) every name is unknown, not mistyped: the unhashed URL, strict or not.
         """
         key = logical_path.lstrip("/")
         state = self.request_state.get()
         snapshot, prefix = state if state is not None else (self.current(), "")
         found = snapshot.urls.get(key)
         if found is None:
-            if self.strict:
+            if self.strict and snapshot.deployment is not None:
                 raise UnknownAsset(
                     f"Asset {logical_path!r} is not in deployment {snapshot.current_id!r}"
                     f" of {self.store.location}"

@@ -22,7 +22,7 @@ stale navigations, injection), keeps it in ``app.extensions["deploysync"]`` and:
 Configuration (``app.config``; keyword arguments of :class:`DeploySync` give defaults)::
 
     DEPLOYSYNC_STORE           directory or redis:// URL (else $DEPLOYSYNC_STORE)
-    DEPLOYSYNC_STATIC_URL      default: the app's static_url_path + "/"
+    DEPLOYSYNC_STATIC_URL      default: the app's static_url_path + "/" (else /static/)
     DEPLOYSYNC_ROUTING         "server" (default), "client" or "external"
     DEPLOYSYNC_CHECK_INTERVAL  seconds between version checks in the browser (0: off)
     DEPLOYSYNC_DEPLOYMENT      pin a deployment id
@@ -47,7 +47,7 @@ from flask.cli import AppGroup, ScriptInfo
 from markupsafe import Markup
 
 from .. import wsgi
-from ..manifest import DeploySyncError
+from ..manifest import DEFAULT_STATIC_URL, DeploySyncError
 from ..store.base import CACHE_ENV
 from ..vite import vite_tags as render_vite_tags
 
@@ -167,7 +167,10 @@ def _loaded_by_flask_command() -> bool:
 def _static_url(app: Flask) -> str:
     """The static URL the app's deployments are built for."""
     configured: str | None = app.config.get("DEPLOYSYNC_STATIC_URL")
-    return configured or (app.static_url_path or "") + "/"
+    if configured:
+        return configured
+    # An app without a static folder (static_folder=None) has no static URL of its own.
+    return app.static_url_path + "/" if app.static_url_path else DEFAULT_STATIC_URL
 
 
 def _nonce_option(option: Any) -> Any:

@@ -395,9 +395,14 @@ def test_conditional_get_middleware_cannot_keep_an_old_page(
     assert after["ETag"].endswith(f'.ds-{second.id}"')
 
 
-def test_stale_navigation_409_without_calling_the_view(deployed: Deployment) -> None:
+def test_stale_navigation_409_without_calling_the_view(
+    deployed: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
     headers = {"X-Deploysync": "navigate", "X-Deployment-Id": "older-page"}
-    response = Client().post("/submit", headers=headers)
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        response = Client().post("/submit", headers=headers)
+    # The protocol's answer, not an error: django.request does not log a "Conflict".
+    assert [r for r in caplog.records if r.name == "django.request"] == []
     assert response.status_code == 409
     assert response["X-Deploysync"] == "reload"
     assert response["X-Deployment-Id"] == deployed.id
@@ -568,6 +573,30 @@ def test_collectstatic_without_activation(
     assert store.current() is None and len(store.ids()) == 1
 
 
+def test_collectstatic_names_the_deployment_and_says_its_warnings(
+    site_src: Callable[..., Path],
+    store: FileStore,
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The id is the next step's argument (``deploysync activate ID``); a reference to a
+    missing file is a warning even with STRICT off, as `deploysync build` says it."""
+    source = site_src("v1")
+    with (source / "css" / "app.css").open("a") as css:
+        css.write("p { background: url(../img/missing.png) }\n")
+    configure(
+        STRICT=False,
+        ACTIVATE_ON_COLLECTSTATIC=False,
+        django_settings={"STATICFILES_DIRS": [str(source)]},
+    )
+    capsys.readouterr()
+    call_command("collectstatic", interactive=False, verbosity=0)
+    out, err = capsys.readouterr()
+    (ident,) = store.ids()
+    assert f"deploysync: deployment {ident} built (not activated" in out
+    assert "deploysync: warning: css/app.css:" in err and "missing.png" in err
+
+
 def test_missing_static_entry_never_500s_in_production(deployed: Deployment) -> None:
     response = Client().get("/missing")
     assert response.status_code == 200
@@ -604,6 +633,15 @@ def test_e001_store_unreadable(configure: Callable[..., None], tmp_path: Path) -
     (tmp_path / "store" / "current.json").write_text("{not json")
     configure(STORE=str(tmp_path / "store"))
     assert check_ids() == ["deploysync.E001"]
+
+
+@pytest.mark.redis
+def test_w007_redis_unreachable_is_a_warning(configure: Callable[..., None]) -> None:
+    # An outage during a deploy must not make `manage.py migrate` fail (checks run).
+    from support import free_port
+
+    configure(STORE=f"redis://127.0.0.1:{free_port()}/0")
+    assert check_ids() == ["deploysync.W007"]
 
 
 def test_w005_store_not_created_yet(configure: Callable[..., None], tmp_path: Path) -> None:

@@ -5,8 +5,8 @@
 ============== ==========================================================================
 id             means
 ============== ==========================================================================
-deploysync.E001 no store configured, or the store cannot be read (Redis unreachable,
-                corrupt activation record)
+deploysync.E001 no store configured, or the store cannot be read (a corrupt activation
+                record)
 deploysync.E002 the static URL prefix differs from the one the current (or pinned)
                 deployment was built for: every asset URL would be broken
 deploysync.E003 an invalid ``DEPLOYSYNC`` value (unknown key, ``ROUTING``, intervals,
@@ -25,6 +25,8 @@ deploysync.W005 the store has no current deployment yet, or its directory does n
                 ``deploysync build --activate``)
 deploysync.W006 the staticfiles storage is not deploysync's: ``{% static %}`` gives
                 URLs the middleware does not serve (404)
+deploysync.W007 the store cannot be reached now (Redis unreachable): servers serve
+                what they last read
 ============== ==========================================================================
 """
 
@@ -129,8 +131,18 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
             )
         ]
     except DeploySyncError as exc:
-        # The store exists but cannot be read (Redis unreachable, a damaged manifest):
-        # building it again is not the remedy.
+        if store.unreachable:
+            # An outage, not a mistake in the settings: servers go on with what they
+            # last read, and `migrate` or `runserver` of a deploy must not fail on it.
+            return [
+                Warning(
+                    f"The deploysync store {store.location} cannot be reached: {exc}",
+                    hint="Servers serve the deployment they last read until it is back.",
+                    id="deploysync.W007",
+                )
+            ]
+        # The store exists but cannot be read (a damaged manifest): building it again
+        # is not the remedy.
         return [Error(f"deploysync store {store.location}: {exc}", id="deploysync.E001")]
     finally:
         store.close()

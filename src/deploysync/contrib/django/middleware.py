@@ -260,6 +260,10 @@ def plan_response(
         response = StreamingHttpResponse(OpenedBody(parts, files, CHUNK_SIZE))
     response.status_code = plan.status
     set_headers(response, list(plan.headers))
+    if plan.status == 409:
+        # The protocol's answer to a stale navigation, not an error: django.request
+        # would log every one as a warning ("Conflict: /path").
+        response._has_been_logged = True  # type: ignore[attr-defined]
     return response
 
 

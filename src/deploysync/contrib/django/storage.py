@@ -26,6 +26,7 @@ are unhashed; the middleware answers 404 for them, so run ``collectstatic`` firs
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -58,6 +59,10 @@ class DeploySyncStorage(StaticFilesStorage):
             raise CommandError(
                 "collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set"
             )
+        def warn(message: str) -> None:
+            # As `deploysync build` says them (with STRICT on, the first one fails).
+            sys.stderr.write(f"deploysync: warning: {message}\n")
+
         try:
             result = build(
                 self.location,
@@ -66,6 +71,7 @@ class DeploySyncStorage(StaticFilesStorage):
                 activate=config.activate_on_collectstatic,
                 strict=config.strict,
                 cache_dir=config.cache_dir,
+                warn=warn,
                 # collectstatic --link fills STATIC_ROOT with links to the apps' files.
                 links_outside=True,
             )
@@ -78,8 +84,14 @@ class DeploySyncStorage(StaticFilesStorage):
                 yield name, asset.name, True
             else:
                 yield name, None, False
-        state = "built and activated" if config.activate_on_collectstatic else "built"
-        logger.info("deploysync: deployment %s %s", deployment.id, state)
+        # The id, as `deploysync build` ends: the next step may need it (activate ID).
+        if config.activate_on_collectstatic:
+            state = "activated"
+        elif result.created:
+            state = "built (not activated: deploysync activate ID)"
+        else:
+            state = "already in the store (not activated)"
+        sys.stdout.write(f"deploysync: deployment {deployment.id} {state}\n")
 
     def url(self, name: str | None) -> str:
         """The hashed URL of *name* in the current deployment."""

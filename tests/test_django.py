@@ -759,6 +759,26 @@ def test_runserver_leaves_static_to_the_middleware(configure: Callable[..., None
     assert parser.parse_args(["--static"]).use_static_handler is True
 
 
+def test_runserver_static_serves_the_files_as_edited(
+    deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``runserver --static`` the finders answer /static/ from the apps' folders:
+    ``{% static %}`` gives the plain names they know (edits show without collectstatic)."""
+    from django.contrib.staticfiles.management.commands import runserver as staticfiles
+
+    from deploysync.contrib.django import storage
+    from deploysync.contrib.django.management.commands.runserver import Command
+
+    served: list[dict[str, Any]] = []
+    monkeypatch.setattr(staticfiles.Command, "handle", lambda self, **o: served.append(o))
+    monkeypatch.setattr(storage, "_plain_names", False)
+    Command().run_from_argv(["manage.py", "runserver"])
+    assert f'href="{deployed.url("css/app.css")}"' in Client().get("/").content.decode()
+    Command().run_from_argv(["manage.py", "runserver", "--static"])
+    assert [o["use_static_handler"] for o in served] == [False, True]
+    assert 'href="/static/css/app.css"' in Client().get("/").content.decode()
+
+
 # -- large files (sent from disk, not memory) ----------------------------------------------------
 
 

@@ -20,7 +20,8 @@ unhashed URL is returned and the miss is logged. With ``DEBUG`` (or
 ``DEPLOYSYNC["STRICT"]``) it raises ``ValueError`` naming the file, as Django's
 ``ManifestStaticFilesStorage`` does. Before any deployment is current (a fresh checkout), URLs
 are unhashed; the middleware answers 404 for them, so run ``collectstatic`` first, or
-``runserver --static`` to let the staticfiles finders serve them (docs/django.md).
+``runserver --static`` to let the staticfiles finders serve them (docs/django.md): under
+``runserver --static`` URLs are always unhashed, and the files are served as edited.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ from .conf import get_config, get_runtime, script_prefix
 __all__ = ["DeploySyncStorage"]
 
 logger = logging.getLogger("deploysync.django")
+
+
+# Set by ``runserver --static``: the staticfiles finders answer /static/ from the apps'
+# folders as they are edited, so {% static %} gives their plain names, as Django's
+# ManifestStaticFilesStorage does under DEBUG.
+_plain_names = False
+
+
+def use_plain_names() -> None:
+    """Make ``{% static %}`` give unhashed URLs in this process (``runserver --static``)."""
+    global _plain_names
+    _plain_names = True
 
 
 class DeploySyncStorage(StaticFilesStorage):
@@ -95,7 +108,7 @@ class DeploySyncStorage(StaticFilesStorage):
 
     def url(self, name: str | None) -> str:
         """The hashed URL of *name* in the current deployment."""
-        if not name:
+        if not name or _plain_names:
             return super().url(name)
         clean, sep, suffix = _split_suffix(name)
         try:

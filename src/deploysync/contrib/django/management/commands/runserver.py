@@ -6,12 +6,16 @@
 from the finders, before any middleware: the hashed URLs of a deployment would 404. With
 ``deploysync.contrib.django`` listed before ``django.contrib.staticfiles`` this command
 wins and turns ``--nostatic`` on by default (whitenoise's ``runserver_nostatic`` does the
-same). ``--static`` hands the files back to staticfiles.
+same). ``--static`` hands the files back to staticfiles, and ``{% static %}`` gives their
+plain names, served as they are edited (no collectstatic between edits).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from ...storage import use_plain_names
 
 try:
     from django.contrib.staticfiles.management.commands.runserver import (
@@ -34,3 +38,9 @@ class Command(RunserverCommand):
                 help="Serve /static/ from the staticfiles finders instead of deploysync.",
             )
             parser.set_defaults(use_static_handler=False)
+
+    def handle(self, *args: Any, **options: Any) -> Any:
+        # The autoreloader's child runs this too (with the same arguments).
+        if options.get("use_static_handler"):
+            use_plain_names()
+        return super().handle(*args, **options)

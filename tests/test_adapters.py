@@ -129,6 +129,10 @@ def test_the_store_defaults_to_the_environment(
     monkeypatch.setenv("DEPLOYSYNC_STORE", str(store.root))
     response = make(store=None).get("/")
     assert response.header("x-deployment-id") == deployed.id
+    # Neither: said as a server's setting (store=), not the command line's --store.
+    monkeypatch.delenv("DEPLOYSYNC_STORE")
+    with pytest.raises(DeploySyncError, match=r"^No store given: pass store=\.\.\. or set DEPLOYSYNC_STORE$"):
+        make(store=None)
 
 
 def test_routing_and_interval_reach_the_tag(make: MakeClient, deployed: Deployment) -> None:

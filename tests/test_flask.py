@@ -319,7 +319,7 @@ def test_flask_commands_run_while_the_static_url_differs_from_the_deployments(
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("deploysync: warning: Deployment ")
-    assert f"configured with '{cdn}'" in done.stderr
+    assert f"serves assets under '{cdn}'" in done.stderr
     done = flask("deploysync", "build", str(site_src("v2")), "--activate")
     assert done.returncode == 0, done.stderr
     new = done.stdout.splitlines()[-1]

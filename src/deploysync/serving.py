@@ -49,7 +49,15 @@ from .manifest import (
     url_path,
     validate_id,
 )
-from .store import CacheError, DeploymentNotFound, Store, StoreError, StoreNotFound, open_store
+from .store import (
+    ENV_VAR,
+    CacheError,
+    DeploymentNotFound,
+    Store,
+    StoreError,
+    StoreNotFound,
+    open_store,
+)
 from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
@@ -114,6 +122,8 @@ class Runtime:
             raise DeploySyncError(f"strict must be True or False, not {strict!r}")
         pinned = deployment if deployment is not None else os.environ.get(ENV_DEPLOYMENT) or None
         self.pinned = validate_id(pinned) if pinned is not None else None
+        if not (store or os.environ.get(ENV_VAR)):  # said for a server, not a command line
+            raise StoreError(f"No store given: pass store=... or set {ENV_VAR}")
         self.store = open_store(store, cache_dir=cache_dir)
         # A server keeps serving what it last read through a Redis outage, even when
         # started during one; commands never opt in.
@@ -392,9 +402,10 @@ class Runtime:
         if current is not None and current.static_url != self.static_url:
             message = (
                 f"Deployment {current.id} in {store.location} was built for the static URL"
-                f" '{current.static_url}', but this server is configured with"
-                f" '{self.static_url}'; pass static_url='{current.static_url}' or rebuild"
-                f" with --static-url '{self.static_url}'"
+                f" '{current.static_url}', but this server serves assets under"
+                f" '{self.static_url}': build one for '{self.static_url}' (`deploysync build"
+                f" --static-url`, Django's collectstatic, `flask deploysync build`), or set"
+                f" this server's static URL to '{current.static_url}'"
             )
             if initial:
                 raise DeploySyncError(message)

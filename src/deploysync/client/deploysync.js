@@ -17,6 +17,8 @@ const abs = (href) => new URL(href, document.baseURI).href
 const here = (href) => abs(href).split("#")[0] == location.href.split("#")[0]
 /** @param {Element | null} el */
 const off = (el) => el?.closest("[data-deploysync=off]")
+/** @param {Response} r */
+const alien = (r) => (r.headers.get("X-Deployment-Id") || pageId) != pageId
 /** @param {string} name @param {object} detail @param {boolean} [cancelable] */
 const dispatch = (name, detail, cancelable) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable }))
 
@@ -90,7 +92,7 @@ class Router {
     this.on = true
     for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
     if (+data.checkInterval > 0) this.timer = setInterval(this.check, +data.checkInterval * 1e3)
-    if (this.client) history.replaceState({ ...history.state, ds: this.key }, "")
+    this.client && history.replaceState({ ...history.state, ds: this.key }, "")
   }
 
   stop() {
@@ -117,7 +119,7 @@ class Router {
     if (this.stale || (this.guard && performance.now() < 6e4)) return
     this.stale = true
     dispatch("stale", { pageId, serverId, reason })
-    if (serverId && reason != "tab") this.bc.postMessage(serverId)
+    serverId && reason != "tab" && this.bc.postMessage(serverId)
   }
 
   /** @param {Response | XMLHttpRequest} r @returns {boolean} */
@@ -156,7 +158,7 @@ class Router {
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how == "browser") return
-    if (how == "reload") history.replaceState(history.state, "")
+    how == "reload" && history.replaceState(history.state, "")
     this.bye = 1
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
@@ -199,11 +201,10 @@ class Router {
   onHover = (/** @type {MouseEvent} */ e) => {
     const a = this.link(e)
     if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !("prefetch" in data || a.closest("[data-deploysync-prefetch]"))) return
-    if (this.cache.size > 7) this.cache.clear()
+    this.cache.size > 7 && this.cache.clear()
     const k = a.href
-    const p = fetch(k, { headers: OWN }).catch(() => {})
-    this.cache.set(k, p)
-    setTimeout(() => this.cache.get(k) == p && this.cache.delete(k), 1e4)
+    this.cache.set(k, fetch(k, { headers: OWN }).catch(() => {}))
+    setTimeout(() => this.cache.delete(k), 1e4)
   }
 
   /** @param {string} url @param {any} [o] */
@@ -225,7 +226,7 @@ class Router {
       const html = d == null && /html/.test(h("Content-Type"))
       url = to || res.url + new URL(url).hash
       if (this.seen(res)) throw (res = res.redirected)
-      if (to || ((!form || res.redirected) && (this.stale || !html))) throw 0
+      if (to || ((!form || res.redirected) && (this.stale || !html || alien(res)))) throw 0
       if (html) {
         const doc = new DOMParser().parseFromString(await res.text(), "text/html")
         if (ctl == this.ctl) await this.render(doc, url, pop)
@@ -264,8 +265,7 @@ class Router {
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))
     const p = this.pos[pop]
     p ? scrollTo(...p) : target ? target.scrollIntoView() : scrollTo(0, 0)
-    const af = document.querySelector("[autofocus]")
-    if (af instanceof HTMLElement) af.focus()
+    document.querySelector("[autofocus]")?.["focus"]?.()
     const live = Object.assign(document.createElement("p"), { role: "status", style: "position:fixed;clip-path:inset(50%)" })
     document.body.append(live)
     setTimeout(() => (live.textContent = document.title), 99)
@@ -325,7 +325,7 @@ class Router {
     const r = e.detail.fetchResponse.response
     const t = e.target
     const s = this.seen(r)
-    if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
+    if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale || alien(r)) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
       this.full(r.url + this.u.hash, !r.redirected && t, this.sub)
     }

@@ -131,7 +131,8 @@ def test_the_store_defaults_to_the_environment(
     assert response.header("x-deployment-id") == deployed.id
     # Neither: said as a server's setting (store=), not the command line's --store.
     monkeypatch.delenv("DEPLOYSYNC_STORE")
-    with pytest.raises(DeploySyncError, match=r"^No store given: pass store=\.\.\. or set DEPLOYSYNC_STORE$"):
+    refused = r"^No store given: pass store=\.\.\. or set DEPLOYSYNC_STORE$"
+    with pytest.raises(DeploySyncError, match=refused):
         make(store=None)
 
 

@@ -253,6 +253,12 @@ def test_cli_build_activate_list_prune(
     assert not store.exists(deployed.id)
 
 
+def test_cli_help_names_the_flask_command(app: Flask, capsys: pytest.CaptureFixture[str]) -> None:
+    result = app.test_cli_runner().invoke(args=["deploysync", "build", "--help"])
+    out = result.output + capsys.readouterr().out  # argparse writes to sys.stdout
+    assert result.exit_code == 0 and out.startswith("usage: flask deploysync build "), out
+
+
 def test_cli_errors_exit_non_zero(app: Flask) -> None:
     result = app.test_cli_runner().invoke(args=["deploysync", "activate", "no-such-id"])
     assert result.exit_code != 0

@@ -1119,7 +1119,7 @@ def test_redis_store_without_redis_py_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)  # makes `import redis` fail
-    with pytest.raises(StoreError, match=r"pip install deploysync\[redis\]"):
+    with pytest.raises(StoreError, match=r"pip install 'deploysync\[redis\]'"):
         open_store("redis://127.0.0.1:1/0")
 
 

@@ -318,8 +318,9 @@ def _store_option(parser: argparse.ArgumentParser, default: object = argparse.SU
     )
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Deployment synchronization for Python web apps.")
+def make_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line's parser; *prog* names it in usage lines (``flask deploysync``)."""
+    parser = _Parser(prog=prog, description="Deployment synchronization for Python web apps.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _store_option(parser, default=None)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -405,12 +406,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
+    """Run the command line; return the exit status. *prog*: the name it was run by, for
+    usage lines (``flask deploysync`` runs it too)."""
     out, err = sys.stdout, sys.stderr
     args: argparse.Namespace | None = None
     try:
-        args = make_parser().parse_args(argv)
+        args = make_parser(prog).parse_args(argv)
         handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
         return handler(args, out, err)
     except UsageError as exc:

@@ -275,7 +275,7 @@ def _run(command: str, args: Sequence[str]) -> None:
         # the environment (given back as it was: the app may run on in this process).
         os.environ[CACHE_ENV] = os.fspath(cache_dir)
     try:
-        code = cli.main(argv)
+        code = cli.main(argv, prog="flask deploysync")
     finally:
         if previous is not None:
             os.environ[CACHE_ENV] = previous

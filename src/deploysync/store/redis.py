@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 
 #: The prefix of the store's keys unless its URL or constructor names another.
 DEFAULT_NAMESPACE = "deploysync"
-INSTALL_HINT = "the redis store needs `pip install deploysync[redis]`"
+INSTALL_HINT = "the redis store needs redis-py: pip install 'deploysync[redis]' (or redis)"
 #: The writers' lock expires this long after its holder stops renewing it (a crash).
 LOCK_TTL_MS = 30_000
 LOCK_RENEW_EVERY = LOCK_TTL_MS / 3000

@@ -263,7 +263,7 @@ def plan_response(
     if plan.status == 409:
         # The protocol's answer to a stale navigation, not an error: django.request
         # would log every one as a warning ("Conflict: /path").
-        response._has_been_logged = True  # type: ignore[attr-defined]
+        response._has_been_logged = True
     return response
 
 

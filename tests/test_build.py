@@ -860,6 +860,35 @@ def test_a_rebuild_of_an_unchanged_source_leaves_the_cache_file_alone(
     assert (cache_file.read_bytes(), cache_file.stat().st_ino) == before
 
 
+def test_build_caches_no_build_used_for_a_month_are_deleted(
+    site: Path, tmp_path: Path
+) -> None:
+    """One cache per source folder and store: stores in temporary folders (CI, demos)
+    would leave theirs forever. A new one clears those unused for 30 days."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    month = 31 * 86400
+    old, recent, other = folder / "build-0ld.cache", folder / "build-recent.cache", folder / "x"
+    for path, age in ((old, month), (recent, 29 * 86400), (other, month)):
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - age, time.time() - age))
+    build(site, tmp_path / "store", cache_dir=folder)
+    assert not old.exists() and recent.exists() and other.exists()
+    assert len(list(folder.glob("build-*.cache"))) == 2
+
+
+def test_a_build_cache_in_use_stays_fresh_when_nothing_changes(
+    site: Path, store: FileStore
+) -> None:
+    build(site, store)
+    _age_stat_cache()
+    cache_file = next(Path(os.environ["DEPLOYSYNC_CACHE_DIR"]).glob("build-*.cache"))
+    month_ago = time.time() - 31 * 86400
+    os.utime(cache_file, (month_ago, month_ago))
+    build(site, store)  # nothing to write: the file is touched instead
+    assert time.time() - cache_file.stat().st_mtime < 3600
+
+
 def test_a_build_under_a_given_id_after_nothing_changed_publishes_that_id(
     site: Path, store: FileStore
 ) -> None:

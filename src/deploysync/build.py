@@ -508,7 +508,8 @@ class BuildCache:
     made by other code are not trusted, and a checksum of the rest follows, so a damaged
     file is not trusted either. There is one cache file per (source folder, store),
     rewritten with only the entries the last build used, so it does not grow without
-    bound (and not rewritten when nothing changed). It holds plain data in
+    bound (and not rewritten when nothing changed); a cache no build used for 30 days is
+    deleted when a build makes a new one. It holds plain data in
     :mod:`marshal` form, the format of Python's own ``__pycache__`` (several times faster
     to read and write than JSON, which matters when a rebuild takes a few tens of
     milliseconds). A missing, damaged or unwritable cache only costs time.
@@ -623,11 +624,15 @@ class BuildCache:
             and self.last is self._old_last
             and all(len(self._used[name]) == len(self._old[name]) for name in _SECTIONS)
         ):
-            return  # the same entries as the file holds: nothing to write
+            # The same entries as the file holds: nothing to write, but it was used.
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+            return
         last = None if self.last is None else self.last.packed()
         data = marshal.dumps({**self._used, "base": self.base, "last": last})
         payload = _cache_header() + b"%08x\n" % zlib.crc32(data) + data
         with contextlib.suppress(OSError):
+            new = not self.path.exists()
             make_folders(self.path.parent, 0o700)  # the servers' cache folder too: private
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".build-")
             try:
@@ -637,6 +642,31 @@ class BuildCache:
             except OSError:
                 os.unlink(tmp)
                 raise
+            if new:
+                _forget_unused(self.path.parent)
+
+
+# A build cache not used for this long is deleted (when another one is made): there is one
+# per source folder and store, and stores in temporary folders (CI, demos) leave theirs.
+CACHE_MAX_AGE = 30 * 86400
+
+
+def _forget_unused(folder: Path) -> None:
+    """Delete the build caches in *folder* no build used for :data:`CACHE_MAX_AGE`, and
+    temporary files a killed build left for over a day."""
+    now = time.time()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("build-") and name.endswith(".cache"):
+                age = CACHE_MAX_AGE
+            elif name.startswith(".build-"):
+                age = 86400
+            else:
+                continue  # a Redis store's local copies, the servers' state
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > age:
+                    os.unlink(entry.path)
 
 
 def _is_digest(value: object) -> bool:

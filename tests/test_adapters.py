@@ -802,6 +802,34 @@ def test_a_server_cut_off_from_its_store_sends_no_page_back(
     assert json.loads(version.body)["outdated"] is True
 
 
+def test_a_server_stays_cut_off_while_its_store_folder_is_gone(
+    make: MakeClient, store: FileStore, deployed: Deployment, tmp_path: Path
+) -> None:
+    # The watcher's probe answers for a folder that is gone (no files, no token): it is
+    # the failing reads that say the server is behind, poll after poll.
+    client = make(poll_interval=0.02)
+    navigate = [("X-Deploysync", "navigate"), ("X-Deployment-Id", "feedbeef0000")]
+    assert client.get("/", navigate).status == 409  # the watcher runs; the id is unknown
+    store.root.rename(tmp_path / "gone")
+    runtime = client.mw.runtime
+    deadline = time.monotonic() + 5
+    while not runtime.snapshot.behind:
+        assert time.monotonic() < deadline, "the failed reads did not mark the server behind"
+        time.sleep(0.01)
+    seen = set()
+    for _ in range(60):  # about 1 s: many polls, and a rescan
+        seen.add(runtime.snapshot.behind)
+        time.sleep(0.02)
+    assert seen == {True}
+    assert client.get("/", navigate).status == 200
+    (tmp_path / "gone").rename(store.root)
+    deadline = time.monotonic() + 5
+    while runtime.snapshot.behind:
+        assert time.monotonic() < deadline, "the server never read its store again"
+        time.sleep(0.01)
+    assert client.get("/", navigate).status == 409
+
+
 def test_a_store_that_reads_as_empty_keeps_the_last_good_snapshot(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

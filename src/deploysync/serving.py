@@ -173,6 +173,7 @@ class Runtime:
         # deployment was built for) surface here, when the middleware is constructed.
         snapshot = self._build(initial=True)
         self.snapshot: Snapshot = snapshot if snapshot is not None else self._empty()
+        self._note_behind()  # started while Redis is unreachable: from the first request
         self._read_at = time.monotonic()
         self._held_at = 0.0
         self._hold()
@@ -732,10 +733,11 @@ class Runtime:
         if self.pinned is not None and time.monotonic() - self._held_at >= HOLD_RENEW:
             self._hold()
         fresh = self.store.probe()
-        if fresh != token or polls >= RESCAN_POLLS:
+        # While reads fail, every poll reads again: a probe answering (a directory
+        # store's stats of files that are gone) says nothing of whether a read would.
+        if fresh != token or polls >= RESCAN_POLLS or self._read_failed:
             self.refresh()
             return 0, fresh
-        self._read_failed = False  # it answered the probe
         self._note_behind()  # Redis may have gone away (or come back) since
         return polls, token
 

@@ -243,6 +243,23 @@ def test_a_stale_link_the_app_cancels_later_leaves_its_next_navigations_alone(
     assert page.evaluate("__seen") == ["#x"]
 
 
+def test_a_prefetch_made_again_is_kept_its_own_10_s(make_site: MakeSite, tab: Tab) -> None:
+    # The first prefetch's expiry must not take the second one of the same link with it.
+    site, page = _client_page(make_site, tab, clock=True)
+    _hover_prefetch(site, page)
+    page.click("#to-b")  # a navigation empties the cache
+    title_is(page, "B")
+    page.mouse.move(0, 0)
+    page.clock.fast_forward(6_000)
+    _hover_prefetch(site, page)
+    page.clock.fast_forward(5_000)  # 11 s after the first, 5 s after this one
+    before = site.stats()["navigate"]
+    page.click("#to-prefetch")
+    title_is(page, "A")
+    assert site.stats()["navigate"] == before, "the second prefetch was dropped with the first"
+    assert marked(page)
+
+
 def test_a_prefetch_expires_under_the_url_it_was_made_for(make_site: MakeSite, tab: Tab) -> None:
     # The app points the hovered link elsewhere after its prefetch: the prefetch of the
     # old URL still expires, and a click on that URL after a deploy asks the server.

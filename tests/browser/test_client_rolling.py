@@ -855,3 +855,132 @@ def test_a_browser_without_user_activation_still_full_loads_a_stale_routers_push
     page.click("#spa-x")
     expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
     assert not marked(page)
+
+
+# -- answers of another deployment: loaded in full, wherever they come from ------------------
+
+
+class Sequence(Balancer):
+    """A balancer whose next page requests go to the servers of ``plan``, in turn (static
+    files and version checks to the last one chosen)."""
+
+    def __init__(self, site: Site, routing: str, versions: list[str]) -> None:
+        super().__init__(site, routing, versions)
+        self.plan: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        if self.plan and not path.startswith(("/static/", "/_deploysync/")):
+            self.to = self.plan.pop(0)
+        await super().__call__(scope, receive, send)
+
+
+def in_sequence(make_site: MakeSite, routing: str) -> tuple[Site, Sequence]:
+    return behind(make_site, routing, lambda site: Sequence(site, routing, ["v1", "v2"]))
+
+
+def test_back_to_a_fragment_entry_answered_by_another_deployment_loads_it(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    # Loading the entry in full cannot be location.assign(url): to the URL the tab is
+    # at, with a #fragment, that only scrolls.
+    site, lb = rolling(make_site, "client", ["v1", "v2"])
+    page = open_at(tab, site.url("/"))
+    mark(page)
+    follow(page, "#to-b-hash")
+    title_is(page, "B")
+    follow(page, "#to-a")
+    title_is(page, "A")
+    lb.to = "v1"
+    page.go_back()
+    title_is(page, "B")
+    assert not marked(page) and page_id(page) == site.versions["v1"]
+    assert page.url.endswith("/b?q=1#end")
+
+
+def test_back_to_a_fragment_entry_refused_loads_it(make_site: MakeSite, tab: Tab) -> None:
+    site, lb = rolling(make_site, "client", ["v1", "v2"])
+    tab.allow(RELOAD_409)
+    lb.to = "v1"
+    page = open_at(tab, site.url("/"))
+    mark(page)
+    follow(page, "#to-b-hash")
+    title_is(page, "B")
+    follow(page, "#to-a")
+    title_is(page, "A")
+    lb.to = "v2"  # the page's deployment is older: refused
+    page.go_back()
+    title_is(page, "B")
+    assert not marked(page) and page_id(page) == site.versions["v2"]
+
+
+def test_a_turbo_restoration_of_another_deployment_loads_the_fragment_entry(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, lb = rolling(make_site, "external", ["v1", "v2"])
+    page = open_at(tab, site.url("/turbo"))
+    mark(page)
+    follow(page, "#turbo-b-end")
+    title_is(page, "turbo b")
+    follow(page, "#turbo-a")
+    title_is(page, "turbo a")
+    page.evaluate("Turbo.cache.clear()")  # the back is fetched, not restored from memory
+    lb.to = "v1"
+    page.go_back()
+    title_is(page, "turbo b")
+    assert not marked(page) and page_id(page) == site.versions["v1"]
+
+
+def test_a_turbo_get_form_answered_by_another_deployment_is_loaded_in_full(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    site, lb = rolling(make_site, "external", ["v1", "v2"])
+    page = open_at(tab, site.url("/turbo"))
+    page.evaluate(
+        """document.body.insertAdjacentHTML('beforeend', '<form id="find" method="get"'
+        + ' action="/turbo/b"><input name="q" value="1"><button id="go">Go</button></form>')"""
+    )
+    mark(page)
+    lb.to = "v1"
+    page.click("#go")
+    title_is(page, "turbo b")
+    assert not marked(page), "the other deployment's page was merged into this one"
+    assert page_id(page) == site.versions["v1"] and "q=1" in page.url
+
+
+@pytest.mark.parametrize(("routing", "start"), [("client", "/form"), ("external", "/turbo")])
+def test_a_posts_redirect_target_from_another_deployment_is_loaded_in_full(
+    make_site: MakeSite, tab: Tab, routing: str, start: str
+) -> None:
+    # The POST reaches a server on the page's deployment (processed), the GET of its
+    # redirect target one on the other: that page is loaded in full, the POST not sent again.
+    site, lb = in_sequence(make_site, routing)
+    page = open_at(tab, site.url(start))
+    mark(page)
+    lb.plan = ["v2", "v1"]
+    page.fill("#message", "hello")
+    page.click("#send")
+    title_is(page, "turbo result" if routing == "external" else "Result")
+    assert not marked(page) and page_id(page) == site.versions["v1"]
+    posts = 0
+    for version in lb.servers:  # each server's app counts its own
+        lb.to = version
+        posts += site.stats()["posts"]
+    assert posts == 1
+
+
+def test_a_page_the_app_leaves_to_the_browser_is_loaded_in_full(
+    make_site: MakeSite, tab: Tab
+) -> None:
+    """An answer without the middleware's X-Deployment-Id (X-Deploysync: off, as the docs
+    advise for the Django admin) is no page of this frontend: never merged into it."""
+    site = make_site(routing="client")
+    page = open_at(tab, site.url("/"))
+    mark(page)
+    follow(page, "#to-plain")
+    title_is(page, "Plain")
+    assert not marked(page) and page.locator("meta[name=deployment-id]").count() == 0
+    follow(page, "#to-a")  # no client on that page: the browser's own navigation
+    title_is(page, "A")
+    assert not marked(page)
+    assert tab.documents == 3

@@ -80,6 +80,7 @@ NAV = (
     ' <a id="to-missing" href="/missing">Missing</a>'
     ' <a id="to-prefetch" href="/a" data-deploysync-prefetch>A prefetched</a>'
     ' <a id="to-a-off" href="/a" data-deploysync="off">A plain</a>'
+    ' <a id="to-plain" href="/plain">Plain</a>'
     ' <a id="to-json" href="/_test/stats">JSON</a></nav>'
 )
 
@@ -199,6 +200,10 @@ class App:
                 '<input id="message" name="message"><button id="send">Send</button></form>'
                 '<div style="height:3000px"></div><p id="end">end</p>',
             )
+        if path == "/plain":  # a page the app leaves to the browser (the admin, say)
+            plain = self.page("Plain")
+            plain.headers.append(("X-Deploysync", "off"))
+            return plain
         if path == "/result":
             return self.page(
                 "Result",

@@ -1,5 +1,4 @@
 // @ts-check
-// deploysync: a stale page's next navigation is a full load.
 
 const KEY = "deploysync"
 const me = /** @type {HTMLScriptElement | null} */ (document.querySelector("script[data-deploysync]"))
@@ -17,8 +16,7 @@ const abs = (href) => new URL(href, document.baseURI).href
 const here = (href) => abs(href).split("#")[0] == location.href.split("#")[0]
 /** @param {Element | null} el */
 const off = (el) => el?.closest("[data-deploysync=off]")
-/** @param {Response} r */
-const alien = (r) => (r.headers.get("X-Deployment-Id") || pageId) != pageId
+const alien = (r) => r.headers.get("X-Deployment-Id") != pageId
 /** @param {string} name @param {object} detail @param {boolean} [cancelable] */
 const dispatch = (name, detail, cancelable) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable }))
 
@@ -165,7 +163,7 @@ class Router {
       if (sub?.form != how) sub = null
       else sub.disabled = false
       how.requestSubmit(sub)
-    } else location[how == "replace" || how == "reload" ? how : "assign"](url)
+    } else location[how == "replace" || how == "reload" ? how : url == location.href && /#/.test(url) ? "reload" : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -203,8 +201,9 @@ class Router {
     if (!a || this.stale || this.cache.has(a.href) || here(a.href) || !("prefetch" in data || a.closest("[data-deploysync-prefetch]"))) return
     this.cache.size > 7 && this.cache.clear()
     const k = a.href
-    this.cache.set(k, fetch(k, { headers: OWN }).catch(() => {}))
-    setTimeout(() => this.cache.delete(k), 1e4)
+    const p = fetch(k, { headers: OWN }).catch(() => {})
+    this.cache.set(k, p)
+    setTimeout(() => this.cache.get(k) == p && this.cache.delete(k), 1e4)
   }
 
   /** @param {string} url @param {any} [o] */
@@ -325,7 +324,7 @@ class Router {
     const r = e.detail.fetchResponse.response
     const t = e.target
     const s = this.seen(r)
-    if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale || alien(r)) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
+    if (t.ariaBusy && (t.localName == "form" ? s || ((r.redirected || t.method == "get") && alien(r)) : t.localName == "html" && (s || this.stale || alien(r)) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
       this.full(r.url + this.u.hash, !r.redirected && t, this.sub)
     }

@@ -644,6 +644,15 @@ def test_w007_redis_unreachable_is_a_warning(configure: Callable[..., None]) -> 
     assert check_ids() == ["deploysync.W007"]
 
 
+@pytest.mark.redis
+def test_e001_redis_refusing_the_credentials_is_an_error(
+    configure: Callable[..., None], redis_url: str
+) -> None:
+    # Reachable but not for these settings: a mistake to fix, not an outage to wait out.
+    configure(STORE=redis_url.replace("redis://", "redis://nobody:wrong@", 1))
+    assert check_ids() == ["deploysync.E001"]
+
+
 def test_w005_store_not_created_yet(configure: Callable[..., None], tmp_path: Path) -> None:
     # A fresh checkout: runserver starts (and serves the unhashed URLs) before a build.
     configure(STORE=str(tmp_path / "nowhere"))
@@ -774,8 +783,11 @@ def test_runserver_static_serves_the_files_as_edited(
     monkeypatch.setattr(storage, "_plain_names", False)
     Command().run_from_argv(["manage.py", "runserver"])
     assert f'href="{deployed.url("css/app.css")}"' in Client().get("/").content.decode()
+    # Without DEBUG, staticfiles serves nothing unless --insecure: the hashed names stay.
     Command().run_from_argv(["manage.py", "runserver", "--static"])
-    assert [o["use_static_handler"] for o in served] == [False, True]
+    assert f'href="{deployed.url("css/app.css")}"' in Client().get("/").content.decode()
+    Command().run_from_argv(["manage.py", "runserver", "--static", "--insecure"])
+    assert [o["use_static_handler"] for o in served] == [False, True, True]
     assert 'href="/static/css/app.css"' in Client().get("/").content.decode()
 
 

@@ -158,6 +158,14 @@ def test_an_app_without_a_static_folder_serves_the_default_prefix(
     assert app.test_client().get(deployed.url("css/app.css")).status_code == 200
 
 
+def test_an_app_serving_static_files_at_its_root_is_refused_at_set_up(store: FileStore) -> None:
+    # static_url_path="" has a static URL (every URL): said, not replaced by /static/.
+    app = Flask(__name__, static_url_path="")
+    app.config.update(DEPLOYSYNC_STORE=str(store.root))
+    with pytest.raises(DeploySyncError, match="'/'"):
+        DeploySync(app)
+
+
 def test_stale_navigation_gets_409_and_the_view_is_not_called(
     app: Flask, deployed: Deployment
 ) -> None:

@@ -170,7 +170,7 @@ def _static_url(app: Flask) -> str:
     if configured:
         return configured
     # An app without a static folder (static_folder=None) has no static URL of its own.
-    return app.static_url_path + "/" if app.static_url_path else DEFAULT_STATIC_URL
+    return DEFAULT_STATIC_URL if app.static_url_path is None else app.static_url_path + "/"
 
 
 def _nonce_option(option: Any) -> Any:

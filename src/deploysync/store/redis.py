@@ -300,6 +300,10 @@ class RedisUnreachable(StoreError):
     """Redis cannot be reached (refused, reset or timed-out connection)."""
 
 
+class CredentialsRefused(RedisUnreachable):
+    """Redis refused the credentials: an outage for a server, a mistake to a setup check."""
+
+
 def store_folder(url: str, namespace: str) -> str:
     """The name of a store's folder in the cache folder: one per URL and namespace, so
     stores sharing a cache folder never touch each other's copies."""
@@ -402,7 +406,7 @@ class RedisStore(Store):
         if isinstance(exc, self._auth_error) or any(m in reason for m in _AUTH_MARKERS):
             # Reachable, but not for us: an outage all the same for a server.
             self._down, self._down_at = reason, time.monotonic()
-            raise RedisUnreachable(
+            raise CredentialsRefused(
                 f"Redis at {self.location} refused the credentials: {reason}"
             ) from None
         if isinstance(exc, self._response_error):

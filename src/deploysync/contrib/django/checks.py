@@ -41,6 +41,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from ...manifest import DeploySyncError
 from ...store import StoreNotFound, open_store
+from ...store.redis import CredentialsRefused
 from .conf import read_config as get_config
 
 MIDDLEWARE_PATH = "deploysync.contrib.django.middleware.DeploySyncMiddleware"
@@ -131,7 +132,7 @@ def check_settings(app_configs: Sequence[Any] | None = None, **kwargs: Any) -> l
             )
         ]
     except DeploySyncError as exc:
-        if store.unreachable:
+        if store.unreachable and not isinstance(exc, CredentialsRefused):
             # An outage, not a mistake in the settings: servers go on with what they
             # last read, and `migrate` or `runserver` of a deploy must not fail on it.
             return [

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from django.conf import settings
+
 from ...storage import use_plain_names
 
 try:
@@ -40,7 +42,10 @@ class Command(RunserverCommand):
             parser.set_defaults(use_static_handler=False)
 
     def handle(self, *args: Any, **options: Any) -> Any:
-        # The autoreloader's child runs this too (with the same arguments).
-        if options.get("use_static_handler"):
+        # The autoreloader's child runs this too (with the same arguments). staticfiles
+        # serves the finders' files only under DEBUG or --insecure: else the middleware
+        # still does, hashed names included.
+        serving = settings.DEBUG or options.get("insecure_serving")
+        if options.get("use_static_handler") and serving:
             use_plain_names()
         return super().handle(*args, **options)

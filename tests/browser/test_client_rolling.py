@@ -879,39 +879,31 @@ def in_sequence(make_site: MakeSite, routing: str) -> tuple[Site, Sequence]:
     return behind(make_site, routing, lambda site: Sequence(site, routing, ["v1", "v2"]))
 
 
-def test_back_to_a_fragment_entry_answered_by_another_deployment_loads_it(
-    make_site: MakeSite, tab: Tab
+@pytest.mark.parametrize(
+    ("first", "then", "lands_on"),
+    [("v2", "v1", "v1"), ("v1", "v2", "v2")],
+    ids=["answered-by-another", "refused"],
+)
+def test_back_to_a_fragment_entry_loaded_in_full_loads_it(
+    make_site: MakeSite, tab: Tab, first: str, then: str, lands_on: str
 ) -> None:
     # Loading the entry in full cannot be location.assign(url): to the URL the tab is
-    # at, with a #fragment, that only scrolls.
-    site, lb = rolling(make_site, "client", ["v1", "v2"])
-    page = open_at(tab, site.url("/"))
-    mark(page)
-    follow(page, "#to-b-hash")
-    title_is(page, "B")
-    follow(page, "#to-a")
-    title_is(page, "A")
-    lb.to = "v1"
-    page.go_back()
-    title_is(page, "B")
-    assert not marked(page) and page_id(page) == site.versions["v1"]
-    assert page.url.endswith("/b?q=1#end")
-
-
-def test_back_to_a_fragment_entry_refused_loads_it(make_site: MakeSite, tab: Tab) -> None:
+    # at, with a #fragment, that only scrolls. Whether the answer was another
+    # deployment's page or a 409 (the page's deployment older than the server's).
     site, lb = rolling(make_site, "client", ["v1", "v2"])
     tab.allow(RELOAD_409)
-    lb.to = "v1"
+    lb.to = first
     page = open_at(tab, site.url("/"))
     mark(page)
     follow(page, "#to-b-hash")
     title_is(page, "B")
     follow(page, "#to-a")
     title_is(page, "A")
-    lb.to = "v2"  # the page's deployment is older: refused
+    lb.to = then
     page.go_back()
     title_is(page, "B")
-    assert not marked(page) and page_id(page) == site.versions["v2"]
+    assert not marked(page) and page_id(page) == site.versions[lands_on]
+    assert page.url.endswith("/b?q=1#end")
 
 
 def test_a_turbo_restoration_of_another_deployment_loads_the_fragment_entry(

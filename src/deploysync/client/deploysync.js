@@ -324,7 +324,7 @@ class Router {
     const r = e.detail.fetchResponse.response
     const t = e.target
     const s = this.seen(r)
-    if (t.ariaBusy && (t.localName == "form" ? s || ((r.redirected || t.method == "get") && alien(r)) : t.localName == "html" && (s || this.stale || alien(r)) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
+    if (t.ariaBusy && (t.localName == "form" ? s : t.localName == "html" && (s || this.stale) && (r.redirected || r.url == this.u.href.split("#")[0]))) {
       e.preventDefault()
       this.full(r.url + this.u.hash, !r.redirected && t, this.sub)
     }

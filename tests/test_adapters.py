@@ -830,6 +830,34 @@ def test_a_server_stays_cut_off_while_its_store_folder_is_gone(
     assert client.get("/", navigate).status == 409
 
 
+def test_a_file_of_a_deployment_not_read_yet_is_served_at_once(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    """Another worker of this server switched first and rendered a page of the new
+    deployment: its files are asked for here before this process's next poll. A miss
+    looks whether the store changed (at most every CATCH_UP_GAP) and reads it then,
+    instead of answering 404."""
+    client = make(poll_interval=3600)  # no poll during the test
+    assert client.get("/").header("x-deployment-id") == deployed.id  # watcher started
+    newer = publish(store, {"css/app.css": b"newer"})
+    answer = client.get(newer.url("css/app.css"))
+    assert answer.status == 200 and answer.body == b"newer"
+    assert client.get("/").header("x-deployment-id") == newer.id
+    reads = 0
+    runtime = client.mw.runtime
+    original = runtime.refresh
+
+    def counted() -> bool:
+        nonlocal reads
+        reads += 1
+        return original()
+
+    runtime.refresh = counted  # type: ignore[method-assign]
+    for _ in range(20):  # a flood of requests for files that are nowhere
+        assert client.get("/static/css/missing.0123456789ab.css").status == 404
+    assert reads == 0, "a miss read a store that had not changed"
+
+
 def test_a_store_that_reads_as_empty_keeps_the_last_good_snapshot(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -529,6 +529,20 @@ def test_vite_tags_tag(tmp_path: Path, store: FileStore, configure: Callable[...
     assert '<link rel="stylesheet" href="/static/assets/main-Ef56Gh78.css">' in html
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_file_of_a_deployment_not_read_yet_is_served_at_once(
+    site_src: Callable[..., Path], store: FileStore, configure: Callable[..., None], mode: str
+) -> None:
+    # Another worker switched first and rendered a page naming this file (Runtime.catch_up).
+    configure(POLL_INTERVAL=3600)
+    build(site_src("v1"), store, activate=True)
+    assert Client().get("/").status_code == 200  # the runtime has read v1
+    newer = build(site_src("v2"), store, activate=True).deployment
+    url = newer.url("css/app.css")
+    response = Client().get(url) if mode == "sync" else aget(url)
+    assert response.status_code == 200
+
+
 # -- staticfiles storage -----------------------------------------------------------------------
 
 

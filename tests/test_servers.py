@@ -94,8 +94,9 @@ APP = textwrap.dedent(
         return iter(chunks)
 
 
-    asgi = AsgiDeploySync(inner, store=STORE, poll_interval=0.25)
-    wsgi = WsgiDeploySync(winner, store=STORE, poll_interval=0.25)
+    POLL = float(os.environ.get("TEST_POLL", "0.25"))
+    asgi = AsgiDeploySync(inner, store=STORE, poll_interval=POLL)
+    wsgi = WsgiDeploySync(winner, store=STORE, poll_interval=POLL)
 
     SENT = []  # message types of the last response under /static/
 
@@ -419,3 +420,39 @@ def test_a_page_sent_as_a_file_gets_its_tags(servers: Servers, kind: str) -> Non
         head = httpx.head(servers.urls[kind] + path, timeout=5)
         assert head.status_code == 200
         assert head.headers.get("content-length", str(len(get.content))) == str(len(get.content))
+
+
+def test_every_worker_serves_a_new_deployments_files_before_its_next_poll(
+    tmp_path: Path,
+) -> None:
+    """One worker of a server switches first and renders pages of the new deployment; the
+    browser asks another for their files before that one polls the store. Here no worker
+    polls (an hour apart): each must find the files when asked for them."""
+    store = tmp_path / "store"
+    _build(tmp_path / "src1", store, b"body{color:red}\n", activate=True)
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "served_app.py").write_text(APP)
+    port = _free_port()
+    env = {**os.environ, "TEST_STORE": str(store), "TEST_POLL": "3600"}
+    env.pop("DEPLOYSYNC_DEPLOYMENT", None)
+    log = tmp_path / "gunicorn.log"
+    command = [
+        sys.executable, "-m", "gunicorn", "served_app:wsgi", "--bind", f"127.0.0.1:{port}",
+        "--workers", "2", "--log-level", "warning", "--chdir", str(tmp_path / "app"),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, proc, log, time.monotonic() + 30)
+        for _ in range(10):  # both workers have read the store at start
+            httpx.get(base + "/", timeout=5)
+        second = _build(tmp_path / "src2", store, b"body{color:blue}\n", activate=True)
+        css = FileStore(store).load(second).url("css/app.css")
+        answers = [httpx.get(base + css, timeout=5) for _ in range(12)]
+        assert [a.status_code for a in answers] == [200] * 12, log.read_text()[-2000:]
+        assert {a.content for a in answers} == {b"body{color:blue}\n"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+

@@ -5,7 +5,8 @@ deployment's id, the activation order, a ``name -> StaticFile`` index over every
 deployment (hashed names are derived from content, so the union has no conflicts), the
 current deployment's ``logical path -> URL`` map, precomputed headers and ETags, and small
 files' bytes. It is built once per change and swapped by replacing one reference, so a
-request sees one deployment or the other, never a mix, and never touches the store.
+request sees one deployment or the other, never a mix, and never touches the store (but
+for a static file the snapshot lacks, see :meth:`Runtime.catch_up`).
 
 A daemon thread, started on the first request (and again in a forked child), waits on
 ``store.wait_for_change(poll_interval)`` and compares ``store.probe()``; on a change it
@@ -61,6 +62,9 @@ from .store import (
 from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
+# A request for a static file the snapshot lacks looks whether the store changed, at most
+# this often (seconds): a deploy is seen at once, a flood of such requests costs little.
+CATCH_UP_GAP = 0.01
 
 ENV_DEPLOYMENT = "DEPLOYSYNC_DEPLOYMENT"
 # Files up to this size are read into memory once; larger ones are sent from disk.
@@ -150,6 +154,7 @@ class Runtime:
         self._unread: list[tuple[str, str]] | None = None
         self._refresh_lock = threading.RLock()
         self._read_failed = False  # the last read of the store failed
+        self._caught_up_at = 0.0  # the last look at the store for a missing file
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -293,6 +298,28 @@ class Runtime:
                 self.snapshot = snapshot  # one reference assignment: atomic for readers
             self._note_behind()
             return snapshot is not None
+
+    def may_catch_up(self) -> bool:
+        """Whether :meth:`catch_up` would look at the store (not done just before)."""
+        return time.monotonic() - self._caught_up_at >= CATCH_UP_GAP
+
+    def catch_up(self, snapshot: Snapshot) -> Snapshot | None:
+        """After *snapshot* had no file for a request under the static prefix: probe the
+        store (unless that was done within :data:`CATCH_UP_GAP`), read it when it
+        changed, and return the newer snapshot, if any. Another process of this server
+        (a gunicorn worker) may have switched to a deployment this one has not read yet
+        and rendered a page naming its files: they must not wait for the next poll."""
+        with self._refresh_lock:  # requests that miss at once look once
+            if self.may_catch_up():
+                self._caught_up_at = time.monotonic()
+                try:
+                    token: Hashable = self.store.probe()
+                except (StoreError, OSError, ValueError):
+                    token = None  # the watcher says it
+                if self._state is None or token != self._state[0]:
+                    self.refresh()
+        fresh = self.snapshot
+        return fresh if fresh is not snapshot else None
 
     def _note_behind(self) -> None:
         """Mark the snapshot served as read from a store this server cannot read now

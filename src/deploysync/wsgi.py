@@ -81,6 +81,11 @@ class DeploySync(Middleware[WSGIApp]):
         method = environ.get("REQUEST_METHOD", "GET")
         request = core.make_request(method, path, core.environ_headers(environ), raw)
         plan = core.decide(request, snapshot, self._static_path)
+        if plan is not None and plan.status == 404:
+            fresh = self.runtime.catch_up(snapshot)
+            if fresh is not None:
+                snapshot = fresh
+                plan = core.decide(request, snapshot, self._static_path)
         if plan is not None:
             return _respond(plan, method, environ, start_response)
         conditional = None

@@ -89,7 +89,16 @@ class DeploySyncMiddleware:
         return self._edit(request, response, state, config, conditional, navigation)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        snapshot, config, plan, conditional, navigation = self._decide(request)
+        snapshot, config, plan, conditional, navigation = self._decide(request, catch_up=False)
+        runtime = get_runtime()
+        # A missing static file reads the store again off the event loop (Runtime.catch_up).
+        if (
+            plan is not None
+            and plan.status == 404
+            and runtime.may_catch_up()
+            and await asyncio.to_thread(runtime.catch_up, snapshot) is not None
+        ):
+            snapshot, config, plan, conditional, navigation = self._decide(request)
         if plan is not None:
             if all(isinstance(part, bytes) for part in plan.body):
                 return plan_response(plan, async_body=True, request=request)
@@ -106,11 +115,12 @@ class DeploySyncMiddleware:
 
     # -- request ---------------------------------------------------------------------------
     def _decide(
-        self, request: HttpRequest
+        self, request: HttpRequest, *, catch_up: bool = True
     ) -> tuple[Snapshot, Config, Plan | None, Conditional | None, bytes | None]:
         """The request's snapshot, the configuration, the middleware's own answer (or
         ``None``: the view's), how validators reach the view, and the origin of a
-        navigation fetch (for :func:`~deploysync.core.edit_response`)."""
+        navigation fetch (for :func:`~deploysync.core.edit_response`). *catch_up*: a
+        static file the snapshot lacks reads the store again (Runtime.catch_up)."""
         config = get_config()
         runtime = get_runtime()
         # One snapshot per request: the decision, the headers and the injected tags all
@@ -121,6 +131,11 @@ class DeploySyncMiddleware:
             request.method or "GET", request.path_info, headers, raw_path(request)
         )
         plan = decide(core_request, snapshot, runtime.static_path)
+        if catch_up and plan is not None and plan.status == 404:
+            fresh = runtime.catch_up(snapshot)
+            if fresh is not None:
+                snapshot = fresh
+                plan = decide(core_request, snapshot, runtime.static_path)
         conditional = None
         if plan is None and (
             core_request.if_none_match or core_request.if_modified_since or core_request.if_match

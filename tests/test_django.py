@@ -49,8 +49,10 @@ TEMPLATES = {
     "page.html": "{% load static %}<!doctype html><html><head><title>t</title>"
     '<link rel="stylesheet" href="{% static \'css/app.css\' %}"></head>'
     "<body>page</body></html>",
+    # A body long enough that GZipMiddleware's output (up to 100 random bytes added
+    # against BREACH) is always the smaller: it then always compresses.
     "manual.html": "{% load deploysync %}<!doctype html><html><head>{% deploysync_head %}"
-    "</head><body></body></html>",
+    "</head><body>" + "<p>placed by the template</p>" * 40 + "</body></html>",
     "vite.html": '{% load deploysync %}<!doctype html><html><head>{% vite_tags "src/main.ts" %}'
     "</head><body></body></html>",
     "missing.html": "{% load static %}{% static 'nope.css' %}",

@@ -155,6 +155,7 @@ class Runtime:
         self._refresh_lock = threading.RLock()
         self._read_failed = False  # the last read of the store failed
         self._caught_up_at = 0.0  # the last look at the store for a missing file
+        self._incomplete = False  # the last snapshot lacks assets it could not read
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -316,7 +317,10 @@ class Runtime:
                     token: Hashable = self.store.probe()
                 except (StoreError, OSError, ValueError):
                     token = None  # the watcher says it
-                if self._state is None or token != self._state[0]:
+                # After a read that missed assets the watcher reads again at each poll: a
+                # flood of misses must not rebuild snapshots meanwhile.
+                known = self._state[0] if self._state is not None else None
+                if token != known and not self._incomplete:
                     self.refresh()
         fresh = self.snapshot
         return fresh if fresh is not snapshot else None
@@ -504,6 +508,7 @@ class Runtime:
         # probe says (the watcher reads every RESCAN_POLLS polls): a blob that failed
         # once (Redis unreachable for a moment, a blob written again) is tried again.
         self._state = None if incomplete else state
+        self._incomplete = incomplete
         if gone:
             # A prune removed deployments: their local copies (a remote store's cache)
             # are of no use any more.

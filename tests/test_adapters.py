@@ -858,6 +858,21 @@ def test_a_file_of_a_deployment_not_read_yet_is_served_at_once(
     assert reads == 0, "a miss read a store that had not changed"
 
 
+def test_a_new_deployments_file_is_found_while_an_old_one_cannot_be_read(
+    make: MakeClient, store: FileStore, deployed: Deployment
+) -> None:
+    # A snapshot that misses an asset (a damaged blob of a retained deployment) is read
+    # again at each poll; a deploy meanwhile must not wait for that poll either.
+    asset = deployed.assets["css/app.css"]
+    with open(store.blob_path(asset.digest), "ab") as blob:
+        blob.write(b"damage")
+    client = make(poll_interval=3600)
+    assert client.get(deployed.url("css/app.css")).status == 404
+    time.sleep(0.02)  # misses look at the store at most every CATCH_UP_GAP
+    newer = publish(store, {"js/new.js": b"export const n = 1"})
+    assert client.get(newer.url("js/new.js")).status == 200
+
+
 def test_a_store_that_reads_as_empty_keeps_the_last_good_snapshot(
     client: Client, store: FileStore, deployed: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:

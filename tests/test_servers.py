@@ -8,6 +8,7 @@ no response mixes two deployments.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -422,24 +423,33 @@ def test_a_page_sent_as_a_file_gets_its_tags(servers: Servers, kind: str) -> Non
         assert head.headers.get("content-length", str(len(get.content))) == str(len(get.content))
 
 
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
 def test_every_worker_serves_a_new_deployments_files_before_its_next_poll(
-    tmp_path: Path,
+    tmp_path: Path, server: str
 ) -> None:
     """One worker of a server switches first and renders pages of the new deployment; the
-    browser asks another for their files before that one polls the store. Here no worker
-    polls (an hour apart): each must find the files when asked for them."""
+    browser asks another for their files, all at once, before that one polls the store.
+    Here no worker polls (an hour apart): each must find the files when asked for them,
+    the requests that come while one looks at the store included."""
     store = tmp_path / "store"
     _build(tmp_path / "src1", store, b"body{color:red}\n", activate=True)
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "served_app.py").write_text(APP)
     port = _free_port()
-    env = {**os.environ, "TEST_STORE": str(store), "TEST_POLL": "3600"}
+    path = os.pathsep.join(filter(None, [str(tmp_path / "app"), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "TEST_STORE": str(store), "TEST_POLL": "3600", "PYTHONPATH": path}
     env.pop("DEPLOYSYNC_DEPLOYMENT", None)
-    log = tmp_path / "gunicorn.log"
-    command = [
-        sys.executable, "-m", "gunicorn", "served_app:wsgi", "--bind", f"127.0.0.1:{port}",
-        "--workers", "2", "--log-level", "warning", "--chdir", str(tmp_path / "app"),
-    ]  # fmt: skip
+    log = tmp_path / "server.log"
+    command = {
+        "gunicorn": [
+            sys.executable, "-m", "gunicorn", "served_app:wsgi", "--bind", f"127.0.0.1:{port}",
+            "--workers", "2", "--threads", "4", "--log-level", "warning",
+        ],
+        "uvicorn": [
+            sys.executable, "-m", "uvicorn", "served_app:asgi", "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "2", "--lifespan", "off", "--log-level", "warning",
+        ],
+    }[server]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -447,12 +457,24 @@ def test_every_worker_serves_a_new_deployments_files_before_its_next_poll(
         _wait_until_up(base, proc, log, time.monotonic() + 30)
         for _ in range(10):  # both workers have read the store at start
             httpx.get(base + "/", timeout=5)
+        # Enough files that reading the new deployment takes a while: the burst's other
+        # requests come while the first one's look at the store is under way.
+        for i in range(600):
+            (tmp_path / "src2" / "more").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "src2" / "more" / f"f{i}.txt").write_text(f"file {i}\n")
         second = _build(tmp_path / "src2", store, b"body{color:blue}\n", activate=True)
         css = FileStore(store).load(second).url("css/app.css")
-        answers = [httpx.get(base + css, timeout=5) for _ in range(12)]
+
+        async def burst() -> list[httpx.Response]:
+            async def fetch() -> httpx.Response:
+                async with httpx.AsyncClient(timeout=10) as client:  # a connection each
+                    return await client.get(base + css)
+
+            return await asyncio.gather(*(fetch() for _ in range(12)))
+
+        answers = asyncio.run(burst())
         assert [a.status_code for a in answers] == [200] * 12, log.read_text()[-2000:]
         assert {a.content for a in answers} == {b"body{color:blue}\n"}
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-

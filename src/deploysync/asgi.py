@@ -76,8 +76,10 @@ class DeploySync(Middleware[ASGIApp]):
         raw = scope.get("raw_path")
         request = core.make_request(scope["method"], path, scope["headers"], raw)
         plan = core.decide(request, snapshot, self._static_path)
-        if plan is not None and plan.status == 404 and runtime.may_catch_up():
-            fresh = await _off_loop(runtime.catch_up, snapshot)
+        if plan is not None and plan.status == 404:
+            fresh, wait = runtime.catch_up_now(snapshot)
+            if fresh is None and wait:  # the store may be read: off the event loop
+                fresh = await _off_loop(runtime.catch_up, snapshot)
             if fresh is not None:
                 snapshot = fresh
                 plan = core.decide(request, snapshot, self._static_path)

@@ -154,8 +154,12 @@ class Runtime:
         self._unread: list[tuple[str, str]] | None = None
         self._refresh_lock = threading.RLock()
         self._read_failed = False  # the last read of the store failed
-        self._caught_up_at = 0.0  # the last look at the store for a missing file
-        self._incomplete = False  # the last snapshot lacks assets it could not read
+        # Runtime.catch_up: one look at a time, when the last ended, whether one runs, and
+        # the probe token of the last read of the store (complete or not).
+        self._catch_up_lock = threading.Lock()
+        self._caught_up_at = 0.0
+        self._catching_up = False
+        self._read_token: Hashable = None
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -300,28 +304,41 @@ class Runtime:
             self._note_behind()
             return snapshot is not None
 
-    def may_catch_up(self) -> bool:
-        """Whether :meth:`catch_up` would look at the store (not done just before)."""
-        return time.monotonic() - self._caught_up_at >= CATCH_UP_GAP
+    def catch_up_now(self, snapshot: Snapshot) -> tuple[Snapshot | None, bool]:
+        """What a request that found no file in *snapshot* under the static prefix can
+        have without waiting: a newer snapshot already swapped in (or ``None``), and
+        whether :meth:`catch_up` (which may wait on the store) could find one."""
+        fresh = self.snapshot
+        if fresh is not snapshot:
+            return fresh, False
+        waiting = self._catching_up or time.monotonic() - self._caught_up_at >= CATCH_UP_GAP
+        return None, waiting and not self.store.unreachable
 
     def catch_up(self, snapshot: Snapshot) -> Snapshot | None:
         """After *snapshot* had no file for a request under the static prefix: probe the
-        store (unless that was done within :data:`CATCH_UP_GAP`), read it when it
-        changed, and return the newer snapshot, if any. Another process of this server
-        (a gunicorn worker) may have switched to a deployment this one has not read yet
-        and rendered a page naming its files: they must not wait for the next poll."""
-        with self._refresh_lock:  # requests that miss at once look once
-            if self.may_catch_up():
-                self._caught_up_at = time.monotonic()
+        store (unless that was done within :data:`CATCH_UP_GAP`, or Redis is out of
+        reach: the watcher looks then), read it when it changed since the last read, and
+        return the newer snapshot, if any. Another process of this server (a gunicorn
+        worker) may have switched to a deployment this one has not read yet and sent a
+        page naming its files: they must not wait for the next poll. Misses meanwhile
+        wait for this look and take what it found."""
+        with self._catch_up_lock:
+            if (
+                self.snapshot is snapshot
+                and time.monotonic() - self._caught_up_at >= CATCH_UP_GAP
+                and not self.store.unreachable
+            ):
+                self._catching_up = True
                 try:
-                    token: Hashable = self.store.probe()
-                except (StoreError, OSError, ValueError):
-                    token = None  # the watcher says it
-                # After a read that missed assets the watcher reads again at each poll: a
-                # flood of misses must not rebuild snapshots meanwhile.
-                known = self._state[0] if self._state is not None else None
-                if token != known and not self._incomplete:
-                    self.refresh()
+                    try:
+                        token: Hashable = self.store.probe()
+                    except (StoreError, OSError, ValueError):
+                        token = self._read_token  # the watcher says it
+                    if token != self._read_token:
+                        self.refresh()
+                finally:
+                    self._caught_up_at = time.monotonic()
+                    self._catching_up = False
         fresh = self.snapshot
         return fresh if fresh is not snapshot else None
 
@@ -382,6 +399,7 @@ class Runtime:
             token = store.probe()
             activations = store.activations()
             ids = frozenset(store.ids())
+            self._read_token = token
         except (StoreError, OSError, ValueError) as exc:
             # A store folder not created yet (nothing built so far) is said by the
             # watcher, which a first request starts: a command that loads the app (to
@@ -508,7 +526,6 @@ class Runtime:
         # probe says (the watcher reads every RESCAN_POLLS polls): a blob that failed
         # once (Redis unreachable for a moment, a blob written again) is tried again.
         self._state = None if incomplete else state
-        self._incomplete = incomplete
         if gone:
             # A prune removed deployments: their local copies (a remote store's cache)
             # are of no use any more.

@@ -90,15 +90,16 @@ class DeploySyncMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         snapshot, config, plan, conditional, navigation = self._decide(request, catch_up=False)
-        runtime = get_runtime()
-        # A missing static file reads the store again off the event loop (Runtime.catch_up).
-        if (
-            plan is not None
-            and plan.status == 404
-            and runtime.may_catch_up()
-            and await asyncio.to_thread(runtime.catch_up, snapshot) is not None
-        ):
-            snapshot, config, plan, conditional, navigation = self._decide(request)
+        if plan is not None and plan.status == 404:
+            # A missing static file may wait for the store off the event loop.
+            runtime = get_runtime()
+            fresh, wait = runtime.catch_up_now(snapshot)
+            if fresh is None and wait:
+                fresh = await asyncio.to_thread(runtime.catch_up, snapshot)
+            if fresh is not None:
+                snapshot, config, plan, conditional, navigation = self._decide(
+                    request, catch_up=False
+                )
         if plan is not None:
             if all(isinstance(part, bytes) for part in plan.body):
                 return plan_response(plan, async_body=True, request=request)
@@ -132,7 +133,9 @@ class DeploySyncMiddleware:
         )
         plan = decide(core_request, snapshot, runtime.static_path)
         if catch_up and plan is not None and plan.status == 404:
-            fresh = runtime.catch_up(snapshot)
+            fresh, wait = runtime.catch_up_now(snapshot)
+            if fresh is None and wait:
+                fresh = runtime.catch_up(snapshot)
             if fresh is not None:
                 snapshot = fresh
                 plan = decide(core_request, snapshot, runtime.static_path)

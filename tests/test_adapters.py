@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -856,6 +857,57 @@ def test_a_file_of_a_deployment_not_read_yet_is_served_at_once(
     for _ in range(20):  # a flood of requests for files that are nowhere
         assert client.get("/static/css/missing.0123456789ab.css").status == 404
     assert reads == 0, "a miss read a store that had not changed"
+
+
+def test_a_miss_during_the_watchers_read_of_a_deployment_waits_for_it(
+    store: FileStore, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher has begun reading a new deployment (slowly: many files); a miss for one
+    of its files, asked meanwhile, waits for that read rather than answer 404."""
+    from deploysync import serving
+
+    runtime = serving.Runtime(store, poll_interval=3600)
+    try:
+        load = serving.Runtime._load_file
+        monkeypatch.setattr(
+            serving.Runtime, "_load_file", lambda self, a: (time.sleep(0.05), load(self, a))[1]
+        )
+        old = runtime.snapshot
+        newer = publish(store, {"css/app.css": b"newer", "js/a.js": b"a", "js/b.js": b"b"})
+        watcher = threading.Thread(target=runtime.refresh)
+        watcher.start()
+        time.sleep(0.02)  # the read is under way, its probe done
+        fresh, wait = runtime.catch_up_now(old)
+        if fresh is None and wait:
+            fresh = runtime.catch_up(old)
+        watcher.join()
+        assert fresh is not None and fresh.current_id == newer.id
+        assert newer.assets["css/app.css"].name in fresh.files
+    finally:
+        runtime.close()
+
+
+def test_misses_wait_for_a_look_that_only_probes_a_short_while(
+    store: FileStore, deployed: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Redis that starts to hang holds a probe for its socket timeout: the look's own
+    # request waits for it, the misses behind it give up after PROBE_WAIT (a 404).
+    from deploysync import serving
+
+    runtime = serving.Runtime(store, poll_interval=3600)
+    try:
+        probe = runtime.store.probe
+        monkeypatch.setattr(runtime.store, "probe", lambda: (time.sleep(1.0), probe())[1])
+        old = runtime.snapshot
+        first = threading.Thread(target=runtime.catch_up, args=(old,))
+        first.start()
+        time.sleep(0.05)  # the first look is probing
+        assert runtime.catch_up_now(old) == (None, True)
+        assert runtime.catch_up(old) is None
+        assert first.is_alive(), "the miss waited for the end of the other's probe"
+        first.join()
+    finally:
+        runtime.close()
 
 
 def test_a_new_deployments_file_is_found_while_an_old_one_cannot_be_read(

@@ -65,6 +65,8 @@ logger = logging.getLogger("deploysync")
 # A request for a static file the snapshot lacks looks whether the store changed, at most
 # this often (seconds): a deploy is seen at once, a flood of such requests costs little.
 CATCH_UP_GAP = 0.01
+# How long (seconds) other such requests wait for that look while it only probes.
+PROBE_WAIT = 0.25
 
 ENV_DEPLOYMENT = "DEPLOYSYNC_DEPLOYMENT"
 # Files up to this size are read into memory once; larger ones are sent from disk.
@@ -158,8 +160,9 @@ class Runtime:
         # the probe token of the last read of the store (complete or not).
         self._catch_up_lock = threading.Lock()
         self._caught_up_at = 0.0
-        self._catching_up = False
+        self._catching_up = ""  # what the look under way does: "probe", "read"
         self._read_token: Hashable = None
+        self._probed: Hashable = None  # the token a read under way started from
         self._watch_lock = threading.Lock()
         self._watcher_pid: int | None = None
         self._stop = threading.Event()
@@ -182,6 +185,7 @@ class Runtime:
         # Configuration errors (a prefix that differs from the one the current
         # deployment was built for) surface here, when the middleware is constructed.
         snapshot = self._build(initial=True)
+        self._read_token = self._probed
         self.snapshot: Snapshot = snapshot if snapshot is not None else self._empty()
         self._note_behind()  # started while Redis is unreachable: from the first request
         self._read_at = time.monotonic()
@@ -299,6 +303,7 @@ class Runtime:
         with self._refresh_lock:
             snapshot = self._build(initial=False)
             self._read_at = time.monotonic()
+            self._read_token = self._probed  # (recorded once the read is over)
             if snapshot is not None:
                 self.snapshot = snapshot  # one reference assignment: atomic for readers
             self._note_behind()
@@ -321,24 +326,36 @@ class Runtime:
         return the newer snapshot, if any. Another process of this server (a gunicorn
         worker) may have switched to a deployment this one has not read yet and sent a
         page naming its files: they must not wait for the next poll. Misses meanwhile
-        wait for this look and take what it found."""
-        with self._catch_up_lock:
+        wait for this look and take what it found: for as long as it reads a change, and
+        :data:`PROBE_WAIT` at most while it only probes (a Redis starting to hang holds
+        its probe for the socket timeout)."""
+        deadline = time.monotonic() + PROBE_WAIT
+        while not self._catch_up_lock.acquire(timeout=0.02):
+            if self._catching_up == "probe" and time.monotonic() > deadline:
+                fresh = self.snapshot
+                return fresh if fresh is not snapshot else None
+        try:
             if (
                 self.snapshot is snapshot
                 and time.monotonic() - self._caught_up_at >= CATCH_UP_GAP
                 and not self.store.unreachable
             ):
-                self._catching_up = True
+                self._catching_up = "probe"
                 try:
                     try:
                         token: Hashable = self.store.probe()
                     except (StoreError, OSError, ValueError):
                         token = self._read_token  # the watcher says it
                     if token != self._read_token:
+                        # (A read under way, the watcher's, is waited for: the new
+                        # token is recorded when a read ends.)
+                        self._catching_up = "read"
                         self.refresh()
                 finally:
                     self._caught_up_at = time.monotonic()
-                    self._catching_up = False
+                    self._catching_up = ""
+        finally:
+            self._catch_up_lock.release()
         fresh = self.snapshot
         return fresh if fresh is not snapshot else None
 
@@ -399,7 +416,7 @@ class Runtime:
             token = store.probe()
             activations = store.activations()
             ids = frozenset(store.ids())
-            self._read_token = token
+            self._probed = token
         except (StoreError, OSError, ValueError) as exc:
             # A store folder not created yet (nothing built so far) is said by the
             # watcher, which a first request starts: a command that loads the app (to

@@ -328,7 +328,11 @@ class Runtime:
         page naming its files: they must not wait for the next poll. Misses meanwhile
         wait for this look and take what it found: for as long as it reads a change, and
         :data:`PROBE_WAIT` at most while it only probes (a Redis starting to hang holds
-        its probe for the socket timeout)."""
+        its probe for the socket timeout). (An event loop asks :meth:`catch_up_now`
+        first, and calls this off the loop only when it would wait.)"""
+        fresh, wait = self.catch_up_now(snapshot)
+        if not wait:
+            return fresh
         deadline = time.monotonic() + PROBE_WAIT
         while not self._catch_up_lock.acquire(timeout=0.02):
             if self._catching_up == "probe" and time.monotonic() > deadline:

@@ -82,9 +82,7 @@ class DeploySync(Middleware[WSGIApp]):
         request = core.make_request(method, path, core.environ_headers(environ), raw)
         plan = core.decide(request, snapshot, self._static_path)
         if plan is not None and plan.status == 404:
-            fresh, wait = self.runtime.catch_up_now(snapshot)
-            if fresh is None and wait:
-                fresh = self.runtime.catch_up(snapshot)
+            fresh = self.runtime.catch_up(snapshot)
             if fresh is not None:
                 snapshot = fresh
                 plan = core.decide(request, snapshot, self._static_path)

@@ -133,9 +133,7 @@ class DeploySyncMiddleware:
         )
         plan = decide(core_request, snapshot, runtime.static_path)
         if catch_up and plan is not None and plan.status == 404:
-            fresh, wait = runtime.catch_up_now(snapshot)
-            if fresh is None and wait:
-                fresh = runtime.catch_up(snapshot)
+            fresh = runtime.catch_up(snapshot)
             if fresh is not None:
                 snapshot = fresh
                 plan = decide(core_request, snapshot, runtime.static_path)

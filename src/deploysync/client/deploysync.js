@@ -16,7 +16,6 @@ const abs = (href) => new URL(href, document.baseURI).href
 const here = (href) => abs(href).split("#")[0] == location.href.split("#")[0]
 /** @param {Element | null} el */
 const off = (el) => el?.closest("[data-deploysync=off]")
-const alien = (r) => r.headers.get("X-Deployment-Id") != pageId
 /** @param {string} name @param {object} detail @param {boolean} [cancelable] */
 const dispatch = (name, detail, cancelable) => document.dispatchEvent(new CustomEvent(KEY + ":" + name, { detail, cancelable }))
 
@@ -225,7 +224,7 @@ class Router {
       const html = d == null && /html/.test(h("Content-Type"))
       url = to || res.url + new URL(url).hash
       if (this.seen(res)) throw (res = res.redirected)
-      if (to || ((!form || res.redirected) && (this.stale || !html || alien(res)))) throw 0
+      if (to || ((!form || res.redirected) && (this.stale || !html || h("X-Deployment-Id") != pageId))) throw 0
       if (html) {
         const doc = new DOMParser().parseFromString(await res.text(), "text/html")
         if (ctl == this.ctl) await this.render(doc, url, pop)

@@ -46,13 +46,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         stray = message.partition("unrecognized arguments: ")[2].split()
-        if stray and not stray[0].startswith("-") and self._has_store():
+        if stray and not stray[0].startswith("-"):
             # The most common slip: a store named like SRC (`list .deploysync`).
             message += " (a store is named with --store STORE)"
         raise UsageError(message)
-
-    def _has_store(self) -> bool:
-        return any("--store" in action.option_strings for action in self._actions)
 
 
 def parse_duration(text: str) -> float:

@@ -22,9 +22,10 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.websockets import WebSocket
 
 from deploysync.build import build
 from deploysync.contrib.starlette import DeploySync, install_templates
@@ -199,6 +200,103 @@ def test_url_for_static_gives_the_hashed_url(
         " http://testserver/"
     )
     assert client.get(hashed).text == "p { margin: 0 }\n"
+
+
+def test_url_for_is_wrapped_when_installed_before_jinja2templates(
+    tmp_path: Path, store: FileStore, deployed: Deployment
+) -> None:
+    """``install_templates(env)`` first: Starlette then adds its ``url_for`` only where none
+    is, so the hashed one must be there already."""
+    env = jinja2.Environment(loader=jinja2.DictLoader({"t.html": URL_FOR_STATIC}))
+    install_templates(env)
+    templates = Jinja2Templates(env=env)
+    app = static_mount_app(tmp_path, store, templates)
+    assert AppClient(app).get("/").text == "http://testserver" + deployed.url("css/app.css")
+
+
+def test_url_for_static_gives_the_cdn_url(tmp_path: Path, store: FileStore) -> None:
+    """Built for a CDN, an asset's URL is the CDN's, as ``asset_url`` gives it, not this
+    host's (which would bypass the CDN)."""
+    cdn = "https://cdn.example.com/static/"
+    (tmp_path / "dist").mkdir()
+    deployment = build(
+        vite_dist(tmp_path / "dist"), store, activate=True, static_url=cdn
+    ).deployment
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader({"t.html": URL_FOR_STATIC + " {{ asset_url('css/app.css') }}"})
+    )
+    templates = Jinja2Templates(env=env)
+    install_templates(templates)
+    app = static_mount_app(tmp_path, store, templates, static_url=cdn)
+    expected = deployment.url("css/app.css")
+    assert expected.startswith(cdn)
+    assert AppClient(app).get("/").text == f"{expected} {expected}"
+
+
+URL_FOR_STATIC = "{{ url_for('static', path='css/app.css') }}"
+
+
+def static_mount_app(
+    tmp_path: Path, store: FileStore, templates: Jinja2Templates, **options: Any
+) -> Starlette:
+    async def home(request: Request) -> Response:
+        return templates.TemplateResponse(request, "t.html")
+
+    return Starlette(
+        routes=[
+            Route("/", home),
+            Mount("/static", StaticFiles(directory=tmp_path / "dist"), name="static"),
+        ],
+        middleware=[Middleware(DeploySync, store=str(store.root), **options)],
+    )
+
+
+def test_templates_render_in_a_websocket_handler(store: FileStore, deployed: Deployment) -> None:
+    """A websocket's scope names the middleware too, so a handler can render a template
+    (a fragment pushed to the page) with the request-bound helpers."""
+    env = jinja2.Environment(autoescape=True)
+    install_templates(env)
+
+    async def feed(websocket: WebSocket) -> None:
+        await websocket.accept()
+        page = env.from_string("{{ asset_url('css/app.css') }}").render(request=websocket)
+        await websocket.send_text(page)
+        await websocket.close()
+
+    app = Starlette(
+        routes=[WebSocketRoute("/feed", feed)],
+        middleware=[Middleware(DeploySync, store=str(store.root))],
+    )
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/feed",
+        "raw_path": b"/feed",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
+        "subprotocols": [],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        incoming.put_nowait({"type": "websocket.connect"})
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if message["type"] == "websocket.close":
+                incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+
+        await asyncio.wait_for(app(scope, incoming.get, send), 10)
+
+    in_own_loop(run)
+    texts = [message.get("text") for message in sent if message["type"] == "websocket.send"]
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert texts == [deployed.url("css/app.css")]
 
 
 def test_page_is_injected_and_assets_resolve(client: AppClient, deployed: Deployment) -> None:

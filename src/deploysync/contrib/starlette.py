@@ -64,7 +64,7 @@ class DeploySync(asgi.DeploySync):
         if self._error is not None:
             await _refuse(self._error, scope, receive, send)
             return
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):  # (templates rendered in a handler)
             scope[SCOPE_KEY] = self
         await super().__call__(scope, receive, send)
 
@@ -154,7 +154,14 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
         "deploysync_head": deploysync_head,
     }
     original = env.globals.get("url_for")
-    if callable(original) and not getattr(original, "_deploysync", False):
+    if not callable(original):
+        # Installed before Jinja2Templates(env=env), which adds its url_for only where
+        # none is: this one does what it would.
+        @pass_context
+        def original(context: Context, name: str, /, **path_params: Any) -> Any:
+            return context["request"].url_for(name, **path_params)
+
+    if not getattr(original, "_deploysync", False):
 
         @pass_context
         def url_for(context: Context, name: str, /, **path_params: Any) -> Any:
@@ -179,6 +186,8 @@ def install_templates(templates: Any, source: Source | None = None) -> None:
                 base + url_path(logical),
             ):
                 return url
+            if "://" in runtime.static_url:  # served from a CDN: its URL, not this host's
+                return type(url)(runtime.url(logical))
             return original(context, name, **{**path_params, "path": hashed})
 
         url_for._deploysync = True  # type: ignore[attr-defined]  # installed once

@@ -310,6 +310,17 @@ def test_asset_is_served_immutable(client: Client, deployed: Deployment) -> None
     assert client.spec.calls == 0
 
 
+@pytest.mark.parametrize("extra", [[], [("Range", "bytes=0-3")], [("Accept-Encoding", "gzip")]])
+def test_an_asset_may_be_read_by_a_page_of_another_origin(
+    client: Client, deployed: Deployment, extra: list[tuple[str, str]]
+) -> None:
+    """Module scripts and fonts are fetched in CORS mode: from a CDN's origin, each answer
+    (whole, a part, a variant) must let the page read it."""
+    response = client.get(deployed.url("css/app.css"), [("Origin", "https://example.com"), *extra])
+    assert response.status in (200, 206)
+    assert response.header("access-control-allow-origin") == "*"
+
+
 def test_etag_is_the_same_on_every_server(make: MakeClient, deployed: Deployment) -> None:
     url = deployed.url("css/app.css")
     assert make().get(url).header("etag") == make().get(url).header("etag")

@@ -372,6 +372,9 @@ def make_variant(
         (b"content-type", content_type),
         (b"accept-ranges", b"bytes"),
         (b"x-content-type-options", b"nosniff"),
+        # Public files: a page of another origin may read them (a CDN's URL, a module
+        # script or a font, fetched in CORS mode), as whitenoise allows by default.
+        (b"access-control-allow-origin", b"*"),
     ]
     if encoding:
         headers.append((b"content-encoding", encoding.encode()))

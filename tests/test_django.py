@@ -710,6 +710,16 @@ def test_e003_static_url_no_asset_could_be_served_under(
     assert check_ids() == ["deploysync.E003"]
 
 
+@pytest.mark.parametrize("value", ["bad id!", "x" * 65, 42])
+def test_e003_a_pinned_deployment_that_is_no_id_says_so(
+    deployed: Deployment, configure: Callable[..., None], value: object
+) -> None:
+    configure(DEPLOYMENT=value)
+    errors = [m for m in checks.run_checks() if (m.id or "").startswith("deploysync.")]
+    assert [m.id for m in errors] == ["deploysync.E003"]
+    assert "expected a deployment id" in errors[0].msg
+
+
 def test_e003_unknown_key(deployed: Deployment, configure: Callable[..., None]) -> None:
     configure(STOER="typo")
     assert check_ids() == ["deploysync.E003"]

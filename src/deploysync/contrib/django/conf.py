@@ -34,7 +34,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import get_script_prefix
 
-from ...manifest import DEFAULT_STATIC_URL, DeploySyncError, normalize_static_url
+from ...manifest import DEFAULT_STATIC_URL, DeploySyncError, is_valid_id, normalize_static_url
 from ...serving import Runtime, mount_prefix
 
 __all__ = [
@@ -140,6 +140,12 @@ def read_config() -> Config:
                 f"DEPLOYSYNC['CACHE_DIR'] is {cache_dir!r}; expected a folder path"
             )
         cache_dir = os.fspath(cache_dir)
+    deployment = raw["DEPLOYMENT"] or None  # ("": an unset environment variable read)
+    if deployment is not None and not (isinstance(deployment, str) and is_valid_id(deployment)):
+        raise ImproperlyConfigured(
+            f"DEPLOYSYNC['DEPLOYMENT'] is {deployment!r}; expected a deployment id (1 to 64"
+            " letters, digits, '_' or '-'), as `deploysync list` shows them"
+        )
     strict = raw["STRICT"]
     try:
         static_url = normalize_static_url(str(static_url))
@@ -150,7 +156,7 @@ def read_config() -> Config:
         static_url=static_url,
         routing=routing,
         check_interval=numbers["CHECK_INTERVAL"],
-        deployment=raw["DEPLOYMENT"],
+        deployment=deployment,
         strict=bool(settings.DEBUG) if strict is None else bool(strict),
         inject=bool(raw["INJECT"]),
         nonce=nonce,

@@ -897,6 +897,27 @@ def _collectstatic(capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().err
 
 
+def test_collectstatic_over_another_storage_says_to_clear_once(
+    site_src: Callable[..., Path],
+    store: FileStore,
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Moving from ManifestStaticFilesStorage or whitenoise: their copies stay in
+    STATIC_ROOT and would be built in, unless collectstatic --clear runs once."""
+    configure(django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    call_command("collectstatic", interactive=False, verbosity=0)
+    assert "staticfiles.json" not in capsys.readouterr().err
+    root = Path(settings.STATIC_ROOT)
+    (root / "staticfiles.json").write_text('{"paths": {}, "version": "1.1"}')
+    call_command("collectstatic", interactive=False, verbosity=0)
+    err = capsys.readouterr().err
+    assert "deploysync: warning: STATIC_ROOT holds staticfiles.json" in err
+    assert "collectstatic --clear" in err
+    call_command("collectstatic", interactive=False, verbosity=0, clear=True)
+    assert "staticfiles.json" not in capsys.readouterr().err
+
+
 def test_collectstatic_with_redis_down_fails_with_one_line(
     site_src: Callable[..., Path],
     configure: Callable[..., None],

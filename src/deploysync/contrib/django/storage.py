@@ -27,6 +27,7 @@ are unhashed; the middleware answers 404 for them, so run ``collectstatic`` firs
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -42,6 +43,9 @@ from .conf import get_config, get_runtime, script_prefix
 __all__ = ["DeploySyncStorage"]
 
 logger = logging.getLogger("deploysync.django")
+
+# The manifest of Django's ManifestStaticFilesStorage (and whitenoise's, built on it).
+OTHER_MANIFEST = "staticfiles.json"
 
 
 # Set by ``runserver --static``: the staticfiles finders answer /static/ from the apps'
@@ -72,9 +76,19 @@ class DeploySyncStorage(StaticFilesStorage):
             raise CommandError(
                 "collectstatic cannot build a deployment: DEPLOYSYNC['STORE'] is not set"
             )
+
         def warn(message: str) -> None:
             # As `deploysync build` says them (with STRICT on, the first one fails).
             sys.stderr.write(f"deploysync: warning: {message}\n")
+
+        if OTHER_MANIFEST not in paths and os.path.isfile(
+            os.path.join(self.location, OTHER_MANIFEST)
+        ):
+            warn(
+                f"STATIC_ROOT holds {OTHER_MANIFEST}, left by ManifestStaticFilesStorage or"
+                " whitenoise: their hashed and compressed copies are built into the"
+                " deployment too; run 'collectstatic --clear' once"
+            )
 
         try:
             result = build(

@@ -33,6 +33,7 @@ from django.http import (  # noqa: E402
     StreamingHttpResponse,
 )
 from django.shortcuts import render  # noqa: E402
+from django.templatetags.static import static  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
@@ -627,6 +628,17 @@ def test_missing_static_entry_raises_in_debug(
         Client().get("/missing")
 
 
+def test_a_folder_gives_its_plain_url_even_in_debug(
+    deployed: Deployment, configure: Callable[..., None]
+) -> None:
+    """``{% static "admin/" %}`` (a base for URLs made in JavaScript) names no file: no
+    error in DEBUG, while a missing file still raises."""
+    configure(django_settings={"DEBUG": True})
+    assert static("css/") == "/static/css/"
+    with pytest.raises(ValueError, match="Missing static file"):
+        static("css/nope.css")
+
+
 # -- system checks -------------------------------------------------------------------------------
 
 
@@ -878,7 +890,6 @@ def test_a_blob_pruned_while_its_ranges_are_sent_is_sent_to_the_end(
 
 
 def test_static_url_with_query_and_fragment(deployed: Deployment) -> None:
-    from django.templatetags.static import static
 
     assert static("css/app.css?v=1#top") == deployed.url("css/app.css") + "?v=1#top"
 

@@ -122,7 +122,8 @@ class DeploySyncStorage(StaticFilesStorage):
 
     def url(self, name: str | None) -> str:
         """The hashed URL of *name* in the current deployment."""
-        if not name or _plain_names:
+        if not name or _plain_names or name.endswith("/"):
+            # (A folder, `{% static "admin/" %}`: no file to hash, nor to miss.)
             return super().url(name)
         clean, sep, suffix = _split_suffix(name)
         try:

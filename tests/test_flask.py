@@ -147,6 +147,43 @@ def test_nothing_built_yet_gives_unhashed_urls_in_debug_too(tmp_path: Path) -> N
     assert app.test_client().get("/").status_code == 200
 
 
+def test_plain_names_serve_the_static_folder_as_edited(
+    store: FileStore, deployed: Deployment
+) -> None:
+    """``DEPLOYSYNC_PLAIN_NAMES`` (the ``flask run --debug`` loop): plain URLs, each file
+    served as it is on disk after every edit; hashed URLs of deployments still served,
+    and nothing outside the static folder."""
+    app = make_app(store, DEBUG=True, DEPLOYSYNC_PLAIN_NAMES=True)
+    DeploySync(app)
+    static = Path(app.static_folder or "")
+    (static / "css").mkdir()
+    css = static / "css" / "app.css"
+    css.write_text("p { color: red }")
+    (static.parent / "secret.txt").write_text("secret")
+    client = app.test_client()
+    with app.test_request_context():
+        assert url_for("static", filename="css/app.css") == "/static/css/app.css"
+        assert app.jinja_env.globals["asset_url"]("css/app.css") == "/static/css/app.css"
+        # A file not there yet (mistyped or not made yet): no error, as without deploysync.
+        assert url_for("static", filename="css/new.css") == "/static/css/new.css"
+    page = client.get("/")
+    assert 'href="/static/css/app.css"' in page.get_data(as_text=True)
+    assert f'content="{deployed.id}"' in page.get_data(as_text=True)
+
+    def served(path: str) -> str:
+        with client.get(path) as response:
+            return response.get_data(as_text=True)
+
+    assert served("/static/css/app.css") == "p { color: red }"
+    css.write_text("p { color: blue }")
+    assert served("/static/css/app.css") == "p { color: blue }"
+    assert client.get(deployed.url("css/app.css")).status_code == 200
+    for path in ("/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/nope.css"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert b"secret" not in response.get_data()
+
+
 def test_an_app_without_a_static_folder_serves_the_default_prefix(
     store: FileStore, deployed: Deployment
 ) -> None:

@@ -33,6 +33,8 @@ Configuration (``app.config``; keyword arguments of :class:`DeploySync` give def
     DEPLOYSYNC_CACHE_DIR       deploysync's cache folder: a Redis store's local copies
                                and the build cache (else $DEPLOYSYNC_CACHE_DIR, else
                                ~/.cache/deploysync)
+    DEPLOYSYNC_PLAIN_NAMES     development: plain static URLs, the static folder's files
+                               served as edited (default False)
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import click
-from flask import Flask, current_app, request
+from flask import Flask, current_app, request, url_for
 from flask.cli import AppGroup, ScriptInfo
 from markupsafe import Markup
+from werkzeug.security import safe_join
 
 from .. import wsgi
 from ..manifest import DEFAULT_STATIC_URL, DeploySyncError
@@ -54,6 +57,7 @@ from ..vite import vite_tags as render_vite_tags
 __all__ = ["EXTENSION", "DeploySync", "deploysync_cli"]
 
 EXTENSION = "deploysync"
+PLAIN_NAMES = "deploysync.plain_names"
 OPTIONS = (
     "store",
     "static_url",
@@ -64,6 +68,7 @@ OPTIONS = (
     "nonce",
     "poll_interval",
     "cache_dir",
+    "plain_names",
 )
 
 
@@ -117,8 +122,11 @@ class DeploySync:
             # a new static URL, an activation): said now, raised by every request.
             click.echo(f"deploysync: warning: {exc}", err=True)
             wrapped = _Unavailable(exc)
-        app.wsgi_app = wrapped  # type: ignore[method-assign]
         app.extensions[EXTENSION] = wrapped
+        if config.get("DEPLOYSYNC_PLAIN_NAMES") and app.static_folder is not None:
+            app.extensions[PLAIN_NAMES] = True
+            wrapped = _EditedFilesFirst(app, inner, wrapped)
+        app.wsgi_app = wrapped  # type: ignore[method-assign]
         app.url_defaults(_hashed_static_filename)
         app.jinja_env.globals.update(
             asset_url=asset_url, vite_tags=vite_tags, deploysync_head=deploysync_head
@@ -155,6 +163,31 @@ class _Unavailable:
     def fail(self) -> NoReturn:
         # A traceback of this call only, not one that grows with every request.
         raise self.error.with_traceback(None)
+
+
+class _EditedFilesFirst:
+    """``DEPLOYSYNC_PLAIN_NAMES``: a file of the app's static folder, asked for by its
+    plain name, is served by Flask's own ``static`` view as it is on disk (the
+    ``flask run --debug`` loop: edit, reload); everything else, hashed names included,
+    goes through the middleware."""
+
+    def __init__(self, app: Flask, inner: Any, middleware: Any) -> None:
+        self.folder = app.static_folder
+        self.prefix = (app.static_url_path or "") + "/"
+        self.inner = inner
+        self.middleware = middleware
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        path: str = environ.get("PATH_INFO", "")
+        if path.startswith(self.prefix) and self.folder is not None:
+            found = safe_join(self.folder, path[len(self.prefix) :])
+            if found is not None and os.path.isfile(found):
+                return self.inner(environ, start_response)
+        return self.middleware(environ, start_response)
+
+
+def _plain_names() -> bool:
+    return bool(current_app.extensions.get(PLAIN_NAMES))
 
 
 def _loaded_by_flask_command() -> bool:
@@ -194,7 +227,7 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
     Only the ``filename`` changes, so ``_external``, ``_scheme`` and the app's routing
     keep working; the middleware answers the hashed URL before Flask sees it.
     """
-    if endpoint != "static" or "filename" not in values:
+    if endpoint != "static" or "filename" not in values or _plain_names():
         return
     middleware = current_app.extensions.get(EXTENSION)
     if not isinstance(middleware, wsgi.DeploySync):
@@ -213,6 +246,8 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
 
 def asset_url(path: str) -> str:
     """Jinja global: the hashed URL of *path* in the current deployment."""
+    if _plain_names():
+        return url_for("static", filename=path)
     return DeploySync.middleware().url(path)
 
 

@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 from harness import MakeSite, Site, Tab
-from helpers import RELOAD_409, check, client_routed, mark, marked, page_id, title_is, wait_stale
+from helpers import (
+    RELOAD_409,
+    check,
+    client_routed,
+    mark,
+    marked,
+    open_marked,
+    page_id,
+    stale,
+    title_is,
+    wait_stale,
+)
 from playwright.sync_api import expect
 
 from deploysync.store import open_store
@@ -242,6 +253,59 @@ def test_a_page_taken_from_the_http_cache_by_back_after_a_deploy_loads_afresh(
         context.close()
 
 
+def test_a_page_from_the_http_cache_that_loads_slowly_is_not_reloaded_while_typed_in(
+    make_site: MakeSite, browser_without_bfcache: Any
+) -> None:
+    # Taken from the HTTP cache, the page fires pageshow only after its load event, here
+    # seconds after the navigation back (a slow image): the user is typing by then, and
+    # the check's answer only makes the page stale.
+    site = make_site(routing="server")
+    context = browser_without_bfcache.new_context()
+    try:
+        page = context.new_page()
+        page.goto(site.url("/type?slow=3"))
+        page.goto(site.url("/a"))
+        title_is(page, "A")
+        new = site.deploy("v2")
+        page.go_back(wait_until="commit")
+        page.wait_for_selector("#text")
+        mark(page)
+        page.type("#text", "a comment")
+        page.wait_for_function("document.readyState == 'complete'", timeout=10_000)
+        wait_stale(page)
+        page.wait_for_timeout(700)
+        assert marked(page) and page.input_value("#text") == "a comment"
+        page.click("#to-a")  # the next navigation is the full load
+        title_is(page, "A")
+        assert page_id(page) == new
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("answer", ["json", "html"])
+def test_a_version_check_answered_with_an_error_marks_nothing(
+    make_site: MakeSite, tab: Tab, answer: str
+) -> None:
+    # A proxy's 503 during a restart is no news of a deploy: the next click stays a
+    # client navigation.
+    site = make_site(routing="client")
+    page = tab.page
+    tab.allow(r"status of 503")
+    open_marked(page, site.url("/"))
+    body, kind = ('{"message": "Service Unavailable"}', "application/json")
+    if answer == "html":
+        body, kind = "<h1>Service Unavailable</h1>", "text/html"
+    page.route(
+        "**/_deploysync/version*",
+        lambda route: route.fulfill(status=503, body=body, content_type=kind),
+    )
+    assert check(page) is False
+    assert not stale(page)
+    page.click("#to-a")
+    title_is(page, "A")
+    assert marked(page)
+
+
 # -- loops ---------------------------------------------------------------------------------
 
 
@@ -342,6 +406,43 @@ def test_a_deploy_learned_in_one_tab_makes_the_other_tabs_next_navigation_a_full
     assert marked(second.page)
     second.page.click(link)
     title_is(second.page, title)
+    assert not marked(second.page)
+    assert page_id(second.page) == new
+
+
+def test_news_from_another_tab_during_this_tabs_own_check_is_not_lost(
+    make_site: MakeSite, open_page: Any
+) -> None:
+    # The second tab's check left before the deploy and answers late (a slow network):
+    # the first tab's message must make it ask again, not wait for that old answer.
+    site = make_site(routing="external")
+    first, second = open_page(), open_page()
+    for tab in (first, second):
+        tab.page.goto(site.url("/spa"))
+        client_routed(tab.page)
+        mark(tab.page)
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # answered now, delivered later
+
+    second.page.route("**/_deploysync/version*", hold_the_first)
+    second.page.evaluate("void (window.__late = window.deploysync.check())")
+    deadline = time.monotonic() + 8
+    while not held and time.monotonic() < deadline:
+        second.page.wait_for_timeout(50)
+    assert held, "the second tab's check never left"
+    new = site.deploy("v2")
+    assert check(first.page)
+    wait_stale(second.page)
+    route, answer = held[0]
+    route.fulfill(response=answer)
+    assert marked(second.page)
+    second.page.click("#spa-y")
+    title_is(second.page, "SPA")
     assert not marked(second.page)
     assert page_id(second.page) == new
 

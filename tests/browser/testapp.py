@@ -143,7 +143,9 @@ class App:
         if path.startswith("/_test/"):
             with self.stats.lock:
                 data = json.dumps(self.stats.to_json()).encode()
-            return Response(200, [("Content-Type", "application/json")], data)
+            # never kept by the browser: a back to a page naming one asks for it again
+            json_headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+            return Response(200, json_headers, data)
         with self.stats.lock:
             if method == "POST":
                 self.stats.posts += 1
@@ -172,10 +174,13 @@ class App:
             }.get(path, "")
             return self.page(title, f'<p id="query">{html.escape(query)}</p>{extra}')
         if path == "/type":
+            # slow=N: an image that takes N seconds, so the page's load event comes late
+            slow = params.get("slow")
+            image = f'<img alt="" src="/_test/image?delay={float(slow)}">' if slow else ""
             return self.page(
                 "Type",
                 '<a id="to-top" href="#">Top</a> <a id="to-end" href="#end">End</a>'
-                '<textarea id="text" rows="4" cols="60"></textarea>'
+                f'<textarea id="text" rows="4" cols="60"></textarea>{image}'
                 '<div style="height:3000px"></div><p id="end">end</p>',
             )
         if path == "/form":

@@ -105,7 +105,7 @@ class Router {
   check = (reason = "check") =>
     (this.req ||= fetch(data.versionUrl, { cache: "no-store", headers: ID })
       .then((r) => r.json())
-      .then((v) => (v.outdated ?? v.id != pageId) && this.mark(v.id, reason))
+      .then((v) => v.id && (v.outdated ?? v.id != pageId) && this.mark(v.id, reason))
       .catch(() => reason == "asset" && this.mark(null, "check-failed"))
       .then(() => ((this.req = null), (this.last = Date.now()), this.stale)))
 
@@ -136,15 +136,17 @@ class Router {
 
   onMoved = () => performance.now() > 3e4 && this.onVisible()
 
-  onMessage = (e) => this.stale || e.data == pageId || this.check("tab")
+  onMessage = (e) => this.stale || e.data == pageId || ((this.req = null), this.check("tab"))
 
-  onShow = (e) => (e.persisted || performance.navigation.type == 2) && this.check().then((s) => s && performance.now() - e.timeStamp < 1e3 && this.full(location.href, "reload"))
+  onShow = (e) => (e.persisted || performance.navigation.type == 2) && this.check().then((s) => s && performance.now() - (e.persisted && e.timeStamp) < 1e3 && this.full(location.href, "reload"))
 
   onPop = (e) => {
     if (here(this.from)) return
     this.from = location.href
-    if (this.stale) this.full(location.href, "reload")
-    else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
+    const pop = e.state?.ds || ""
+    const p = this.pos[pop]
+    if (this.stale) p && scrollTo(...p), this.full(location.href, "reload")
+    else if (this.client) this.visit(location.href, { pop })
   }
 
   /** @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
@@ -155,14 +157,14 @@ class Router {
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how == "browser") return
-    how == "reload" && history.replaceState(history.state, "")
     this.bye = 1
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
       else sub.disabled = false
       how.requestSubmit(sub)
-    } else location[how == "replace" || how == "reload" ? how : url == location.href && /#/.test(url) ? "reload" : "assign"](url)
+    } else if (here(url)) history[how == "push" && url != location.href ? "pushState" : "replaceState"](history.state, "", url), location.reload()
+    else location[how == "replace" ? how : "assign"](url)
   }
 
   /** @param {Event} e */

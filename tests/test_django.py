@@ -9,6 +9,7 @@ test to the next.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
@@ -607,11 +608,36 @@ def test_collectstatic_names_the_deployment_and_says_its_warnings(
         django_settings={"STATICFILES_DIRS": [str(source)]},
     )
     capsys.readouterr()
-    call_command("collectstatic", interactive=False, verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=1)
     out, err = capsys.readouterr()
     (ident,) = store.ids()
     assert f"deploysync: deployment {ident} built (not activated" in out
     assert "deploysync: warning: css/app.css:" in err and "missing.png" in err
+
+
+def test_collectstatic_says_its_lines_where_the_command_says_its_own(
+    site_src: Callable[..., Path],
+    store: FileStore,
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``call_command(stdout=..., stderr=...)`` gets them, and ``-v 0`` silences all but
+    the warnings, as for collectstatic's own lines (its errors are said at -v 0 too)."""
+    source = site_src("v1")
+    with (source / "css" / "app.css").open("a") as css:
+        css.write("p { background: url(../img/missing.png) }\n")
+    configure(STRICT=False, django_settings={"STATICFILES_DIRS": [str(source)]})
+    out, err = io.StringIO(), io.StringIO()
+    capsys.readouterr()
+    call_command("collectstatic", interactive=False, stdout=out, stderr=err)
+    assert capsys.readouterr() == ("", "")
+    assert f"deploysync: deployment {store.current()} activated\n" in out.getvalue()
+    assert "deploysync: warning: css/app.css:" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    call_command("collectstatic", interactive=False, verbosity=0, stdout=out, stderr=err)
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("deploysync: warning: css/app.css:")  # still said
+    assert capsys.readouterr() == ("", "")
 
 
 def test_missing_static_entry_never_500s_in_production(deployed: Deployment) -> None:

@@ -26,11 +26,13 @@ are unhashed; the middleware answers 404 for them, so run ``collectstatic`` firs
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from django.contrib.staticfiles.storage import StaticFilesStorage
 from django.core.exceptions import ImproperlyConfigured
@@ -46,6 +48,36 @@ logger = logging.getLogger("deploysync.django")
 
 # The manifest of Django's ManifestStaticFilesStorage (and whitenoise's, built on it).
 OTHER_MANIFEST = "staticfiles.json"
+
+
+# The streams and verbosity of the collectstatic running in this thread, if it lent
+# them (management/commands/collectstatic.py); else the process's own streams.
+_output: contextvars.ContextVar[tuple[TextIO, TextIO, int] | None] = contextvars.ContextVar(
+    "deploysync_collectstatic_output", default=None
+)
+
+
+@contextlib.contextmanager
+def command_output(stdout: TextIO, stderr: TextIO, verbosity: int) -> Iterator[None]:
+    """Make :meth:`DeploySyncStorage.post_process` write to a command's streams."""
+    token = _output.set((stdout, stderr, verbosity))
+    try:
+        yield
+    finally:
+        _output.reset(token)
+
+
+def _say(line: str, *, error: bool = False) -> None:
+    """One line of the build: a warning to stderr always, the outcome at verbosity >= 1."""
+    lent = _output.get()
+    if lent is None:
+        (sys.stderr if error else sys.stdout).write(line + "\n")
+        return
+    stdout, stderr, verbosity = lent
+    if error:
+        stderr.write(line)  # (Django's OutputWrapper ends the line)
+    elif verbosity >= 1:
+        stdout.write(line)
 
 
 # Set by ``runserver --static``: the staticfiles finders answer /static/ from the apps'
@@ -79,7 +111,7 @@ class DeploySyncStorage(StaticFilesStorage):
 
         def warn(message: str) -> None:
             # As `deploysync build` says them (with STRICT on, the first one fails).
-            sys.stderr.write(f"deploysync: warning: {message}\n")
+            _say(f"deploysync: warning: {message}", error=True)
 
         if OTHER_MANIFEST not in paths and os.path.isfile(
             os.path.join(self.location, OTHER_MANIFEST)
@@ -118,7 +150,7 @@ class DeploySyncStorage(StaticFilesStorage):
             state = "built (not activated: deploysync activate ID)"
         else:
             state = "already in the store (not activated)"
-        sys.stdout.write(f"deploysync: deployment {deployment.id} {state}\n")
+        _say(f"deploysync: deployment {deployment.id} {state}")
 
     def url(self, name: str | None) -> str:
         """The hashed URL of *name* in the current deployment."""

@@ -207,32 +207,6 @@ def test_back_to_a_client_routed_page_left_by_a_full_load_keeps_its_scroll_posit
     page.wait_for_function("scrollY == 1100", timeout=5000)
 
 
-def test_a_stale_back_to_a_client_routed_page_lands_where_that_page_was_left(
-    make_site: MakeSite, tab: Tab
-) -> None:
-    # The full load of the entry must not take the scroll position of the page the user
-    # is leaving (the browser saves it into the entry being reloaded).
-    site = make_site(routing="client")
-    page = tab.page
-    page.goto(site.url("/b"))
-    client_routed(page)
-    _scroll(page, 700)
-    page.evaluate("""document.querySelector("nav").insertAdjacentHTML("beforeend",
-        '<a id="to-type" href="/type">Type</a>')""")
-    _follow(page, "#to-type", "Type")
-    _scroll(page, 1200)
-    new = site.deploy("v2")
-    assert check(page)
-    page.go_back(wait_until="commit")
-    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
-    title_is(page, "B")
-    # Near it: Chromium restores through an anchor element it picked on the page shown
-    # when the entry was saved (here about 50 px off); the page left was at 1200.
-    page.wait_for_function("Math.abs(scrollY - 700) < 100", timeout=5000)
-    page.wait_for_timeout(500)
-    assert abs(page.evaluate("scrollY") - 700) < 100
-
-
 @pytest.mark.parametrize("routing", ["server", "external", "client"])
 def test_a_stale_navigation_to_a_fragment_of_the_same_page_is_a_full_load(
     make_site: MakeSite, tab: Tab, routing: str

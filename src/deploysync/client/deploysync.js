@@ -143,10 +143,8 @@ class Router {
   onPop = (e) => {
     if (here(this.from)) return
     this.from = location.href
-    const pop = e.state?.ds || ""
-    const p = this.pos[pop]
-    if (this.stale) p && scrollTo(...p), this.full(location.href, "reload")
-    else if (this.client) this.visit(location.href, { pop })
+    if (this.stale) this.full(location.href, "reload")
+    else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
   /** @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
@@ -157,14 +155,15 @@ class Router {
     } catch {}
     dispatch("before-reload", { url, pageId })
     if (how == "browser") return
-    this.bye = 1
+    const same = !(how instanceof HTMLFormElement) && here(url)
+    this.bye = same ? 2 : 1
+    same && history[how == "push" && url != location.href ? "pushState" : "replaceState"](history.state, "", url)
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null
       else sub.disabled = false
       how.requestSubmit(sub)
-    } else if (here(url)) history[how == "push" && url != location.href ? "pushState" : "replaceState"](history.state, "", url), location.reload()
-    else location[how == "replace" ? how : "assign"](url)
+    } else location[same ? "reload" : how == "replace" ? how : "assign"](url)
   }
 
   /** @param {Event} e */
@@ -283,7 +282,7 @@ class Router {
   onNavigate = (e) => {
     const { url, sameDocument } = e.destination
     this.from = location.href
-    if (this.bye) return (this.bye = 0), e.stopImmediatePropagation()
+    if (this.bye) return this.bye--, e.stopImmediatePropagation()
     if (!this.external || here(url)) return
     if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && e.navigationType == "push" && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()

@@ -284,6 +284,24 @@ def test_a_boosted_link_to_a_fragment_after_a_deploy_lands_on_the_fragment(
     expect(page.locator("#end")).to_be_in_viewport()
 
 
+@pytest.mark.parametrize("lib", ["htmx", "htmx4"])
+def test_a_boosted_link_to_a_fragment_of_the_page_after_a_deploy_is_a_new_entry(
+    make_site: MakeSite, tab: Tab, lib: str
+) -> None:
+    # On /b, a link to /b#end: htmx asks for the page, the server refuses, and the full
+    # load is a new history entry, as htmx makes one without a deploy: Back is /b.
+    site, page = _open(make_site, tab, f"/{lib}")
+    page.click(f"#{lib}-b")
+    title_is(page, f"{lib} b")
+    new = site.deploy("v2")
+    tab.allow(RELOAD_409)
+    page.click(f"#{lib}-b-end")
+    expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+    assert page.evaluate("location.href") == site.url(f"/{lib}/b#end")
+    page.go_back()
+    expect(page).to_have_url(site.url(f"/{lib}/b"))
+
+
 @pytest.mark.parametrize("url", ["javascript:window.__pwned = 1", "https://example.invalid/x"])
 def test_a_stale_pages_push_of_a_url_the_browser_refuses_stays_refused(
     make_site: MakeSite, tab: Tab, url: str

@@ -157,7 +157,7 @@ class Router {
     if (how == "browser") return
     const same = !(how instanceof HTMLFormElement) && here(url)
     this.bye = same ? 2 : 1
-    same && history[how == "push" && url != location.href ? "pushState" : "replaceState"](history.state, "", url)
+    same && history[how != "replace" && url != location.href ? "pushState" : "replaceState"](history.state, "", url)
     if (how instanceof HTMLFormElement) {
       addEventListener("submit", (e) => e.stopImmediatePropagation(), { capture: true, once: true })
       if (sub?.form != how) sub = null

@@ -166,6 +166,9 @@ def test_plain_names_serve_the_static_folder_as_edited(
         assert app.jinja_env.globals["asset_url"]("css/app.css") == "/static/css/app.css"
         # A file not there yet (mistyped or not made yet): no error, as without deploysync.
         assert url_for("static", filename="css/new.css") == "/static/css/new.css"
+        # Only in the deployment (built from another folder): its hashed URL.
+        assert url_for("static", filename="js/app.js") == deployed.url("js/app.js")
+        assert app.jinja_env.globals["asset_url"]("js/app.js") == deployed.url("js/app.js")
     page = client.get("/")
     assert 'href="/static/css/app.css"' in page.get_data(as_text=True)
     assert f'content="{deployed.id}"' in page.get_data(as_text=True)
@@ -177,6 +180,11 @@ def test_plain_names_serve_the_static_folder_as_edited(
     assert served("/static/css/app.css") == "p { color: red }"
     css.write_text("p { color: blue }")
     assert served("/static/css/app.css") == "p { color: blue }"
+    (static / "css" / "café.css").write_text("p { color: green }")
+    with app.test_request_context():
+        cafe = url_for("static", filename="css/café.css")
+    assert cafe == "/static/css/caf%C3%A9.css"
+    assert served(cafe) == "p { color: green }"
     assert client.get(deployed.url("css/app.css")).status_code == 200
     for path in ("/static/../secret.txt", "/static/%2e%2e/secret.txt", "/static/nope.css"):
         response = client.get(path)

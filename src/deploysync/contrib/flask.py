@@ -51,6 +51,7 @@ from werkzeug.security import safe_join
 
 from .. import wsgi
 from ..manifest import DEFAULT_STATIC_URL, DeploySyncError
+from ..serving import Runtime
 from ..store.base import CACHE_ENV
 from ..vite import vite_tags as render_vite_tags
 
@@ -178,16 +179,28 @@ class _EditedFilesFirst:
         self.middleware = middleware
 
     def __call__(self, environ: Any, start_response: Any) -> Any:
-        path: str = environ.get("PATH_INFO", "")
-        if path.startswith(self.prefix) and self.folder is not None:
-            found = safe_join(self.folder, path[len(self.prefix) :])
-            if found is not None and os.path.isfile(found):
-                return self.inner(environ, start_response)
+        # PEP 3333: the path's bytes as latin-1; file names are UTF-8, as Flask reads them.
+        path = environ.get("PATH_INFO", "").encode("latin-1", "replace").decode(errors="replace")
+        if path.startswith(self.prefix) and _in_folder(self.folder, path[len(self.prefix) :]):
+            return self.inner(environ, start_response)
         return self.middleware(environ, start_response)
 
 
-def _plain_names() -> bool:
-    return bool(current_app.extensions.get(PLAIN_NAMES))
+def _in_folder(folder: str | None, name: str) -> bool:
+    """Whether *name* is a file of the static *folder* (never one outside it)."""
+    found = safe_join(folder, name) if folder is not None else None
+    return found is not None and os.path.isfile(found)
+
+
+def _plain_name(name: str, runtime: Runtime) -> bool:
+    """Whether ``url_for("static")`` gives *name* plainly under ``DEPLOYSYNC_PLAIN_NAMES``:
+    a file of the static folder, or of no deployment either (mistyped, or not made yet:
+    an error only once it is requested, as Flask has it); else a deployment's file (of a
+    Vite build, say), by its hashed URL."""
+    app = current_app
+    if not app.extensions.get(PLAIN_NAMES):
+        return False
+    return _in_folder(app.static_folder, name) or runtime.name(name) is None
 
 
 def _loaded_by_flask_command() -> bool:
@@ -227,7 +240,7 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
     Only the ``filename`` changes, so ``_external``, ``_scheme`` and the app's routing
     keep working; the middleware answers the hashed URL before Flask sees it.
     """
-    if endpoint != "static" or "filename" not in values or _plain_names():
+    if endpoint != "static" or "filename" not in values:
         return
     middleware = current_app.extensions.get(EXTENSION)
     if not isinstance(middleware, wsgi.DeploySync):
@@ -237,6 +250,8 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
     if runtime.static_path != prefix:
         return  # assets live elsewhere (a CDN): templates use asset_url()
     filename = str(values["filename"])
+    if _plain_name(filename, runtime):
+        return
     name = runtime.name(filename)  # Flask encodes it: the name, not the URL path
     if name is not None:
         values["filename"] = name
@@ -246,9 +261,10 @@ def _hashed_static_filename(endpoint: str | None, values: dict[str, Any]) -> Non
 
 def asset_url(path: str) -> str:
     """Jinja global: the hashed URL of *path* in the current deployment."""
-    if _plain_names():
+    middleware = DeploySync.middleware()
+    if _plain_name(path, middleware.runtime):
         return url_for("static", filename=path)
-    return DeploySync.middleware().url(path)
+    return middleware.url(path)
 
 
 def vite_tags(entry: str, nonce: str | None = None) -> Markup:

@@ -955,6 +955,17 @@ def test_collectstatic_over_another_storage_says_to_clear_once(
     assert "staticfiles.json" not in capsys.readouterr().err
 
 
+def test_collectstatic_with_a_bad_setting_fails_with_one_line(
+    site_src: Callable[..., Path],
+    configure: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure(DEPLOYMENT="bad id!", django_settings={"STATICFILES_DIRS": [str(site_src("v1"))]})
+    err = _collectstatic(capsys)
+    assert err.startswith("CommandError: DEPLOYSYNC['DEPLOYMENT'] is 'bad id!'")
+    assert err.count("\n") == 1
+
+
 def test_collectstatic_with_redis_down_fails_with_one_line(
     site_src: Callable[..., Path],
     configure: Callable[..., None],

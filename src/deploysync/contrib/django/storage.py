@@ -101,7 +101,10 @@ class DeploySyncStorage(StaticFilesStorage):
         """Build ``STATIC_ROOT`` into the store (collectstatic's post-processing step)."""
         if dry_run or not paths:
             return
-        config = get_config()
+        try:
+            config = get_config()
+        except ImproperlyConfigured as exc:  # (collectstatic runs no E003 check first)
+            raise CommandError(str(exc)) from None
         # A CommandError, not an exception yielded to collectstatic: the command prints
         # its one-line reason, where it would print a traceback for any other error.
         if config.store is None:

@@ -1589,17 +1589,21 @@ def test_a_middleware_nobody_uses_any_more_stops_its_watcher(
 
     from deploysync.wsgi import DeploySync
 
-    def watchers() -> int:
-        return sum(t.name == "deploysync-watcher" for t in threading.enumerate())
+    def watchers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "deploysync-watcher"}
 
+    # Only the watchers started here count: those of earlier tests end when they will.
     before = watchers()
+    kept = []
     for _ in range(5):
         mw = DeploySync(lambda environ, start_response: [], store=store, poll_interval=0.05)
         mw.runtime.current()  # starts its watcher
-    assert watchers() >= before + 5
-    del mw
+        kept.append(mw)
+    started = watchers() - before
+    assert len(started) == 5
+    del mw, kept
     gc.collect()
     deadline = time.monotonic() + 5
-    while watchers() > before and time.monotonic() < deadline:
+    while any(t.is_alive() for t in started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert watchers() == before
+    assert not any(t.is_alive() for t in started)

@@ -120,6 +120,27 @@ def test_build_warns_on_stderr_and_strict_fails(
     assert snapshot(store_dir) == before
 
 
+@pytest.mark.parametrize("form", [["--store", "STORE"], ["--store=STORE"]])
+def test_a_stray_word_with_a_store_given_is_not_taken_for_one(
+    capsys: pytest.CaptureFixture[str], store_dir: Path, form: list[str]
+) -> None:
+    argv = [arg.replace("STORE", str(store_dir)) for arg in ["list", *form, "--json", "extra"]]
+    code, _, err = run(capsys, *argv)
+    assert_one_line_error(code, err, "unrecognized arguments: extra")
+    assert code == 2 and "--store STORE" not in err
+
+
+@pytest.mark.parametrize("quality", ["-1", "12", "99"])
+def test_a_brotli_quality_out_of_range_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path, quality: str
+) -> None:
+    argv = ["build", str(site), "--store", str(store_dir), "--brotli-quality", quality]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(code, err, f"--brotli-quality must be 0 to 11 (got {quality})")
+    assert not store_dir.exists()
+
+
 def test_build_options(capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path) -> None:
     code, out, _ = run(
         capsys,

@@ -46,10 +46,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         stray = message.partition("unrecognized arguments: ")[2].split()
-        if stray and not stray[0].startswith("-"):
+        if stray and not stray[0].startswith("-") and not self.store_given:
             # The most common slip: a store named like SRC (`list .deploysync`).
             message += " (a store is named with --store STORE)"
         raise UsageError(message)
+
+    store_given = False  # (main() tells the top-level parser, which reports stray words)
 
 
 def parse_duration(text: str) -> float:
@@ -127,6 +129,8 @@ def _open(args: argparse.Namespace, err: TextIO) -> Store:
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.brotli_quality is not None and not 0 <= args.brotli_quality <= 11:
+        raise UsageError(f"--brotli-quality must be 0 to 11 (got {args.brotli_quality})")
     store = _open(args, err)
     previous = None
     if args.activate:
@@ -315,7 +319,7 @@ def _store_option(parser: argparse.ArgumentParser, default: object = argparse.SU
     )
 
 
-def make_parser(prog: str = PROG) -> argparse.ArgumentParser:
+def make_parser(prog: str = PROG) -> _Parser:
     """The command line's parser; *prog* names it in usage lines (``flask deploysync``)."""
     parser = _Parser(prog=prog, description="Deployment synchronization for Python web apps.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -409,7 +413,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     out, err = sys.stdout, sys.stderr
     args: argparse.Namespace | None = None
     try:
-        args = make_parser(prog).parse_args(argv)
+        parser = make_parser(prog)
+        words = sys.argv[1:] if argv is None else list(argv)
+        parser.store_given = any(w == "--store" or w.startswith("--store=") for w in words)
+        args = parser.parse_args(argv)
         handler: Callable[[argparse.Namespace, TextIO, TextIO], int] = args.handler
         return handler(args, out, err)
     except UsageError as exc:

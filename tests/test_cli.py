@@ -223,6 +223,20 @@ def test_unwritable_store(capsys: pytest.CaptureFixture[str], site: Path, tmp_pa
     assert_one_line_error(code, err, "plain")
 
 
+@pytest.mark.parametrize(
+    "argv", [["list"], ["activate", "abc123"], ["prune", "--keep", "1"], ["build", "SITE"]]
+)
+def test_a_store_path_that_is_a_file_is_named_as_such(
+    capsys: pytest.CaptureFixture[str], site: Path, tmp_path: Path, argv: list[str]
+) -> None:
+    plain = tmp_path / "store"
+    plain.write_text("x")
+    argv = [str(site) if arg == "SITE" else arg for arg in argv]
+    code, _, err = run(capsys, *argv, "--store", str(plain))
+    assert_one_line_error(code, err, f"Store '{plain}' is a file, not a directory")
+    assert plain.read_text() == "x"
+
+
 NOBODY = 65534
 
 

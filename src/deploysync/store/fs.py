@@ -107,6 +107,8 @@ class FileStore(Store):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().absolute()
+        if self.root.exists() and not self.root.is_dir():  # (a typo'd path, a file)
+            raise StoreError(f"Store '{self.root}' is a file, not a directory")
         self.location = str(self.root)
         self._objects = self.root / "objects"
         self._objects_str = str(self._objects)

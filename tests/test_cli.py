@@ -651,7 +651,7 @@ def test_prune(capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path) 
     assert code == 0 and "pruned 0 deployments" in out  # both are younger than an hour
     code, out, _ = run(capsys, "prune", "--store", str(store_dir), "--keep", "1")
     assert code == 0
-    assert "pruned 1 deployments" in out and first in out
+    assert "pruned 1 deployment," in out and first in out
     assert FileStore(store_dir).ids() == [second]
 
 
@@ -775,7 +775,7 @@ def test_prune_reports_blobs_it_could_not_delete(
     code, out, err = run_without_privileges("prune", "--store", str(store), "--keep", "1")
     assert_one_line_error(code, err, "Cannot delete", "Permission denied", f"{count} of {count}")
     assert code == 1
-    assert out == f"pruned 1 deployments, 0 blobs, 0 B\n  {first}\n"
+    assert out == f"pruned 1 deployment, 0 blobs, 0 B\n  {first}\n"
     assert set(FileStore(store).all_blobs()) >= only_first
     code, out, err = run_without_privileges("prune", "--store", str(store), "--keep", "1")
     assert_one_line_error(code, err, "Cannot delete")

@@ -62,6 +62,11 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def human_size(size: float) -> str:
     """``1536`` -> ``"1.5 KB"``."""
     for unit in ("B", "KB", "MB", "GB"):
@@ -176,7 +181,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return 0
     state = "built" if result.created else "already in the store:"
     out.write(
-        f"{state} {len(deployment.assets)} files, {human_size(deployment.total_size)} "
+        f"{state} {_count(len(deployment.assets), 'file')}, {human_size(deployment.total_size)} "
         f"({result.stored_blobs} new, {result.reused_blobs} reused) "
         f"in {result.seconds:.2f}s\n"
     )
@@ -288,7 +293,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _write_pruned(result: PruneResult, out: TextIO) -> None:
     out.write(
-        f"pruned {len(result.deployments)} deployments, {result.blobs} blobs, "
+        f"pruned {_count(len(result.deployments), 'deployment')}, {_count(result.blobs, 'blob')}, "
         f"{human_size(result.bytes)}\n"
     )
     for ident in result.deployments:

@@ -199,6 +199,33 @@ def test_mount_prefix() -> None:
     assert mount_prefix("/caf%C3%A9", wsgi=True) == "/caf%C3%A9"
     assert mount_prefix("/my%20app/x%zz", wsgi=True) == "/my%20app/x%25zz"
     assert mount_prefix("/100%41") == "/100%2541"  # ASGI: decoded, "%" is a character
+    # Never another site's URL ("//host"), nor one relative to the page.
+    for wsgi_root in (False, True):
+        assert mount_prefix("//evil.example", wsgi=wsgi_root) == "/evil.example"
+        assert mount_prefix("///evil.example/app/", wsgi=wsgi_root) == "/evil.example/app"
+        assert mount_prefix("app", wsgi=wsgi_root) == "/app"
+
+
+@pytest.mark.parametrize("script_name", ["//evil.example", "///evil.example/app"])
+def test_a_script_name_of_another_host_stays_a_path_of_this_site(
+    deployed: tuple[Path, Deployment], script_name: str
+) -> None:
+    # gunicorn takes SCRIPT_NAME from a request header of a trusted address.
+    store, _ = deployed
+
+    def page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [PAGE.format("x").encode()]
+
+    app = wsgi.DeploySync(page, store=store)
+    try:
+        body = WerkzeugClient(app).get("/", environ_overrides={"SCRIPT_NAME": script_name})
+        urls = tag_urls(body.text)
+        assert urls["script"].startswith("/evil.example")
+        assert not any(url.startswith("//") for url in urls.values())
+        assert "//evil" not in body.text
+    finally:
+        app.close()
 
 
 def test_flask_helpers_under_a_script_name(deployed: tuple[Path, Deployment]) -> None:

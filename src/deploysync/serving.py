@@ -1021,8 +1021,10 @@ def mount_prefix(root: str, *, wsgi: bool = False) -> str:
     *root* is an ASGI ``root_path`` (decoded text), or with *wsgi* a ``SCRIPT_NAME``,
     whose characters are the request's bytes (PEP 3333).
     """
-    root = root.rstrip("/")
-    if not root:
+    # One leading "/", whatever came: "//host" would be another site's URL (a client's
+    # SCRIPT_NAME header a server trusts), "x" a URL relative to each page.
+    root = "/" + root.strip("/")
+    if root == "/":
         return ""
     if not wsgi:  # decoded text (ASGI): every "%" is one
         return quote(root, safe=URL_PATH_SAFE, errors="surrogateescape")

@@ -458,3 +458,26 @@ def test_a_pinned_server_of_a_store_never_activated_sees_new_deployments(
         assert {a.name for a in second.assets.values()} <= set(runtime.snapshot.files)
     finally:
         runtime.close()
+
+
+def test_a_manifest_listing_an_encoding_this_version_does_not_know_is_served(
+    store: Any, raw: Any, site_src: SrcFactory
+) -> None:
+    # A newer build (zstd variants, say) shares the store: this server serves the rest.
+    import json
+
+    src = site_src("v1")
+    write_big_css(src)
+    deployment = build(src, store, activate=True).deployment
+    key = f"deploysync:deployment:{deployment.id}"
+    manifest = json.loads(raw.get(key))
+    for entry in manifest["assets"].values():
+        if entry.get("encodings"):
+            entry["encodings"]["zstd"] = 12
+    raw.set(key, json.dumps(manifest))
+    runtime = Runtime(store)
+    try:
+        assert runtime.snapshot.current_id == deployment.id
+        assert set(runtime.snapshot.files) >= {a.name for a in deployment.assets.values()}
+    finally:
+        runtime.close()

@@ -762,7 +762,9 @@ class RedisStore(Store):
         wanted = [
             (digest, encoding)
             for digest, encoding in dict.fromkeys(blobs)
-            if not self._cached(check_digest(digest), encoding).is_file()
+            # (an encoding a newer build knows, listed by a manifest: not this one's)
+            if (encoding is None or encoding in SUFFIXES)
+            and not self._cached(check_digest(digest), encoding).is_file()
         ]
         # Batches bounded in count: a reply of a few MB at most in the usual case, and a
         # server's other requests are not held behind one huge read.

@@ -120,6 +120,20 @@ def test_build_warns_on_stderr_and_strict_fails(
     assert snapshot(store_dir) == before
 
 
+def test_a_warning_says_control_characters_of_a_file_escaped(
+    capsys: pytest.CaptureFixture[str], site: Path, store_dir: Path
+) -> None:
+    # A vendored file must not retitle the terminal or forge lines of a CI log.
+    (site / "js").mkdir(exist_ok=True)
+    (site / "js" / "evil.js").write_text('import "./\x1b]0;pwned\x07\x1b[2J\x85x.js";\n')
+    code, _, err = run(capsys, "build", str(site), "--store", str(store_dir))
+    assert code == 0
+    assert err == (
+        "deploysync: warning: js/evil.js:1: reference to missing file"
+        " './\\x1b]0;pwned\\x07\\x1b[2J\\x85x.js'\n"
+    )
+
+
 @pytest.mark.parametrize("form", [["--store", "STORE"], ["--store=STORE"]])
 def test_a_stray_word_with_a_store_given_is_not_taken_for_one(
     capsys: pytest.CaptureFixture[str], store_dir: Path, form: list[str]

@@ -30,6 +30,7 @@ import hashlib
 import json
 import marshal
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -81,7 +82,7 @@ VITE_KEYS = (
 )
 # The build cache's format, and what its entries were made by: raised when either changes
 # (a scanner that finds other references must not be answered from the old one's entries).
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 
 # A precompressed variant is kept only when it saves at least this share of the bytes: a
 # smaller saving is not worth a second file and a Vary header.
@@ -1052,7 +1053,7 @@ def build(
 
     named = vite_files(vite_manifest)
     vite_warnings = [
-        f"{VITE_MANIFEST}: names missing file '{missing}'"
+        _printable(f"{VITE_MANIFEST}: names missing file '{missing}'")
         for missing in sorted(named - {rel for rel, _, _ in entries})
     ]
     fixed = named | vite_emitted(named, (rel for rel, _, _ in entries))
@@ -1145,6 +1146,15 @@ def build(
     build_cache.save()
     result.seconds = time.perf_counter() - started
     return result
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """*text* with its control characters escaped: a name or URL read from a file, said
+    on a terminal or in a CI log, must not move the cursor or retitle the window."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _check(warnings: list[str], strict: bool) -> None:
@@ -1426,7 +1436,7 @@ def _link(
             breaks = rewrite.CSS_BREAKS if css else rewrite.JS_BREAKS
             lines = rewrite.lines_of(file.text(), [ref.start for ref in missing], breaks)
             file.warnings = [
-                f"{file.path}:{lines[ref.start]}: reference to missing file '{ref.url}'"
+                _printable(f"{file.path}:{lines[ref.start]}: reference to missing file '{ref.url}'")
                 for ref in missing
             ]
 

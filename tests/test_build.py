@@ -1456,13 +1456,14 @@ def test_symlinks_inside_the_source_are_followed(site: Path, store: FileStore) -
     assert "again/bg.png" in deployment.assets
 
 
-def _linked_levels(root: Path, levels: int) -> Path:
-    """A tree where each level holds two links to the level below: 2**levels names."""
+def _linked_levels(root: Path, levels: int, width: int = 2) -> Path:
+    """A tree where each level holds *width* links to the level below: width**levels
+    names."""
     (root / "l0").mkdir(parents=True)
     (root / "l0" / "f.css").write_text("p{}")
     for level in range(1, levels + 1):
         (root / f"l{level}").mkdir()
-        for name in ("a", "b"):
+        for name in "abcdefgh"[:width]:
             (root / f"l{level}" / name).symlink_to(f"../l{level - 1}")
     return root
 
@@ -1475,6 +1476,11 @@ def test_links_to_linked_folders_are_bounded(tmp_path: Path, store: FileStore) -
     deep = _linked_levels(tmp_path / "deep", 12)  # 2**12 names of one file
     with pytest.raises(BuildError, match="through more than 8 symbolic links to folders"):
         build(deep, store)
+    assert snapshot(store.root) == before
+    # Not deeper than 8, but wide: 3 links a level make 9,840 linked folders.
+    wide = _linked_levels(tmp_path / "wide", 8, width=3)
+    with pytest.raises(BuildError, match="More than 1000 folders are reached through symbolic"):
+        build(wide, store)
     assert snapshot(store.root) == before
 
 

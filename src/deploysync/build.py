@@ -265,6 +265,9 @@ def _gzip(data: bytes) -> bytes:
 
 # How many symbolic links to folders a path of the source may go through.
 MAX_FOLDER_LINKS = 8
+# And how many folders the links lead into in all: a few links per level already make
+# thousands (3 links to the next of 9 levels: 9,841 folders).
+MAX_LINKED_FOLDERS = 1000
 
 
 def collect(
@@ -287,6 +290,7 @@ def collect(
     pending: list[tuple[str, str, frozenset[str], int]] = [
         ("", os.fspath(root), frozenset((real_root,)), 0)
     ]
+    linked_folders = 0
     while pending:
         prefix, folder, ancestors, links = pending.pop()
         try:
@@ -330,6 +334,14 @@ def collect(
                             f"'{rel}' is reached through more than {MAX_FOLDER_LINKS} symbolic"
                             " links to folders: links to linked folders multiply the files"
                         )
+                    if linked:
+                        linked_folders += 1
+                        if linked_folders > MAX_LINKED_FOLDERS:
+                            raise BuildError(
+                                f"More than {MAX_LINKED_FOLDERS} folders are reached through"
+                                f" symbolic links (the last: '{rel}'): links to linked"
+                                " folders multiply the files"
+                            )
                     pending.append((rel + "/", path, ancestors | {real}, linked))
             elif st is not None:
                 if not is_safe_name(rel):

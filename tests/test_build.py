@@ -860,9 +860,7 @@ def test_a_rebuild_of_an_unchanged_source_leaves_the_cache_file_alone(
     assert (cache_file.read_bytes(), cache_file.stat().st_ino) == before
 
 
-def test_build_caches_no_build_used_for_a_month_are_deleted(
-    site: Path, tmp_path: Path
-) -> None:
+def test_build_caches_no_build_used_for_a_month_are_deleted(site: Path, tmp_path: Path) -> None:
     """One cache per source folder and store: stores in temporary folders (CI, demos)
     would leave theirs forever. A new one clears those unused for 30 days."""
     folder = tmp_path / "cache"
@@ -1481,6 +1479,28 @@ def test_links_to_linked_folders_are_bounded(tmp_path: Path, store: FileStore) -
     wide = _linked_levels(tmp_path / "wide", 8, width=3)
     with pytest.raises(BuildError, match="More than 1000 folders are reached through symbolic"):
         build(wide, store)
+    assert snapshot(store.root) == before
+
+
+def test_a_file_vite_named_without_a_hash_cannot_change_under_its_url(
+    tmp_path: Path, store: FileStore
+) -> None:
+    # Vite's names carry a hash unless its config drops it: the same URL would then be
+    # served, as immutable, with other bytes by the next deployment.
+    dist = tmp_path / "dist"
+    (dist / ".vite").mkdir(parents=True)
+    (dist / "assets").mkdir()
+    manifest = {"main.js": {"file": "assets/main.js", "isEntry": True}}
+    (dist / ".vite" / "manifest.json").write_text(json.dumps(manifest))
+    (dist / "assets" / "main.js").write_text("console.log(1)\n")
+    first = build(dist, store, activate=True).deployment
+    assert first.assets["assets/main.js"].name == "assets/main.js"
+    (dist / "assets" / "other.js").write_text("console.log(3)\n")
+    build(dist, store)  # new files, the same bytes under the kept name: fine
+    (dist / "assets" / "main.js").write_text("console.log(2)\n")
+    before = snapshot(store.root)
+    with pytest.raises(BuildError, match="'assets/main.js' keeps the name Vite gave it, but"):
+        build(dist, store)
     assert snapshot(store.root) == before
 
 

@@ -51,12 +51,13 @@ from .manifest import (
     Asset,
     Deployment,
     DeploySyncError,
+    ManifestError,
     derive_id_of_rows,
     is_safe_name,
     normalize_static_url,
     validate_id,
 )
-from .store import Store, open_store
+from .store import DeploymentNotFound, Store, open_store
 from .store.base import default_cache_home, make_folders
 
 if TYPE_CHECKING:
@@ -1497,6 +1498,7 @@ def _store(
             return _existing(
                 store, ident, files, rows, static_url, extra, activate, cache, step, brotli_quality
             )
+        _check_kept_names(store, [file for file in files if file.fixed_name])
         new: list[_File] = []
         unsigned: list[_File] = []
         stamps: dict[str, str | None] = {}  # of the blobs whose cache entry is rewritten
@@ -1618,6 +1620,27 @@ def _store(
         if activate:
             store.activate(ident)
     return BuildResult(deployment, created, len(new), len(blobs) - len(new), activated=activate)
+
+
+def _check_kept_names(store: Store, kept_names: list[_File]) -> None:
+    """Refuse a file that keeps its name (a bundler's, Vite's) when a deployment of the
+    store has other bytes under that name: its URL is served as immutable, so browsers
+    and CDNs would keep either for a year, and open pages would get the other one."""
+    if not kept_names:
+        return
+    for other in store.ids():
+        try:
+            deployment = store.load(other)
+        except (DeploymentNotFound, ManifestError):
+            continue  # (a manifest gone or damaged names nothing)
+        for file in kept_names:
+            asset = deployment.assets.get(file.path)
+            if asset is not None and asset.name == file.name and asset.digest != file.digest:
+                raise BuildError(
+                    f"'{file.path}' keeps the name Vite gave it, but deployment {other} has"
+                    " other bytes under that URL, which is served as immutable: let Vite put"
+                    " a hash in its file names (its default, '[name]-[hash].js')"
+                )
 
 
 def _discard(store: Store, ident: str, digests: Iterable[str]) -> None:

@@ -1499,7 +1499,7 @@ def test_a_file_vite_named_without_a_hash_cannot_change_under_its_url(
     build(dist, store)  # new files, the same bytes under the kept name: fine
     (dist / "assets" / "main.js").write_text("console.log(2)\n")
     before = snapshot(store.root)
-    with pytest.raises(BuildError, match="'assets/main.js' keeps the name Vite gave it, but"):
+    with pytest.raises(BuildError, match=r"'assets/main\.js' keeps the name Vite gave it, but"):
         build(dist, store)
     assert snapshot(store.root) == before
 

@@ -126,6 +126,20 @@ def test_scripts_of_a_new_body_run_and_head_scripts_run_once(page: Any) -> None:
     expect(page.locator("[role=status]")).to_have_text("A")  # announced to screen readers
 
 
+def test_the_head_holds_the_new_pages_inline_scripts_only(page: Any) -> None:
+    # A data island (a page's JSON for its scripts) must be the new page's, and the head
+    # must not grow with every visit; scripts loaded from a URL stay (they ran).
+    def islands() -> list[str]:
+        return list(page.eval_on_selector_all("#page-data", "els => els.map(e => e.text)"))
+
+    for link, title, path in (("#to-a", "A", "/a"), ("#to-b", "B", "/b"), ("#to-a", "A", "/a")):
+        page.click(link)
+        title_is(page, title)
+        assert islands() == [f'"{path}"']
+    assert page.locator("head script[data-deploysync]").count() == 1
+    assert marked(page)
+
+
 def test_back_restores_the_scroll_position(page: Any) -> None:
     page.click("#to-b")
     title_is(page, "B")

@@ -172,7 +172,9 @@ class App:
                 + forged,
                 "/b": '<div style="height:3000px">tall</div><p id="end">end</p>',
             }.get(path, "")
-            return self.page(title, f'<p id="query">{html.escape(query)}</p>{extra}')
+            # a data island in the head, as apps pass a page's data to its scripts
+            island = f'<script type="application/json" id="page-data">"{path}"</script>'
+            return self.page(title, f'<p id="query">{html.escape(query)}</p>{extra}', island)
         if path == "/type":
             # slow=N: an image that takes N seconds, so the page's load event comes late
             slow = params.get("slow")

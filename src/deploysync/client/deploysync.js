@@ -258,7 +258,7 @@ class Router {
       document.head.append(e)
     }
     await Promise.all(loads)
-    for (const el of old.values()) el.localName == "script" || el.remove()
+    for (const el of old.values()) el.hasAttribute("src") || el.remove()
     document.body.replaceWith(doc.body)
     for (const s of document.body.querySelectorAll("script")) s.replaceWith(script(s, n))
     const target = document.getElementById(decodeURIComponent(location.hash.slice(1)))

@@ -166,10 +166,8 @@ def test_wsgi_dispatched_app_pages_name_the_middleware_mount(
         app.close()
 
 
-def test_wsgi_non_ascii_script_name_is_percent_encoded(
-    deployed: tuple[Path, Deployment],
-) -> None:
-    store, _ = deployed
+def _page_under(store: Path, script_name: str) -> tuple[str, dict[str, str]]:
+    """An HTML page of a WSGI app under *script_name*: its text and its tags' URLs."""
 
     def page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/html")])
@@ -177,14 +175,19 @@ def test_wsgi_non_ascii_script_name_is_percent_encoded(
 
     app = wsgi.DeploySync(page, store=store)
     try:
-        # PEP 3333: "/café" in UTF-8, each byte one latin-1 character.
-        script_name = "/café".encode().decode("latin-1")
         body = WerkzeugClient(app).get("/", environ_overrides={"SCRIPT_NAME": script_name})
-        urls = tag_urls(body.text)
-        assert urls["script"].startswith("/caf%C3%A9/_deploysync/client-")
-        assert urls["version"] == "/caf%C3%A9/_deploysync/version"
+        return body.text, tag_urls(body.text)
     finally:
         app.close()
+
+
+def test_wsgi_non_ascii_script_name_is_percent_encoded(
+    deployed: tuple[Path, Deployment],
+) -> None:
+    # PEP 3333: "/café" in UTF-8, each byte one latin-1 character.
+    _, urls = _page_under(deployed[0], "/café".encode().decode("latin-1"))
+    assert urls["script"].startswith("/caf%C3%A9/_deploysync/client-")
+    assert urls["version"] == "/caf%C3%A9/_deploysync/version"
 
 
 def test_mount_prefix() -> None:
@@ -211,21 +214,10 @@ def test_a_script_name_of_another_host_stays_a_path_of_this_site(
     deployed: tuple[Path, Deployment], script_name: str
 ) -> None:
     # gunicorn takes SCRIPT_NAME from a request header of a trusted address.
-    store, _ = deployed
-
-    def page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/html")])
-        return [PAGE.format("x").encode()]
-
-    app = wsgi.DeploySync(page, store=store)
-    try:
-        body = WerkzeugClient(app).get("/", environ_overrides={"SCRIPT_NAME": script_name})
-        urls = tag_urls(body.text)
-        assert urls["script"].startswith("/evil.example")
-        assert not any(url.startswith("//") for url in urls.values())
-        assert "//evil" not in body.text
-    finally:
-        app.close()
+    text, urls = _page_under(deployed[0], script_name)
+    assert urls["script"].startswith("/evil.example")
+    assert not any(url.startswith("//") for url in urls.values())
+    assert "//evil" not in text
 
 
 def test_flask_helpers_under_a_script_name(deployed: tuple[Path, Deployment]) -> None:

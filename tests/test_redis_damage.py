@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -464,8 +465,6 @@ def test_a_manifest_listing_an_encoding_this_version_does_not_know_is_served(
     store: Any, raw: Any, site_src: SrcFactory
 ) -> None:
     # A newer build (zstd variants, say) shares the store: this server serves the rest.
-    import json
-
     src = site_src("v1")
     write_big_css(src)
     deployment = build(src, store, activate=True).deployment

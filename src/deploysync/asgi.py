@@ -14,7 +14,8 @@ Options (the same in :mod:`deploysync.wsgi`):
 * ``static_url``: the prefix assets are served under; it must be the one the current
   deployment was built for (a different one raises at construction).
 * ``routing`` (``server``, ``client``, ``external``) and ``check_interval`` (seconds, 0:
-  off) are handed to the browser client through the injected tag.
+  none; the page is still checked when its tab becomes visible) are handed to the
+  browser client through the injected tag.
 * ``deployment`` (or ``DEPLOYSYNC_DEPLOYMENT``): pin the id this server renders and
   announces; assets of every retained deployment stay servable.
 * ``strict``: :meth:`DeploySync.url` raises on an unknown path instead of returning the
@@ -24,7 +25,8 @@ Options (the same in :mod:`deploysync.wsgi`):
 * ``poll_interval``: seconds between store change probes (a switch is seen within about
   twice this).
 * ``cache_dir``: the local cache folder of a Redis store given by its URL (default
-  ``$DEPLOYSYNC_CACHE_DIR``, else ``~/.cache/deploysync``).
+  ``$DEPLOYSYNC_CACHE_DIR``, else ``$XDG_CACHE_HOME/deploysync``, else
+  ``~/.cache/deploysync``).
 
 A response can opt out of everything the middleware does to it by carrying the header
 ``X-Deploysync: off``; the header is removed before the response is sent. Before the

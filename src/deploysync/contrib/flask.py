@@ -24,7 +24,8 @@ Configuration (``app.config``; keyword arguments of :class:`DeploySync` give def
     DEPLOYSYNC_STORE           directory or redis:// URL (else $DEPLOYSYNC_STORE)
     DEPLOYSYNC_STATIC_URL      default: the app's static_url_path + "/" (else /static/)
     DEPLOYSYNC_ROUTING         "server" (default), "client" or "external"
-    DEPLOYSYNC_CHECK_INTERVAL  seconds between version checks in the browser (0: off)
+    DEPLOYSYNC_CHECK_INTERVAL  seconds between version checks in the browser (0: none;
+                               still checked when the tab becomes visible)
     DEPLOYSYNC_DEPLOYMENT      pin a deployment id
     DEPLOYSYNC_STRICT          default: app.debug; an unknown asset raises
     DEPLOYSYNC_NONCE           CSP nonce: callable(environ), or a name looked up in the
@@ -32,7 +33,7 @@ Configuration (``app.config``; keyword arguments of :class:`DeploySync` give def
     DEPLOYSYNC_POLL_INTERVAL   seconds between store change probes (default 0.5)
     DEPLOYSYNC_CACHE_DIR       deploysync's cache folder: a Redis store's local copies
                                and the build cache (else $DEPLOYSYNC_CACHE_DIR, else
-                               ~/.cache/deploysync)
+                               $XDG_CACHE_HOME/deploysync, else ~/.cache/deploysync)
     DEPLOYSYNC_PLAIN_NAMES     development: plain static URLs, the static folder's files
                                served as edited (default False)
 """

@@ -15,8 +15,8 @@ deploysync.W001 the middleware is not in ``MIDDLEWARE``: nothing is served or in
 deploysync.W002 the middleware is too low in ``MIDDLEWARE``: middleware above it runs
                 for every asset and may answer before it (put it directly after
                 ``SecurityMiddleware``)
-deploysync.W003 ``GZipMiddleware`` is below the middleware: HTML reaches deploysync
-                already compressed and is not injected
+deploysync.W003 a compressing middleware (``GZipMiddleware``, brotli, zstd) is below the
+                middleware: HTML reaches deploysync already compressed and is not injected
 deploysync.W004 ``deploysync.contrib.django`` is listed after ``django.contrib.staticfiles``
                 while ``DEBUG`` is on: ``runserver`` answers ``/static/`` itself and the
                 hashed URLs 404

@@ -7,7 +7,7 @@ key                        default                         meaning
 ``STATIC_URL``             ``settings.STATIC_URL``         prefix the assets are served under
                            (below the script prefix)
 ``ROUTING``                ``"server"``                    ``server``, ``client`` or ``external``
-``CHECK_INTERVAL``         ``0``                           seconds between version checks (0: off)
+``CHECK_INTERVAL``         ``0``                           seconds between version checks (0: none)
 ``DEPLOYMENT``             ``None``                        pin a deployment id instead of current
 ``STRICT``                 ``settings.DEBUG``              a missing asset raises instead of falling
                                                            back to its unhashed URL
@@ -18,7 +18,7 @@ key                        default                         meaning
 ``ACTIVATE_ON_COLLECTSTATIC`` ``True``                     ``collectstatic`` activates what it built
 ``POLL_INTERVAL``          ``0.5``                         seconds between store change probes
 ``CACHE_DIR``              ``DEPLOYSYNC_CACHE_DIR`` env    deploysync's cache folder: a Redis
-                           var, else ``~/.cache/...``      store's local copies, the build cache
+                           var, else the XDG cache         store's local copies, the build cache
 ========================== =============================== =========================================
 """
 

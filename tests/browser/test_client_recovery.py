@@ -306,6 +306,33 @@ def test_a_version_check_answered_with_an_error_marks_nothing(
     assert marked(page)
 
 
+@pytest.mark.parametrize("link", ["#to-plain", "#to-json"])
+def test_back_from_a_page_without_the_client_to_a_stale_page_loads_it_afresh(
+    make_site: MakeSite, browser_without_bfcache: Any, link: str
+) -> None:
+    # The full load after the 409 leaves the loop guard's note for the next page, which
+    # here runs no client to take it: Back to the old page must not take it as its own.
+    site = make_site(routing="client")
+    context = browser_without_bfcache.new_context()
+    try:
+        page = context.new_page()
+        page.goto(site.url("/type"))
+        client_routed(page)
+        new = site.deploy("v2")
+        page.click(link)  # refused (409), then loaded in full
+        page.wait_for_url(site.url("/plain" if link == "#to-plain" else "/_test/stats"))
+        page.go_back()
+        expect(page.locator("meta[name=deployment-id]")).to_have_attribute("content", new)
+        title_is(page, "Type")
+        client_routed(page)
+        mark(page)
+        page.click("#to-a")  # client routing resumed on the new version
+        title_is(page, "A")
+        assert marked(page)
+    finally:
+        context.close()
+
+
 # -- loops ---------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ class Router {
       g = JSON.parse(sessionStorage[KEY])
       delete sessionStorage[KEY]
     } catch {}
-    this.guard = g?.id == pageId && Date.now() - g.t < 6e4
+    this.guard = g?.id == pageId && Date.now() - g.t < 6e4 && performance.navigation.type != 2
     this.client = data.routing == "client" && !this.guard
     this.external = data.routing == "external"
   }
@@ -88,7 +88,7 @@ class Router {
     if (this.on) return
     this.on = true
     for (const [t, type, fn, capture] of this.listeners()) t?.addEventListener(type, fn, capture)
-    if (+data.checkInterval > 0) this.timer = setInterval(this.check, +data.checkInterval * 1e3)
+    this.timer = +data.checkInterval > 0 && setInterval(this.check, +data.checkInterval * 1e3)
     this.client && history.replaceState({ ...history.state, ds: this.key }, "")
   }
 
@@ -98,7 +98,7 @@ class Router {
     for (const [t, type, fn, capture] of this.listeners()) t?.removeEventListener(type, fn, capture)
     clearInterval(this.timer)
     this.ctl.abort()
-    if (this.client) this.onHide()
+    this.client && this.onHide()
   }
 
   /** @returns {Promise<boolean>} */
@@ -143,8 +143,7 @@ class Router {
   onPop = (e) => {
     if (here(this.from)) return
     this.from = location.href
-    if (this.stale) this.full(location.href, "reload")
-    else if (this.client) this.visit(location.href, { pop: e.state?.ds || "" })
+    this.stale ? this.full(location.href, "reload") : this.client && this.visit(location.href, { pop: e.state?.ds || "" })
   }
 
   /** @param {string} url @param {Element | "push" | "replace" | "reload" | "browser"} [how] @param {any} [sub] */
@@ -286,7 +285,7 @@ class Router {
     if (!this.external || here(url)) return
     if (this.stale && (navigator.userActivation?.isActive ?? 1) && e.canIntercept && e.navigationType == "push" && !e.formData && e.downloadRequest == null) {
       e.stopImmediatePropagation()
-      if (sameDocument) e.preventDefault(), this.full(url, e.navigationType)
+      sameDocument && (e.preventDefault(), this.full(url, e.navigationType))
     }
   }
 

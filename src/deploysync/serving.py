@@ -59,7 +59,7 @@ from .store import (
     StoreNotFound,
     open_store,
 )
-from .store.base import CACHE_GRACE, HOLD_RENEW, SUFFIXES
+from .store.base import CACHE_GRACE, HOLD_RENEW
 
 logger = logging.getLogger("deploysync")
 # A request for a static file the snapshot lacks looks whether the store changed, at most
@@ -584,9 +584,7 @@ class Runtime:
                 if asset.size <= MEMORY_LIMIT:
                     wanted.append((asset.digest, None))
                 coded = asset.encodings.items()
-                wanted += [
-                    (asset.digest, c) for c, size in coded if size <= MEMORY_LIMIT and c in SUFFIXES
-                ]
+                wanted += [(asset.digest, c) for c, size in coded if size <= MEMORY_LIMIT]
         if wanted:
             with contextlib.suppress(StoreError, OSError, ValueError):  # each read tells
                 self.store.prefetch(wanted)
